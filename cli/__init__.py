@@ -1,0 +1,1 @@
+"""The ``hookpost`` command line: thin commands over ``store``, ``producer`` and ``dispatcher``."""

@@ -1,0 +1,181 @@
+"""``hookpost demo`` (the quick start) and ``hookpost demo-receiver`` (a receiver that prints what it gets).
+
+``hookpost demo`` runs the whole system on one machine on the embedded defaults: the local MongoDB-compatible
+store (``nx-27017``, data in ``.hookpost/``) unless ``HOOKPOST_MONGODB_URL`` is set, the machine's RabbitMQ, a
+dispatcher, a demo receiver, a demo webhook, and one published change event you can watch arrive.
+"""
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+
+from cli.base import settings
+from common.ids import new_id
+from common.logs import setup_logging
+from common.models import ChangeEvent, Entity
+from common.settings import Settings
+from dispatcher.worker import Worker
+from producer import Publisher
+from store.localserver import LocalMongo, free_port
+
+
+class DemoReceiver:
+    """An aiohttp app that accepts webhooks, prints one line per request and remembers what it got."""
+
+    def __init__(self, *, status: int = 200, quiet: bool = False) -> None:
+        self.status = status
+        self.quiet = quiet
+        self.received: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = {"raw": body[:200].decode(errors="replace")}
+        self.received.append({"headers": dict(request.headers), "payload": payload})
+        self.arrived.set()
+        if not self.quiet:
+            entity = payload.get("data", {}).get("entity", {})
+            click.echo(f"receiver: got {payload.get('type')} for {entity.get('kind')}/{entity.get('id')} "
+                       f"(webhook-id {request.headers.get('webhook-id')}) → answering {self.status}")
+        return web.json_response({"ok": self.status < 300}, status=self.status)
+
+    async def start(self, host: str, port: int) -> str:
+        """Start listening; return the URL webhooks should use."""
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        return f"http://{host}:{port}/webhooks"
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@click.command("demo-receiver")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8099, show_default=True)
+@click.option("--status", type=int, default=200, show_default=True, help="Status code to answer with.")
+def demo_receiver(host: str, port: int, status: int) -> None:
+    """Run a webhook receiver that prints every request it gets (for demos and docker compose).
+
+    \b
+    Example:
+      hookpost demo-receiver --port 8099 --status 200
+    """
+    async def go() -> None:
+        receiver = DemoReceiver(status=status)
+        url = await receiver.start(host, port)
+        click.echo(f"demo receiver listening on {url}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await receiver.stop()
+
+    asyncio.run(go())
+
+
+@click.command("demo")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".hookpost"), show_default=True,
+              help="Folder for the local store's data, pid file and log.")
+@click.option("--receiver-port", type=int, default=None, help="Port of the demo receiver (default: a free one).")
+@click.option("--exit-after-delivery", is_flag=True, help="Stop once the demo event has arrived (for scripts).")
+@click.option("--timeout", type=float, default=60, show_default=True, help="Seconds to wait for the demo event.")
+def demo(data_dir: Path, receiver_port: int | None, exit_after_delivery: bool, timeout: float) -> None:
+    """Run Hookpost locally: store, dispatcher, demo receiver, demo webhook, one event you watch arrive.
+
+    \b
+    Example:
+      hookpost demo                  # Ctrl-C to stop
+    """
+    base = settings()
+    local: LocalMongo | None = None
+    if "HOOKPOST_MONGODB_URL" not in os.environ:
+        local = LocalMongo(data_dir / "mongo")
+        click.echo(f"starting the local store (nx-27017) in {data_dir / 'mongo'} …")
+        local.start()
+    overrides: dict[str, Any] = {"allow_private_targets": True, "log_format": "text", "log_level": "WARNING"}
+    if local is not None:
+        overrides["mongodb_url"] = local.url
+    if "HOOKPOST_OPS_PORT" not in os.environ:
+        overrides["ops_port"] = free_port()
+    s = Settings(**{**base.model_dump(), **overrides})
+    setup_logging("text", "WARNING")
+    try:
+        code = asyncio.run(_demo(s, receiver_port or _port_or_free(8099), exit_after_delivery, timeout))
+    finally:
+        if local is not None:
+            local.stop()
+    raise click.exceptions.Exit(code)
+
+
+def _port_or_free(port: int) -> int:
+    """Return ``port`` if it is free on 127.0.0.1 (so the demo webhook's URL stays the same), else a free one."""
+    import socket
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
+
+
+async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int:
+    receiver = DemoReceiver()
+    url = await receiver.start("127.0.0.1", port)
+    worker = Worker(s, name="hookpost-demo")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 30)
+        hook = next((h for h in await worker.store.webhooks.list() if h.url == url), None)
+        if hook is None:
+            hook = await worker.store.webhooks.create(url, ["article.*"], description="demo webhook")
+        click.echo(f"dispatcher running; ops on http://127.0.0.1:{s.ops_port}/metrics")
+        click.echo(f"demo webhook {hook.id} → {url} (subscribed to article.*)")
+        change = ChangeEvent(id=new_id("chg"), type="article.updated", entity=Entity(kind="article", id="A-1001"),
+                             data={"fields": ["price"]}, source="demo")
+        async with Publisher.from_settings(s) as publisher:
+            await publisher.publish(change)
+        click.echo(f"published change {change.id}: article.updated for article/A-1001")
+        await asyncio.wait_for(receiver.arrived.wait(), timeout)
+        events = await worker.store.events.find_for_change(change.id)
+        for _ in range(50):
+            if all(e.status.value == "Finished" for e in events):
+                break
+            await asyncio.sleep(0.1)
+            events = await worker.store.events.find_for_change(change.id)
+        for e in events:
+            click.echo(f"event {e.id}: {e.status.value} after {e.attempt_count} attempt(s)")
+        if exit_after:
+            return 0 if events and all(e.status.value == "Finished" for e in events) else 1
+        click.echo("\nTry it from another terminal:")
+        click.echo(f"  export HOOKPOST_MONGODB_URL={s.mongodb_url}")
+        click.echo("  hookpost publish article.updated --entity-kind article --entity-id A-1002")
+        click.echo("  hookpost events list")
+        click.echo("Ctrl-C stops everything.")
+        await task
+        return 0
+    except TimeoutError:
+        click.echo("hookpost: error: the demo event did not arrive in time (is RabbitMQ running?)", err=True)
+        return 1
+    finally:
+        worker.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await receiver.stop()

@@ -1,0 +1,294 @@
+"""``hookpost events …``: the webhook events overview — list, search, filter, show, restart, stats."""
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import click
+
+from cli.base import echo_json, open_store, parse_when, run, settings, shorten, table
+from common.amqp import AmqpConnection
+from common.durations import format_age
+from common.errors import InvalidInputError, NotFoundError
+from common.ids import id_time_ms
+from common.matching import validate_pattern
+from common.models import EventStatus, WebhookEvent, utcnow
+from common.topology import topology_from
+from dispatcher.outbox import Outbox
+from dispatcher.restart import RestartReport, restart_events, restart_refusal
+from store import Store
+from store.events import EventFilter
+
+
+def _statuses(values: tuple[str, ...]) -> list[EventStatus]:
+    try:
+        return [EventStatus.parse(v) for v in values]
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
+def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared event filters to a command."""
+    options = [
+        click.option("--status", "statuses", multiple=True, metavar="STATUS",
+                     help="New, Retrying, Failed or Finished (repeatable; any case)."),
+        click.option("--type", "event_type", default=None, help="Event type, exact or a pattern like 'article.*'."),
+        click.option("--webhook", "webhook_id", default=None, help="Webhook id."),
+        click.option("--entity", "entity_id", default=None, help="Entity id (e.g. A-1001)."),
+        click.option("--since", default=None, help="Created at or after: a duration ago (2h, 7d) or ISO-8601."),
+        click.option("--until", default=None, help="Created before: a duration ago or ISO-8601."),
+        click.option("--search", default=None,
+                     help="Text in the event id, change id, entity id, event type or last error."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def build_filter(statuses: tuple[str, ...] = (), event_type: str | None = None, webhook_id: str | None = None,
+                 entity_id: str | None = None, since: str | None = None, until: str | None = None,
+                 search: str | None = None, before: str | None = None) -> EventFilter:
+    """Turn command-line filter values into an :class:`EventFilter` (one-line errors on bad input)."""
+    if event_type:
+        validate_pattern(event_type)
+    if before is not None and id_time_ms(before) is None:
+        raise InvalidInputError(f"invalid --before {before!r}: give an event id such as evt_01J…")
+    return EventFilter(statuses=_statuses(statuses), event_type=event_type, webhook_id=webhook_id,
+                       entity_id=entity_id, since=parse_when(since) if since else None,
+                       until=parse_when(until) if until else None, search=search or None, before=before)
+
+
+def _age(created: datetime, now: datetime) -> str:
+    return format_age((now - created).total_seconds())
+
+
+def _last(ev: WebhookEvent) -> str:
+    if ev.last_error:
+        return shorten(ev.last_error, 40)
+    return str(ev.last_status_code) if ev.last_status_code is not None else ""
+
+
+def event_json(ev: WebhookEvent) -> dict[str, Any]:
+    """Return an event as JSON-ready data (times in ISO-8601 UTC)."""
+    return ev.model_dump(mode="json")
+
+
+@click.group("events")
+def events() -> None:
+    """List, search, inspect and restart webhook events.
+
+    \b
+    Example:
+      hookpost events list --status failed --since 24h
+    """
+
+
+@events.command("list")
+@filter_options
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True, help="At most this many.")
+@click.option("--before", default=None, help="Page on: only events older than this event id (printed at the end).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of full event documents.")
+def list_(statuses: tuple[str, ...], event_type: str | None, webhook_id: str | None, entity_id: str | None,
+          since: str | None, until: str | None, search: str | None, limit: int, before: str | None,
+          as_json: bool) -> None:
+    """List webhook events, newest first; filters combine.
+
+    \b
+    Examples:
+      hookpost events list --status failed --status retrying --since 2h
+      hookpost events list --type 'article.*' --entity A-1001
+      hookpost events list --search timeout --json | jq length
+      hookpost events list --limit 100 --before evt_01J9Z…     # the next page
+    """
+    flt = build_filter(statuses, event_type, webhook_id, entity_id, since, until, search, before)
+
+    async def go() -> list[WebhookEvent]:
+        async with open_store() as store:
+            return await store.events.find(flt, limit=limit)
+
+    found = run(go())
+    if as_json:
+        echo_json([event_json(e) for e in found])
+        return
+    if not found:
+        click.echo("no events match", err=True)
+        return
+    now = utcnow()
+    click.echo(table(["ID", "TYPE", "ENTITY", "WEBHOOK", "STATUS", "ATTEMPTS", "LAST", "AGE"],
+                     [[e.id, e.type, f"{e.entity.kind}/{e.entity.id}", e.webhook_id, e.status.value,
+                       e.attempt_count, _last(e), _age(e.created_at, now)] for e in found]))
+    if len(found) == limit:
+        click.echo(f"more: --before {found[-1].id}", err=True)
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the event and its attempts as JSON.")
+def show(event_id: str, as_json: bool) -> None:
+    """Show one event: its fields, its payload and every attempt.
+
+    \b
+    Example:
+      hookpost events show evt_01J9Z…
+    """
+    async def go() -> tuple[WebhookEvent, list[Any]]:
+        async with open_store() as store:
+            ev = await store.events.get(event_id)
+            return ev, await store.attempts.for_event(event_id)
+
+    ev, attempts = run(go())
+    if as_json:
+        echo_json({**event_json(ev), "attempts": [a.model_dump(mode="json") for a in attempts]})
+        return
+    now = utcnow()
+    rows = [("id", ev.id), ("status", ev.status.value), ("type", ev.type),
+            ("entity", f"{ev.entity.kind}/{ev.entity.id}"), ("webhook", ev.webhook_id), ("change", ev.change_id),
+            ("attempts", f"{ev.attempt_count} (this budget from attempt {ev.budget_start + 1})"),
+            ("last status code", ev.last_status_code), ("last error", ev.last_error),
+            ("next attempt", ev.next_attempt_at.isoformat() if ev.next_attempt_at else None),
+            ("created", f"{ev.created_at.isoformat()} ({_age(ev.created_at, now)} ago)"),
+            ("updated", ev.updated_at.isoformat()),
+            ("finished", ev.finished_at.isoformat() if ev.finished_at else None)]
+    for key, value in rows:
+        if value not in (None, ""):
+            click.echo(f"{key + ':':<18}{value}")
+    click.echo("payload:")
+    click.echo("  " + json.dumps(ev.payload, indent=2, ensure_ascii=False).replace("\n", "\n  "))
+    if attempts:
+        click.echo("attempts:")
+        click.echo(table(["#", "STARTED", "DURATION", "RESULT", "RESPONSE"],
+                         [[a.attempt, a.started_at.isoformat(timespec="seconds"), f"{a.duration_ms:.0f}ms",
+                           a.error or a.status_code, shorten(a.response_excerpt, 50)] for a in attempts]))
+
+
+async def _collect(store: Store, flt: EventFilter, cap: int = 1_000_000) -> list[WebhookEvent]:
+    out: list[WebhookEvent] = []
+    page = EventFilter(**{**flt.__dict__})
+    while len(out) < cap:
+        batch = await store.events.find(page, limit=1000)
+        out += batch
+        if len(batch) < 1000:
+            break
+        page.before = batch[-1].id
+    return out
+
+
+@events.command("restart")
+@click.argument("event_ids", nargs=-1)
+@filter_options
+@click.option("--force", is_flag=True, help="Also restart Finished events (they are sent again).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be restarted.")
+@click.option("--yes", is_flag=True, help="Do not ask before a bulk restart.")
+def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: str | None, webhook_id: str | None,
+            entity_id: str | None, since: str | None, until: str | None, search: str | None, force: bool,
+            dry_run: bool, yes: bool) -> None:
+    """Restart events by id, or in bulk by filter: each gets a fresh budget of attempts.
+
+    Events already New or Retrying are skipped (they have a delivery in flight); Finished ones only with --force.
+
+    \b
+    Examples:
+      hookpost events restart evt_01J9Z… evt_01J9Y…
+      hookpost events restart --status failed --webhook wh_01J9… --since 24h --dry-run
+      hookpost events restart --status failed --since 24h --yes
+    """
+    bulk = not event_ids
+    has_filter = any([statuses, event_type, webhook_id, entity_id, since, until, search])
+    if bulk and not has_filter:
+        raise click.UsageError("give event ids, or filters such as --status failed for a bulk restart")
+    if not bulk and has_filter:
+        raise click.UsageError("give either event ids or filters, not both")
+    flt = EventFilter(ids=list(event_ids)) if not bulk else build_filter(
+        statuses, event_type, webhook_id, entity_id, since, until, search)
+
+    async def candidates() -> list[WebhookEvent]:
+        async with open_store() as store:
+            found = await _collect(store, flt)
+            missing = set(event_ids) - {e.id for e in found}
+            if missing:
+                raise NotFoundError(f"no event {', '.join(sorted(missing))}")
+            return found
+
+    found = run(candidates())
+    eligible = [e for e in found if restart_refusal(e, force) is None]
+    click.echo(f"{len(eligible)} of {len(found)} matching events can be restarted"
+               + ("" if len(eligible) == len(found) else f"; {len(found) - len(eligible)} will be skipped"), err=True)
+    if dry_run:
+        report = RestartReport(skipped={e.id: restart_refusal(e, force) or "" for e in found
+                                        if restart_refusal(e, force)})
+        _print_report(report, dry_run=True, would=len(eligible))
+        return
+    if bulk and eligible and not yes:
+        click.confirm(f"restart {len(eligible)} events?", abort=True, err=True)
+    report = run(_restart(found, force))
+    _print_report(report)
+    if event_ids and report.skipped and not report.restarted:
+        raise click.exceptions.Exit(1)
+
+
+async def _restart(found: list[WebhookEvent], force: bool) -> RestartReport:
+    s = settings()
+    async with open_store(s) as store:
+        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
+        try:
+            outbox = Outbox(topology_from(s))
+            outbox.channel = await conn.channel(confirms=True)
+            if len(found) > 200:
+                with click.progressbar(length=len(found), label="restarting", file=click.get_text_stream("stderr")
+                                       ) as bar:
+                    return await restart_events(store, outbox, found, force=force, progress=bar.update)
+            return await restart_events(store, outbox, found, force=force)
+        finally:
+            await conn.close()
+
+
+def _print_report(report: RestartReport, *, dry_run: bool = False, would: int = 0) -> None:
+    if dry_run:
+        click.echo(f"dry run: would restart {would}, skip {len(report.skipped)}")
+    else:
+        click.echo(f"restarted {len(report.restarted)}, skipped {len(report.skipped)}")
+    for reason, count in sorted(report.skipped_by_reason().items()):
+        click.echo(f"  skipped {count}: {reason}")
+
+
+@events.command("stats")
+@click.option("--since", default=None, help="Only events created since (2h, 7d or ISO-8601); default all.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(since: str | None, as_json: bool) -> None:
+    """Totals at a glance: counts per status, per event type and per webhook, and the oldest Retrying event.
+
+    \b
+    Example:
+      hookpost events stats --since 24h
+    """
+    flt = EventFilter(since=parse_when(since) if since else None)
+
+    async def go() -> dict[str, Any]:
+        async with open_store() as store:
+            query = flt.query()
+            by_status = await store.events.group_counts("status", query)
+            by_type = await store.events.group_counts("type", query)
+            by_webhook = await store.events.group_counts("webhook_id", query)
+            oldest = await store.events.find(EventFilter(statuses=[EventStatus.RETRYING], since=flt.since),
+                                             limit=1, newest_first=False)
+            return {"by_status": {s.value: by_status.get(s.value, 0) for s in EventStatus},
+                    "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+                    "by_webhook": dict(sorted(by_webhook.items(), key=lambda kv: -kv[1])),
+                    "total": sum(by_status.values()),
+                    "oldest_retrying": ({"id": oldest[0].id, "age_seconds": round(
+                        (utcnow() - oldest[0].created_at).total_seconds())} if oldest else None)}
+
+    data = run(go())
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(table(["STATUS", "EVENTS"], [[k, v] for k, v in data["by_status"].items()] + [["total", data["total"]]]))
+    click.echo()
+    click.echo(table(["TYPE", "EVENTS"], list(data["by_type"].items())[:20]))
+    click.echo()
+    click.echo(table(["WEBHOOK", "EVENTS"], list(data["by_webhook"].items())[:20]))
+    click.echo()
+    oldest = data["oldest_retrying"]
+    click.echo("oldest Retrying: " + (f"{oldest['id']} ({format_age(oldest['age_seconds'])} old)" if oldest
+                                      else "none"))

@@ -1,0 +1,247 @@
+"""``hookpost publish``, ``topology``, ``config``, ``dispatcher`` and ``janitor``."""
+
+import asyncio
+import json
+import logging
+import signal
+from typing import Any
+
+import click
+
+from cli.base import DURATION, echo_json, open_store, run, settings, table
+from common.amqp import AmqpConnection
+from common.errors import InvalidInputError
+from common.ids import new_id
+from common.logs import setup_logging
+from common.models import ChangeEvent, EventStatus
+from common.topology import topology_from
+from dispatcher.worker import run_forever
+from producer import Publisher
+from store.cleanup import CleanupReport, RetentionRule, cleanup, retention_rules
+
+log = logging.getLogger("hookpost.janitor")
+
+
+@click.command("publish")
+@click.argument("event_type")
+@click.option("--entity-kind", required=True, help="Kind of the thing that changed (article, order, …).")
+@click.option("--entity-id", required=True, help="Its id in the upstream system (A-1001).")
+@click.option("--data", default=None, help="Optional small JSON object with details.")
+@click.option("--id", "change_id", default=None, help="Change id (generated if omitted; reuse it to replay).")
+@click.option("--source", default="hookpost-cli", show_default=True, help="Producer name.")
+def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None, change_id: str | None,
+            source: str) -> None:
+    """Publish one change event (with publisher confirms) and print its change id.
+
+    \b
+    Example:
+      hookpost publish article.updated --entity-kind article --entity-id A-1001 --data '{"fields": ["price"]}'
+    """
+    details: dict[str, Any] | None = None
+    if data is not None:
+        try:
+            details = json.loads(data)
+        except ValueError as exc:
+            raise InvalidInputError(f"--data is not JSON: {exc}") from None
+        if not isinstance(details, dict):
+            raise InvalidInputError("--data must be a JSON object")
+    change = ChangeEvent(id=change_id or new_id("chg"), type=event_type,
+                         entity={"kind": entity_kind, "id": entity_id}, data=details, source=source)
+
+    async def go() -> str:
+        async with Publisher.from_settings(settings(), timeout=15) as publisher:
+            return await publisher.publish(change)
+
+    click.echo(run(go()))
+
+
+@click.group("topology")
+def topology() -> None:
+    """Declare, show or delete Hookpost's exchanges and queues.
+
+    \b
+    Example:
+      HOOKPOST_PREFIX=hookpost hookpost topology declare
+    """
+
+
+@topology.command("declare")
+def topology_declare() -> None:
+    """Declare every exchange, queue and binding (idempotent).
+
+    \b
+    Example:
+      hookpost topology declare
+    """
+    s = settings()
+    topo = topology_from(s)
+
+    async def go() -> None:
+        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
+        try:
+            ch = await conn.channel()
+            await ch.declare(topo)
+        finally:
+            await conn.close()
+
+    run(go())
+    click.echo(f"declared {len(topo.exchanges)} exchanges and {len(topo.queues)} queues with prefix {s.prefix!r}")
+
+
+@topology.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def topology_show(as_json: bool) -> None:
+    """Show the names and arguments Hookpost declares, and each queue's ready messages if reachable.
+
+    \b
+    Example:
+      hookpost topology show
+    """
+    s = settings()
+    topo = topology_from(s)
+
+    async def depths() -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
+        try:
+            for spec in topo.queues:
+                try:
+                    ch = await conn.channel()
+                    out[spec.name] = await ch.queue_depth(spec.name)
+                    await ch.close()
+                except Exception:
+                    out[spec.name] = None
+        finally:
+            await conn.close()
+        return out
+
+    try:
+        counts = run(depths())
+    except Exception:
+        counts = {}
+    rows = [{"queue": q.name, "messages": counts.get(q.name), "arguments": q.arguments} for q in topo.queues]
+    if as_json:
+        echo_json({"exchanges": [{"name": n, "type": t} for n, t in topo.exchanges], "queues": rows})
+        return
+    click.echo(table(["EXCHANGE", "TYPE"], topo.exchanges))
+    click.echo()
+    click.echo(table(["QUEUE", "MESSAGES", "ARGUMENTS"],
+                     [[r["queue"], "-" if r["messages"] is None else r["messages"],
+                       " ".join(f"{k}={v}" for k, v in r["arguments"].items())] for r in rows]))
+
+
+@topology.command("delete")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def topology_delete(yes: bool) -> None:
+    """Delete every queue and exchange of the prefix, with their messages.
+
+    \b
+    Example:
+      HOOKPOST_PREFIX=hp-test hookpost topology delete --yes
+    """
+    s = settings()
+    if not yes:
+        click.confirm(f"delete every queue and exchange of prefix {s.prefix!r}, with their messages?",
+                      abort=True, err=True)
+
+    async def go() -> None:
+        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
+        try:
+            await (await conn.channel()).delete(topology_from(s))
+        finally:
+            await conn.close()
+
+    run(go())
+    click.echo(f"deleted the topology of prefix {s.prefix!r}")
+
+
+@click.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def config(as_json: bool) -> None:
+    """Print the effective settings (passwords masked) and the variable each comes from.
+
+    \b
+    Example:
+      HOOKPOST_MAX_ATTEMPTS=5 HOOKPOST_RETRY_DELAYS=1s,5s,30s,1m hookpost config
+    """
+    data = settings().masked()
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(table(["VARIABLE", "VALUE"], [[f"HOOKPOST_{k.upper()}", v if not isinstance(v, list) else
+                                              ",".join(map(str, v))] for k, v in data.items()]))
+
+
+@click.command("dispatcher")
+def dispatcher() -> None:
+    """Run the worker: fan out change events and deliver webhooks, until SIGTERM/SIGINT.
+
+    Scale out by running more copies. Ops endpoints: /healthz, /readyz, /metrics on HOOKPOST_OPS_PORT.
+
+    \b
+    Example:
+      HOOKPOST_MONGODB_URL=mongodb://db:27017 hookpost dispatcher
+    """
+    s = settings()
+    setup_logging(s.log_format, s.log_level)
+    run_forever(s)
+
+
+@click.command("janitor")
+@click.option("--once", is_flag=True, help="Run one pass and exit (for cron or a Kubernetes CronJob).")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--older-than", type=DURATION, default=None,
+              help="Override the retention for this run (needs --status).")
+@click.option("--status", "statuses", multiple=True, help="With --older-than: the statuses it applies to.")
+@click.option("--json", "as_json", is_flag=True, help="Print each pass's report as JSON on stdout.")
+def janitor(once: bool, dry_run: bool, older_than: float | None, statuses: tuple[str, ...], as_json: bool) -> None:
+    """Delete old webhook events and their attempts, every HOOKPOST_JANITOR_INTERVAL (or once).
+
+    Retention per status: HOOKPOST_RETENTION_FINISHED (7d), HOOKPOST_RETENTION_FAILED (30d); New and Retrying
+    events only with HOOKPOST_RETENTION_STUCK. SIGTERM stops it between batches.
+
+    \b
+    Examples:
+      hookpost janitor --once --dry-run
+      hookpost janitor --once --older-than 30d --status failed
+    """
+    s = settings()
+    setup_logging(s.log_format, s.log_level)
+    if (older_than is None) != (not statuses):
+        raise click.UsageError("--older-than and --status go together")
+    if older_than is not None:
+        try:
+            rules = [RetentionRule(EventStatus.parse(st), older_than) for st in statuses]
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+    else:
+        rules = retention_rules(s.retention_finished, s.retention_failed, s.retention_stuck)
+
+    def report(rep: CleanupReport) -> None:
+        log.info("janitor pass " + ("(dry run) would delete" if rep.dry_run else "deleted"),
+                 extra={"events": rep.events, "attempts": rep.attempts, "seconds": round(rep.seconds, 3),
+                        "interrupted": rep.interrupted})
+        if as_json:
+            click.echo(json.dumps(rep.as_dict()))
+        elif once:
+            verb = "would delete" if rep.dry_run else "deleted"
+            parts = ", ".join(f"{n} {st}" for st, n in rep.events.items()) or "nothing"
+            click.echo(f"{verb} {parts} ({rep.attempts} attempts) in {rep.seconds:.2f}s")
+
+    async def go() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        async with open_store(s) as store:
+            while True:
+                rep = await cleanup(store, rules, batch=s.janitor_batch, dry_run=dry_run, stopping=stopping)
+                report(rep)
+                if once or stopping.is_set():
+                    return
+                try:
+                    await asyncio.wait_for(stopping.wait(), s.janitor_interval)
+                except TimeoutError:
+                    continue
+
+    run(go())

@@ -1,0 +1,1 @@
+"""Shared building blocks of Hookpost: models, settings, AMQP topology and client, signing, errors."""

@@ -1,0 +1,207 @@
+"""The pydantic models of Hookpost, defined once and used on the wire, in the store and in ``--json`` output.
+
+A *change event* is what upstream systems publish ("article A-1001 updated"). A *webhook event* is one change
+for one subscribed webhook, with its delivery status. An *attempt* is one HTTP request made for a webhook event.
+"""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from common.matching import validate_pattern, validate_type
+
+
+def utcnow() -> datetime:
+    """Return the current time, tz-aware UTC, truncated to milliseconds (what MongoDB stores)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` as tz-aware UTC (a naive value is taken to be UTC already)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class EventStatus(StrEnum):
+    """Where a webhook event stands. Exactly these four words, in the store and in the CLI."""
+
+    NEW = "New"
+    RETRYING = "Retrying"
+    FAILED = "Failed"
+    FINISHED = "Finished"
+
+    @classmethod
+    def parse(cls, text: str) -> "EventStatus":
+        """Read a status case-insensitively (``failed`` → ``Failed``); raise ``ValueError`` naming the choices."""
+        for status in cls:
+            if status.value.lower() == text.strip().lower():
+                return status
+        raise ValueError(f"unknown status {text!r}: choose from {', '.join(s.value for s in cls)}")
+
+
+IN_FLIGHT = (EventStatus.NEW, EventStatus.RETRYING)
+
+
+class Entity(BaseModel):
+    """The thing that changed: a kind (``article``) and that system's id for it (``A-1001``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=100)
+    id: str = Field(min_length=1, max_length=200)
+
+
+class ChangeEvent(BaseModel):
+    """A change published by an upstream system; the wire format of ``PREFIX.changes``.
+
+    Example body (UTF-8 JSON, ``content_type`` ``application/json``)::
+
+        {"id": "chg-42", "type": "article.updated", "entity": {"kind": "article", "id": "A-1001"},
+         "occurred_at": "2026-11-27T12:00:00Z", "data": {"fields": ["price"]}, "source": "erp"}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=200)
+    entity: Entity
+    occurred_at: datetime = Field(default_factory=utcnow)
+    data: dict[str, Any] | None = None
+    source: str | None = Field(default=None, max_length=200)
+
+    @field_validator("type")
+    @classmethod
+    def _type_is_concrete(cls, value: str) -> str:
+        return validate_type(value)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+
+class Webhook(BaseModel):
+    """A subscriber: where to POST, which event types it wants, and the secret(s) that sign its requests."""
+
+    id: str
+    url: str
+    event_types: list[str]
+    secret: str = Field(repr=False)
+    previous_secret: str | None = Field(default=None, repr=False)
+    previous_secret_expires_at: datetime | None = None
+    active: bool = True
+    disabled_reason: str | None = None
+    description: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("event_types")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a webhook needs at least one event type")
+        return [validate_pattern(v) for v in value]
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """Return the secrets that sign a request made at ``now``: the current one, and the previous one
+        while its rotation grace period lasts."""
+        secrets = [self.secret]
+        if self.previous_secret and self.previous_secret_expires_at and as_utc(self.previous_secret_expires_at) > now:
+            secrets.append(self.previous_secret)
+        return secrets
+
+    def public_dict(self) -> dict[str, Any]:
+        """Return the webhook as JSON-ready data without its secrets (for lists, logs and ``--json``)."""
+        return self.model_dump(mode="json", exclude={"secret", "previous_secret"})
+
+
+class WebhookEvent(BaseModel):
+    """One change for one webhook, and where its delivery stands.
+
+    ``attempt_count`` counts every attempt ever made; ``budget_start`` is the count when the current budget of
+    ``max_attempts`` began (0, or the count at the last restart).
+    """
+
+    id: str
+    webhook_id: str
+    change_id: str
+    type: str
+    entity: Entity
+    payload: dict[str, Any]
+    status: EventStatus = EventStatus.NEW
+    attempt_count: int = 0
+    budget_start: int = 0
+    next_attempt_at: datetime | None = None
+    next_attempt_ms: int | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class Attempt(BaseModel):
+    """One HTTP request made for a webhook event, with what came back."""
+
+    id: str
+    event_id: str
+    webhook_id: str
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+
+
+class DeliveryMessage(BaseModel):
+    """The body of a message on ``PREFIX.deliver``: one attempt to make.
+
+    It carries everything the attempt needs except the webhook (URL, secrets), which the dispatcher keeps in a
+    small cache, so a delivery costs no store read.
+    """
+
+    event_id: str
+    webhook_id: str
+    attempt: int = Field(ge=1)
+    budget_start: int = Field(default=0, ge=0)
+    payload: dict[str, Any]
+
+
+class FailedNotice(BaseModel):
+    """The body of a message on ``PREFIX.failed``: an event that ran out of attempts (or was refused for good)."""
+
+    event_id: str
+    webhook_id: str
+    type: str
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+def build_payload(event_id: str, change: ChangeEvent) -> dict[str, Any]:
+    """Return the JSON body a receiver gets for ``change``: just enough to know what changed.
+
+    >>> change = ChangeEvent(id="c1", type="article.updated", entity=Entity(kind="article", id="A-1"))
+    >>> sorted(build_payload("evt_1", change)["data"])
+    ['change_id', 'entity', 'occurred_at']
+    """
+    data: dict[str, Any] = {
+        "entity": change.entity.model_dump(),
+        "change_id": change.id,
+        "occurred_at": change.occurred_at.isoformat().replace("+00:00", "Z"),
+    }
+    if change.source:
+        data["source"] = change.source
+    if change.data:
+        data["details"] = change.data
+    return {
+        "id": event_id,
+        "type": change.type,
+        "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }

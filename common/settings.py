@@ -1,0 +1,164 @@
+"""The one settings object, read from ``HOOKPOST_*`` environment variables (and an optional ``.env`` file).
+
+>>> settings = load_settings(prefix="test")       # keyword arguments override the environment
+>>> settings.retry_delays[:2]
+(10.0, 60.0)
+"""
+
+import os
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.durations import format_duration, parse_duration, parse_duration_list
+from common.errors import ConfigError
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _optional_duration(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "never", "off")):
+        return None
+    return parse_duration(value)
+
+
+def _duration_list(value: Any) -> Any:
+    return parse_duration_list(value) if isinstance(value, str) else value
+
+
+def _str_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+DEFAULT_RETRY_DELAYS = "10s,1m,5m,15m,30m,1h,2h,4h,8h"
+
+
+class Settings(BaseSettings):
+    """Every knob of Hookpost. Each field ``name`` is read from ``HOOKPOST_NAME``.
+
+    Durations accept units (``250ms``, ``10s``, ``5m``, ``2h``, ``7d``) and are held in seconds.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HOOKPOST_", env_file=os.environ.get("HOOKPOST_ENV_FILE"),
+                                      extra="ignore", validate_default=True)
+
+    rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F",
+                              description="AMQP URL, or several comma-separated (cluster nodes), tried in order")
+    mongodb_url: str = Field("mongodb://127.0.0.1:27017", description="MongoDB URL; its own options pass through")
+    mongodb_db: str = Field("hookpost", description="MongoDB database name")
+    prefix: str = Field("hookpost", description="prefix of every exchange and queue name")
+    queue_type: Literal["quorum", "classic"] = Field("quorum", description="RabbitMQ queue type")
+    delivery_limit: int = Field(20, ge=1, description="quorum x-delivery-limit: redeliveries before a message "
+                                                      "is dead-lettered (crash-loop guard)")
+
+    max_attempts: int = Field(10, ge=1, le=100, description="attempts per event before it is Failed")
+    retry_delays: Annotated[tuple[float, ...], NoDecode, BeforeValidator(_duration_list)] = Field(
+        DEFAULT_RETRY_DELAYS, description="delays before attempts 2..N, comma-separated")
+
+    http_timeout: Duration = Field("15s", description="total time for one HTTP attempt")
+    http_connect_timeout: Duration = Field("5s", description="time to connect to a receiver")
+    response_excerpt_bytes: int = Field(4096, ge=0, le=65536, description="response body bytes kept per attempt")
+    user_agent: str = Field("Hookpost/0.1", description="User-Agent of webhook requests")
+    allow_private_targets: bool = Field(False, description="allow loopback/private/link-local receivers")
+    allowed_target_networks: Annotated[list[str], NoDecode, BeforeValidator(_str_list)] = Field(
+        default_factory=list, description="CIDRs allowed even though private, comma-separated")
+    require_https: bool = Field(False, description="refuse http:// webhook URLs")
+    max_change_bytes: int = Field(65536, ge=256, description="largest change event body accepted")
+
+    prefetch: int = Field(200, ge=1, description="unacked messages per consumer channel")
+    concurrency: int = Field(200, ge=1, description="deliveries in flight per process")
+    endpoint_concurrency: int = Field(10, ge=1, description="deliveries in flight per receiver host")
+    webhook_cache_ttl: Duration = Field("5s", description="how long the dispatcher trusts its webhook cache")
+    shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
+    reconcile_interval: Duration = Field("1m", description="how often the dispatcher sweeps for lost deliveries")
+    reconcile_grace: Duration = Field("5m", description="how overdue an attempt must be before it is re-published")
+
+    ops_host: str = Field("0.0.0.0", description="address of the /healthz, /readyz, /metrics server")
+    ops_port: int = Field(9000, ge=0, le=65535, description="port of the ops server (0 = pick a free one)")
+
+    janitor_interval: Duration = Field("1h", description="time between janitor passes")
+    janitor_batch: int = Field(500, ge=1, le=10000, description="events deleted per janitor batch")
+    retention_finished: Duration = Field("7d", description="age after which Finished events are deleted")
+    retention_failed: Duration = Field("30d", description="age after which Failed events are deleted")
+    retention_stuck: Annotated[float | None, BeforeValidator(_optional_duration)] = Field(
+        None, description="age after which New/Retrying events are deleted (unset = never)")
+
+    log_format: Literal["auto", "text", "json"] = Field("auto", description="text, json, or auto (json unless a tty)")
+    log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_chars(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", value):
+            raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("mongodb_db")
+    @classmethod
+    def _db_chars(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,60}", value):
+            raise ValueError("use letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(d <= 0 for d in value):
+            raise ValueError("every retry delay must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _schedule_length(self) -> "Settings":
+        if len(self.retry_delays) != self.max_attempts - 1:
+            raise ValueError(
+                f"HOOKPOST_RETRY_DELAYS has {len(self.retry_delays)} delays but HOOKPOST_MAX_ATTEMPTS="
+                f"{self.max_attempts} needs {self.max_attempts - 1} (one before each attempt after the first)"
+            )
+        return self
+
+    @property
+    def rabbitmq_urls(self) -> list[str]:
+        """The configured broker addresses, in the order they are tried."""
+        return [u.strip() for u in self.rabbitmq_url.split(",") if u.strip()]
+
+    def masked(self) -> dict[str, Any]:
+        """Return the settings as JSON-ready data with passwords in URLs replaced by ``***``."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.endswith("_url"):
+                value = mask_url(value)
+            elif name == "retry_delays":
+                value = ",".join(format_duration(d) for d in value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of every URL in a comma list: ``amqp://guest:guest@h`` → ``amqp://guest:***@h``."""
+    return re.sub(r"(//[^:/@,]+):[^@/,]*@", r"\1:***@", url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment plus ``overrides``; raise :class:`ConfigError` on bad input.
+
+    The error names the environment variable and says what is wrong, in one line per problem.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            var = f"HOOKPOST_{loc.upper()}" if loc else "settings"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{var}: {msg}" if loc else msg)
+        raise ConfigError("; ".join(lines)) from None
+    except ConfigError as exc:  # raised from inside a validator by parse_duration
+        raise ConfigError(f"bad setting: {exc}") from None

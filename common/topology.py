@@ -1,0 +1,140 @@
+"""The AMQP topology: every exchange, queue and binding name derived from one prefix, as plain data.
+
+``Topology(prefix="hookpost", ...)`` lists what to declare; :meth:`common.amqp.AmqpChannel.declare` declares
+it all, idempotently (declaring an existing queue with the same arguments is a no-op in RabbitMQ).
+
+Retry queues carry their delay in their name (``hookpost.retry.10s``): a queue's ``x-message-ttl`` cannot be
+changed by redeclaring it, so a new schedule simply declares new queues beside the old ones, which drain.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.durations import format_duration
+
+ATTEMPT_HEADER = "hookpost-attempt"
+ERROR_HEADERS = ("x-hookpost-error", "hookpost-error")
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue to declare: its name and its ``x-`` arguments."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names and declarations of Hookpost's exchanges and queues under ``prefix``.
+
+    >>> t = Topology("hookpost", retry_delays=(10.0, 60.0))
+    >>> t.retry_queue(1), t.deliver_queue
+    ('hookpost.retry.1m', 'hookpost.deliver')
+    """
+
+    prefix: str
+    retry_delays: tuple[float, ...] = ()
+    queue_type: str = "quorum"
+    delivery_limit: int = 20
+
+    @property
+    def changes_exchange(self) -> str:
+        """Topic exchange upstream systems publish change events to (routing key = event type)."""
+        return f"{self.prefix}.changes"
+
+    @property
+    def changes_queue(self) -> str:
+        """Queue the fan-out stage consumes, bound to the changes exchange with ``#``."""
+        return f"{self.prefix}.changes"
+
+    @property
+    def deliveries_exchange(self) -> str:
+        """Direct exchange that routes delivery messages (``deliver``) to the deliver queue."""
+        return f"{self.prefix}.deliveries"
+
+    @property
+    def deliver_queue(self) -> str:
+        """Queue of attempts to make now."""
+        return f"{self.prefix}.deliver"
+
+    @property
+    def dead_exchange(self) -> str:
+        """Direct exchange in front of the failed (``failed``) and invalid (``invalid``) queues."""
+        return f"{self.prefix}.dead"
+
+    @property
+    def failed_queue(self) -> str:
+        """Queue of notices for events that ran out of attempts."""
+        return f"{self.prefix}.failed"
+
+    @property
+    def invalid_queue(self) -> str:
+        """Queue of change events that failed validation, with the reason in a header."""
+        return f"{self.prefix}.invalid"
+
+    def retry_queue(self, level: int) -> str:
+        """Name of the delay queue for retry ``level`` (0 = the delay before the second attempt)."""
+        return f"{self.prefix}.retry.{format_duration(self.retry_delays[level])}"
+
+    @property
+    def retry_queues(self) -> list[str]:
+        """Distinct retry queue names, shortest delay first."""
+        return list(dict.fromkeys(self.retry_queue(i) for i in range(len(self.retry_delays))))
+
+    def _typed(self, args: dict[str, Any], *, dead_letters: bool = False, limit: bool = False) -> dict[str, Any]:
+        if self.queue_type != "quorum":
+            return args
+        out = {"x-queue-type": "quorum", **args}
+        if dead_letters:
+            out["x-dead-letter-strategy"] = "at-least-once"
+            out["x-overflow"] = "reject-publish"
+        if limit:
+            out["x-delivery-limit"] = self.delivery_limit
+        return out
+
+    @property
+    def exchanges(self) -> list[tuple[str, str]]:
+        """``(name, type)`` of every exchange."""
+        return [(self.changes_exchange, "topic"), (self.deliveries_exchange, "direct"), (self.dead_exchange, "direct")]
+
+    @property
+    def queues(self) -> list[QueueSpec]:
+        """Every queue with its arguments."""
+        dead = {"x-dead-letter-exchange": self.dead_exchange}
+        specs = [
+            QueueSpec(self.changes_queue, self._typed({**dead, "x-dead-letter-routing-key": "invalid"},
+                                                      dead_letters=True, limit=True)),
+            QueueSpec(self.deliver_queue, self._typed({**dead, "x-dead-letter-routing-key": "failed"},
+                                                      dead_letters=True, limit=True)),
+            QueueSpec(self.failed_queue, self._typed({})),
+            QueueSpec(self.invalid_queue, self._typed({})),
+        ]
+        seen = set()
+        for level, delay in enumerate(self.retry_delays):
+            name = self.retry_queue(level)
+            if name in seen:
+                continue
+            seen.add(name)
+            specs.append(QueueSpec(name, self._typed({
+                "x-message-ttl": max(1, round(delay * 1000)),
+                "x-dead-letter-exchange": self.deliveries_exchange,
+                "x-dead-letter-routing-key": "deliver",
+            }, dead_letters=True)))
+        return specs
+
+    @property
+    def bindings(self) -> list[tuple[str, str, str]]:
+        """``(queue, exchange, routing key)`` of every binding."""
+        return [
+            (self.changes_queue, self.changes_exchange, "#"),
+            (self.deliver_queue, self.deliveries_exchange, "deliver"),
+            (self.failed_queue, self.dead_exchange, "failed"),
+            (self.invalid_queue, self.dead_exchange, "invalid"),
+        ]
+
+
+def topology_from(settings: Any) -> Topology:
+    """Build the :class:`Topology` that ``settings`` (a :class:`common.settings.Settings`) describes."""
+    return Topology(prefix=settings.prefix, retry_delays=settings.retry_delays,
+                    queue_type=settings.queue_type, delivery_limit=settings.delivery_limit)

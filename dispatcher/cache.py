@@ -1,0 +1,48 @@
+"""A small in-memory webhook cache: every webhook, reloaded when older than ``ttl`` seconds.
+
+It keeps the delivery path free of store reads; a change to a webhook reaches running dispatchers within
+``HOOKPOST_WEBHOOK_CACHE_TTL``.
+"""
+
+import asyncio
+import time
+
+from common.matching import any_matches
+from common.models import Webhook
+from store.webhooks import WebhookRepo
+
+
+class WebhookCache:
+    """All webhooks by id, refreshed at most once per ``ttl`` (one reload at a time)."""
+
+    def __init__(self, repo: WebhookRepo, ttl: float) -> None:
+        self.repo = repo
+        self.ttl = ttl
+        self._by_id: dict[str, Webhook] = {}
+        self._loaded_at = -1e18
+        self._lock = asyncio.Lock()
+
+    async def _fresh(self) -> dict[str, Webhook]:
+        if time.monotonic() - self._loaded_at > self.ttl:
+            async with self._lock:
+                if time.monotonic() - self._loaded_at > self.ttl:
+                    hooks = await self.repo.list(limit=100000)
+                    self._by_id = {h.id: h for h in hooks}
+                    self._loaded_at = time.monotonic()
+        return self._by_id
+
+    async def get(self, webhook_id: str) -> Webhook | None:
+        """Return the webhook, or None if it does not exist (reloading once if it is unknown)."""
+        hook = (await self._fresh()).get(webhook_id)
+        if hook is None:
+            self.invalidate()
+            hook = (await self._fresh()).get(webhook_id)
+        return hook
+
+    async def subscribers(self, event_type: str) -> list[Webhook]:
+        """Return the active webhooks subscribed to ``event_type``."""
+        return [h for h in (await self._fresh()).values() if h.active and any_matches(h.event_types, event_type)]
+
+    def invalidate(self) -> None:
+        """Forget the cache so the next read reloads it."""
+        self._loaded_at = -1e18

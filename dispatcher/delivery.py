@@ -1,0 +1,134 @@
+"""One delivery, top to bottom: receive → load the webhook (cache) → send → decide → record → next step → ack.
+
+The attempt number comes with the message. Recording is guarded on the event's previous attempt count, so a
+duplicate message (after a crash) sends at most one extra request and never records or schedules twice.
+"""
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from common.amqp import IncomingMessage
+from common.models import Attempt, DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
+from dispatcher.cache import WebhookCache
+from dispatcher.limits import EndpointLimiter, endpoint_key
+from dispatcher.metrics import Metrics, status_class
+from dispatcher.outbox import Outbox
+from dispatcher.policy import AttemptResult, Decision, decide
+from dispatcher.sender import Sender
+from dispatcher.storeguard import StoreGuard
+from store import Store
+from store.attempts import attempt_id
+
+log = logging.getLogger("hookpost.delivery")
+
+
+def event_changes(decision: Decision, result: AttemptResult | None, now_ms: int) -> dict[str, Any]:
+    """Return the fields an event gets after an attempt (or after being given up without one)."""
+    now = utcnow()
+    changes: dict[str, Any] = {"status": decision.status.value, "updated_at": now}
+    if result is not None:
+        changes["last_status_code"] = result.status_code
+        changes["last_error"] = None if result.ok else (decision.reason or result.summary())
+    elif decision.reason:
+        changes["last_error"] = decision.reason
+    if decision.status == EventStatus.RETRYING and decision.delay is not None:
+        due_ms = now_ms + round(decision.delay * 1000)
+        changes["next_attempt_ms"] = due_ms
+        changes["next_attempt_at"] = now + timedelta(milliseconds=round(decision.delay * 1000))
+    else:
+        changes["next_attempt_ms"] = None
+        changes["next_attempt_at"] = None
+        changes["finished_at"] = now
+    return changes
+
+
+class DeliveryHandler:
+    """Consumes ``PREFIX.deliver``."""
+
+    def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
+                 guard: StoreGuard, metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int) -> None:
+        self.store = store
+        self.cache = cache
+        self.outbox = outbox
+        self.sender = sender
+        self.limiter = limiter
+        self.guard = guard
+        self.metrics = metrics
+        self.delays = delays
+        self.max_attempts = max_attempts
+
+    async def handle(self, msg: IncomingMessage) -> None:
+        """Make the attempt a delivery message asks for, record it, schedule what follows, ack."""
+        try:
+            dm = DeliveryMessage.model_validate_json(msg.body)
+        except ValidationError as exc:
+            log.error("malformed delivery message dead-lettered", extra={"error": str(exc)[:300]})
+            msg.reject(requeue=False)
+            return
+
+        hook = await self.guard.run(lambda: self.cache.get(dm.webhook_id))
+        if hook is None or not hook.active:
+            reason = "webhook deleted" if hook is None else f"webhook disabled: {hook.disabled_reason or 'by operator'}"
+            await self._finish(msg, dm, Decision(EventStatus.FAILED, reason=reason), None, None)
+            return
+
+        started = utcnow()
+        self.metrics.in_flight.inc()
+        try:
+            async with self.limiter.slot(endpoint_key(hook.url)):
+                result = await self.sender.send(hook, dm.event_id, dm.payload)
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.attempts.labels(status_class(result.status_code)).inc()
+        self.metrics.duration.observe(result.duration_ms / 1000)
+
+        decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
+        attempt = Attempt(id=attempt_id(dm.event_id, dm.attempt), event_id=dm.event_id, webhook_id=hook.id,
+                          attempt=dm.attempt, started_at=started, duration_ms=result.duration_ms,
+                          status_code=result.status_code, error=None if result.ok else result.error,
+                          response_excerpt=result.excerpt)
+        await self._finish(msg, dm, decision, result, attempt, hook)
+
+    async def _finish(self, msg: IncomingMessage, dm: DeliveryMessage, decision: Decision,
+                      result: AttemptResult | None, attempt: Attempt | None, hook: Webhook | None = None) -> None:
+        now_ms = int(utcnow().timestamp() * 1000)
+        changes = event_changes(decision, result, now_ms)
+        if attempt is not None:
+            await self.guard.run(lambda: self.store.attempts.insert([attempt]))
+            recorded = await self.guard.run(lambda: self.store.events.record_attempt(dm.event_id, dm.attempt, changes))
+        else:
+            recorded = await self.guard.run(lambda: self.store.events.record_attempt(
+                dm.event_id, dm.attempt, {**changes, "attempt_count": dm.attempt - 1}))
+        extra = {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
+                 "status": decision.status.value,
+                 "status_code": result.status_code if result else None,
+                 "duration_ms": result.duration_ms if result else None}
+        if not recorded:
+            log.info("duplicate delivery ignored (event already past this attempt)", extra=extra)
+            msg.ack()
+            return
+
+        if decision.status == EventStatus.RETRYING and decision.retry_level is not None:
+            nxt = dm.model_copy(update={"attempt": dm.attempt + 1})
+            await self.outbox.retry(nxt, decision.retry_level)
+            self.metrics.retries.labels(self.outbox.topology.retry_queue(decision.retry_level).rsplit(".", 1)[-1]).inc()
+            log.info("attempt failed; retry scheduled", extra={**extra, "error": changes.get("last_error"),
+                                                              "retry_in_s": decision.delay})
+        elif decision.status == EventStatus.FAILED:
+            await self.outbox.failed(FailedNotice(
+                event_id=dm.event_id, webhook_id=dm.webhook_id, type=str(dm.payload.get("type", "")),
+                attempts=dm.attempt if attempt else dm.attempt - 1,
+                last_status_code=result.status_code if result else None, last_error=changes.get("last_error")))
+            self.metrics.events_failed.inc()
+            log.warning("event failed", extra={**extra, "error": changes.get("last_error")})
+            if decision.disable_webhook and hook is not None:
+                await self.guard.run(lambda: self.store.webhooks.set_active(hook.id, False, decision.reason))
+                self.cache.invalidate()
+                log.warning("webhook disabled: receiver answered 410 Gone", extra={"webhook_id": hook.id})
+        else:
+            self.metrics.events_finished.inc()
+            log.info("delivered", extra=extra)
+        msg.ack()

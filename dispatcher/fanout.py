@@ -1,0 +1,80 @@
+"""Fan-out: one change event → one ``New`` webhook event per subscribed webhook, and one delivery each.
+
+Order: validate → match webhooks → insert the events (one round trip; the unique (change, webhook) index makes
+a replay insert nothing) → publish the deliveries (confirmed) → ack the change. A crash anywhere replays safely.
+"""
+
+import logging
+
+from common.amqp import IncomingMessage
+from common.ids import new_id
+from common.models import ChangeEvent, DeliveryMessage, EventStatus, WebhookEvent, build_payload, utcnow
+from common.wire import InvalidChangeError, decode_change
+from dispatcher.cache import WebhookCache
+from dispatcher.metrics import Metrics
+from dispatcher.outbox import Outbox
+from dispatcher.storeguard import StoreGuard
+from store import Store
+
+log = logging.getLogger("hookpost.fanout")
+
+
+def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
+    """Build the ``New`` webhook events of ``change``, one per webhook, due now."""
+    now = utcnow()
+    now_ms = int(now.timestamp() * 1000)
+    events = []
+    for webhook_id in webhook_ids:
+        event_id = new_id("evt", now_ms)
+        events.append(WebhookEvent(
+            id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
+            payload=build_payload(event_id, change), status=EventStatus.NEW, created_at=now, updated_at=now,
+            next_attempt_at=now, next_attempt_ms=now_ms))
+    return events
+
+
+def first_delivery(event: WebhookEvent) -> DeliveryMessage:
+    """Return the delivery message for the next attempt of ``event``."""
+    return DeliveryMessage(event_id=event.id, webhook_id=event.webhook_id, attempt=event.attempt_count + 1,
+                           budget_start=event.budget_start, payload=event.payload)
+
+
+class FanOut:
+    """Consumes ``PREFIX.changes``."""
+
+    def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, guard: StoreGuard, metrics: Metrics,
+                 max_change_bytes: int) -> None:
+        self.store = store
+        self.cache = cache
+        self.outbox = outbox
+        self.guard = guard
+        self.metrics = metrics
+        self.max_change_bytes = max_change_bytes
+
+    async def handle(self, msg: IncomingMessage) -> None:
+        """Fan one change message out, then ack it (or move it to the invalid queue with the reason)."""
+        props = msg.properties
+        try:
+            change = decode_change(msg.body, props.content_type, max_bytes=self.max_change_bytes,
+                                   content_encoding=props.content_encoding)
+        except InvalidChangeError as exc:
+            await self.outbox.invalid(msg, str(exc))
+            msg.ack()
+            self.metrics.changes_consumed.labels("invalid").inc()
+            log.warning("invalid change event moved to the invalid queue",
+                        extra={"message_id": props.message_id, "reason": str(exc)})
+            return
+        hooks = await self.guard.run(lambda: self.cache.subscribers(change.type))
+        events = new_events(change, [h.id for h in hooks])
+        created = await self.guard.run(lambda: self.store.events.insert_new(events))
+        to_send = created
+        if len(created) < len(events) and msg.redelivered:
+            # a replay after a crash: the first try may have stored events without publishing their deliveries
+            existing = await self.guard.run(lambda: self.store.events.find_for_change(change.id))
+            to_send = [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0]
+        await self.outbox.deliveries([first_delivery(e) for e in to_send])
+        msg.ack()
+        self.metrics.changes_consumed.labels("ok").inc()
+        self.metrics.events_created.inc(len(created))
+        log.debug("change fanned out", extra={"change_id": change.id, "type": change.type,
+                                              "events": len(created), "matched": len(hooks)})

@@ -1,0 +1,35 @@
+"""Prometheus metrics of one dispatcher process (low-cardinality labels only; no event or webhook ids)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def status_class(status_code: int | None) -> str:
+    """Return ``2xx`` … ``5xx`` for a status code, ``error`` when there was none."""
+    return f"{status_code // 100}xx" if status_code else "error"
+
+
+class Metrics:
+    """The dispatcher's counters, gauges and histograms, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.changes_consumed = Counter("hookpost_changes_consumed", "Change events consumed", ["result"],
+                                        registry=r)
+        self.events_created = Counter("hookpost_events_created", "Webhook events created by fan-out", registry=r)
+        self.attempts = Counter("hookpost_delivery_attempts", "HTTP delivery attempts by outcome",
+                                ["status_class"], registry=r)
+        self.events_finished = Counter("hookpost_events_finished", "Events delivered (Finished)", registry=r)
+        self.events_failed = Counter("hookpost_events_failed", "Events that failed for good", registry=r)
+        self.retries = Counter("hookpost_retries_scheduled", "Deliveries parked in a retry queue", ["delay"],
+                               registry=r)
+        self.reconciled = Counter("hookpost_reconciled", "Lost deliveries re-published by the reconciler",
+                                  registry=r)
+        self.duration = Histogram("hookpost_delivery_duration_seconds", "Duration of HTTP attempts",
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                  registry=r)
+        self.in_flight = Gauge("hookpost_deliveries_in_flight", "Deliveries being attempted now", registry=r)
+        self.broker_up = Gauge("hookpost_broker_connected", "1 while connected to RabbitMQ", registry=r)
+        self.store_up = Gauge("hookpost_store_up", "1 while MongoDB answers", registry=r)
+        self.queue_depth = Gauge("hookpost_queue_messages", "Ready messages per queue (sampled)", ["queue"],
+                                 registry=r)

@@ -1,0 +1,58 @@
+"""Everything the dispatcher publishes, on the current confirmed channel: deliveries, retries, failure notices,
+invalid change events. Each call returns once the broker confirmed (or raises :class:`PublishError`)."""
+
+import asyncio
+from typing import Any
+
+from common.amqp import AmqpChannel, ConnectionLostError, IncomingMessage
+from common.models import DeliveryMessage, FailedNotice
+from common.topology import ATTEMPT_HEADER, ERROR_HEADERS, Topology
+
+
+class Outbox:
+    """Publishes Hookpost's own messages; ``channel`` is swapped by the worker on every reconnect."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.channel: AmqpChannel | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True while a confirmed channel is open."""
+        return self.channel is not None and self.channel.is_open
+
+    def _ch(self) -> AmqpChannel:
+        if self.channel is None or not self.channel.is_open:
+            raise ConnectionLostError("not connected to the broker")
+        return self.channel
+
+    def _delivery(self, msg: DeliveryMessage, exchange: str, routing_key: str) -> asyncio.Future[None]:
+        return self._ch().publish_nowait(exchange, routing_key, msg.model_dump_json().encode(),
+                                         message_id=f"{msg.event_id}/{msg.attempt}",
+                                         headers={ATTEMPT_HEADER: msg.attempt})
+
+    async def deliveries(self, msgs: list[DeliveryMessage]) -> None:
+        """Publish attempts to make now, as one window of confirms."""
+        if msgs:
+            t = self.topology
+            await asyncio.gather(*[self._delivery(m, t.deliveries_exchange, "deliver") for m in msgs])
+
+    async def retry(self, msg: DeliveryMessage, level: int) -> None:
+        """Park an attempt in retry queue ``level``; it reaches the deliver queue when that delay ends."""
+        await self._delivery(msg, "", self.topology.retry_queue(level))
+
+    async def failed(self, notice: FailedNotice) -> None:
+        """Publish a notice to the failed queue for an event that failed for good."""
+        await self._ch().publish(self.topology.dead_exchange, "failed", notice.model_dump_json().encode(),
+                                 message_id=notice.event_id)
+
+    async def invalid(self, msg: IncomingMessage, reason: str) -> None:
+        """Copy a rejected change event to the invalid queue, body and properties intact, reason in a header."""
+        props = msg.properties
+        headers: dict[str, Any] = dict(props.headers or {})
+        for name in ERROR_HEADERS:
+            headers[name] = reason[:1000]
+        headers["hookpost-routing-key"] = msg.routing_key
+        props.headers = headers
+        props.delivery_mode = 2
+        await self._ch().publish(self.topology.dead_exchange, "invalid", msg.body, properties=props)

@@ -1,0 +1,65 @@
+"""The reconciler: re-publishes deliveries that vanished (a purged queue, a lost classic queue, a crash between
+recording an attempt and publishing the next one).
+
+It runs in the dispatcher (every ``HOOKPOST_RECONCILE_INTERVAL``): the dispatcher already holds a confirmed
+broker channel and a store client, and every replica sweeping is harmless because each overdue event is first
+*claimed* with a guarded update. An event counts as lost when it is ``New``/``Retrying`` and its next attempt
+is overdue by more than ``HOOKPOST_RECONCILE_GRACE``; while the deliver queue has a backlog nothing is swept,
+since overdue events are then most likely merely waiting in it.
+"""
+
+import asyncio
+import logging
+
+from common.models import utcnow
+from dispatcher.fanout import first_delivery
+from dispatcher.metrics import Metrics
+from dispatcher.outbox import Outbox
+from store import Store
+
+log = logging.getLogger("hookpost.reconciler")
+
+
+class Reconciler:
+    """Finds in-flight events whose delivery is overdue and publishes one for each."""
+
+    def __init__(self, store: Store, outbox: Outbox, metrics: Metrics, *, grace: float, batch: int = 500) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.metrics = metrics
+        self.grace = grace
+        self.batch = batch
+
+    async def sweep(self) -> int:
+        """Run one sweep; return how many deliveries were re-published."""
+        ch = self.outbox.channel
+        if ch is None or not ch.is_open:
+            return 0
+        backlog = await ch.queue_depth(self.outbox.topology.deliver_queue)
+        self.metrics.queue_depth.labels("deliver").set(backlog)
+        if backlog > 0:
+            return 0
+        now_ms = int(utcnow().timestamp() * 1000)
+        overdue = await self.store.events.overdue(now_ms - round(self.grace * 1000), self.batch)
+        republished = []
+        for event in overdue:
+            if await self.store.events.claim_overdue(event, now_ms + round(self.grace * 1000)):
+                republished.append(first_delivery(event))
+        await self.outbox.deliveries(republished)
+        if republished:
+            self.metrics.reconciled.inc(len(republished))
+            log.warning("re-published lost deliveries", extra={"count": len(republished)})
+        return len(republished)
+
+    async def run(self, interval: float, stopping: asyncio.Event) -> None:
+        """Sweep every ``interval`` seconds until ``stopping`` is set; errors are logged and the loop goes on."""
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("reconciler sweep failed; will try again", extra={"error": str(exc)[:300]})

@@ -1,0 +1,62 @@
+"""Restarting events: a store + broker operation that gives an event a fresh budget and publishes its delivery.
+
+A ``Failed`` event (or a ``Finished`` one with ``force``) goes back to ``New`` with ``budget_start`` = its
+attempt count, so it gets ``HOOKPOST_MAX_ATTEMPTS`` more attempts; its earlier attempts stay in its history.
+An event that is already ``New``/``Retrying`` is skipped: it has a delivery in flight, and a second one would
+send twice. (If that delivery was lost, the reconciler re-publishes it.)
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common.models import EventStatus, WebhookEvent, utcnow
+from dispatcher.fanout import first_delivery
+from dispatcher.outbox import Outbox
+from store import Store
+
+
+@dataclass
+class RestartReport:
+    """Which events were restarted and which were skipped, with the reason."""
+
+    restarted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Return ``{reason: count}`` of skipped events."""
+        out: dict[str, int] = {}
+        for reason in self.skipped.values():
+            out[reason] = out.get(reason, 0) + 1
+        return out
+
+
+def restart_refusal(event: WebhookEvent, force: bool) -> str | None:
+    """Return why ``event`` is not restarted, or None if it is."""
+    if event.status in (EventStatus.NEW, EventStatus.RETRYING):
+        return f"already in flight ({event.status.value})"
+    if event.status == EventStatus.FINISHED and not force:
+        return "Finished (use --force to send it again)"
+    return None
+
+
+async def restart_events(store: Store, outbox: Outbox, events: list[WebhookEvent], *, force: bool = False,
+                         progress: Callable[[int], None] | None = None, window: int = 200) -> RestartReport:
+    """Restart ``events`` (see the module doc); publish their deliveries in confirmed windows."""
+    report = RestartReport()
+    for start in range(0, len(events), window):
+        chunk = events[start:start + window]
+        due = []
+        for event in chunk:
+            why = restart_refusal(event, force)
+            if why is None and not await store.events.restart(event, now_ms=int(utcnow().timestamp() * 1000)):
+                why = "changed meanwhile"
+            if why:
+                report.skipped[event.id] = why
+            else:
+                due.append(event.model_copy(update={"budget_start": event.attempt_count,
+                                                    "status": EventStatus.NEW}))
+        await outbox.deliveries([first_delivery(e) for e in due])
+        report.restarted += [e.id for e in due]
+        if progress:
+            progress(len(chunk))
+    return report

@@ -1,0 +1,250 @@
+"""The dispatcher's run loop: one asyncio loop, one AMQP connection at a time, two consumers.
+
+A supervisor connects to the first broker address that answers, declares the topology, consumes
+``PREFIX.changes`` (fan-out) and ``PREFIX.deliver`` (attempts), and waits. When the connection or a channel is
+lost it logs once, backs off (capped exponential) and starts over; unacked messages go back to the queue.
+On :meth:`Worker.stop` it cancels the consumers, gives in-flight work ``HOOKPOST_SHUTDOWN_GRACE`` to finish
+(the rest stays unacked and is redelivered) and closes the connection.
+
+Example::
+
+    worker = Worker(load_settings())
+    await worker.run()          # until worker.stop() (the CLI wires SIGTERM/SIGINT to it)
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pika.exceptions
+
+from common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
+from common.errors import BrokerUnavailableError, ConfigError, PublishError
+from common.settings import Settings, mask_url
+from common.topology import topology_from
+from dispatcher.cache import WebhookCache
+from dispatcher.delivery import DeliveryHandler
+from dispatcher.fanout import FanOut
+from dispatcher.limits import EndpointLimiter
+from dispatcher.metrics import Metrics
+from dispatcher.ops import OpsServer
+from dispatcher.outbox import Outbox
+from dispatcher.reconciler import Reconciler
+from dispatcher.sender import Sender
+from dispatcher.storeguard import StoreGuard
+from dispatcher.targets import TargetPolicy
+from store import Store
+
+log = logging.getLogger("hookpost.worker")
+
+Handler = Callable[[IncomingMessage], Awaitable[None]]
+
+
+class Worker:
+    """A dispatcher process: fan-out, delivery, reconciler and ops server on one event loop."""
+
+    def __init__(self, settings: Settings, *, name: str = "hookpost-dispatcher") -> None:
+        self.settings = settings
+        self.name = name
+        self.topology = topology_from(settings)
+        self.metrics = Metrics()
+        self.stopping = asyncio.Event()
+        self.store = Store.connect(settings.mongodb_url, settings.mongodb_db)
+        self.guard = StoreGuard(self.metrics, self.stopping)
+        self.cache = WebhookCache(self.store.webhooks, settings.webhook_cache_ttl)
+        self.outbox = Outbox(self.topology)
+        self.sender = Sender(
+            TargetPolicy(allow_private=settings.allow_private_targets,
+                         allowed_networks=settings.allowed_target_networks, require_https=settings.require_https),
+            timeout=settings.http_timeout, connect_timeout=settings.http_connect_timeout,
+            excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
+            max_connections=settings.concurrency)
+        self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency)
+        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, settings.max_change_bytes)
+        self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
+                                        self.metrics, delays=settings.retry_delays,
+                                        max_attempts=settings.max_attempts)
+        self.reconciler = Reconciler(self.store, self.outbox, self.metrics, grace=settings.reconcile_grace)
+        self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
+        self.connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.reconnects = 0
+
+    def readiness(self) -> dict[str, bool]:
+        """Return the readiness checks: broker connected, store reachable."""
+        return {"broker": self.outbox.ready, "store": self.guard.up}
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (safe to call from a signal handler)."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; raise :class:`ConfigError` on a problem no retry can fix."""
+        background: list[asyncio.Task[None]] = []
+        try:
+            await self._prepare_store()
+            if self.settings.ops_port is not None:
+                port = await self.ops.start()
+                log.info("ops server listening", extra={"port": port})
+            background.append(asyncio.create_task(self._watch_store()))
+            background.append(asyncio.create_task(
+                self.reconciler.run(self.settings.reconcile_interval, self.stopping)))
+            await self._supervise()
+        finally:
+            self.stopping.set()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.ops.stop()
+            await self.sender.close()
+            await self.store.close()
+
+    async def _prepare_store(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await self.store.ensure_indexes()
+                self.guard.mark(True)
+                return
+            except Exception as exc:  # store not up yet: wait like any other outage
+                self.guard.mark(False, str(exc))
+                await self._sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _watch_store(self) -> None:
+        while not self.stopping.is_set():
+            self.guard.mark(await self.store.ping(), "ping failed")
+            await self._sleep(2.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _supervise(self) -> None:
+        backoff = 0.25
+        lost_logged = False
+        urls = self.settings.rabbitmq_urls
+        while not self.stopping.is_set():
+            conn: AmqpConnection | None = None
+            try:
+                conn = await AmqpConnection.connect(urls, name=self.name)
+                channels = await self._open(conn)
+            except (BrokerUnavailableError, ConnectionLostError, PublishError, OSError, TimeoutError,
+                    pika.exceptions.AMQPError) as exc:
+                self._check_fatal(exc)
+                if not lost_logged:
+                    log.warning("broker unavailable; retrying with backoff", extra={"error": str(exc)[:300]})
+                    lost_logged = True
+                if conn is not None:
+                    await conn.close()
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 15.0)
+                continue
+            if lost_logged or self.reconnects:
+                log.info("connected to the broker again", extra={"url": mask_url(conn.url)})
+            else:
+                log.info("connected to the broker; consuming", extra={"url": mask_url(conn.url)})
+            lost_logged = False
+            backoff = 0.25
+            self.metrics.broker_up.set(1)
+            self.connected.set()
+            watched = [conn.closed, *(c.closed for c in channels)]
+            stop_wait = asyncio.ensure_future(self.stopping.wait())
+            done, _ = await asyncio.wait([stop_wait, *watched], return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            self.connected.clear()
+            self.metrics.broker_up.set(0)
+            if self.stopping.is_set():
+                await self._drain(conn, channels)
+                return
+            reason = next((f.result() for f in done if f is not stop_wait and not f.cancelled()), "unknown")
+            log.warning("lost the broker connection; reconnecting", extra={"reason": str(reason)[:300]})
+            self.reconnects += 1
+            lost_logged = True
+            self.outbox.channel = None
+            await conn.close()
+            await self._sleep(backoff)
+
+    def _check_fatal(self, exc: BaseException) -> None:
+        text = str(exc)
+        if "PRECONDITION_FAILED" in text or "inequivalent arg" in text:
+            raise ConfigError(
+                "the broker refused to declare a queue with different arguments (PRECONDITION_FAILED): "
+                f"{text[:300]}. A queue's type or TTL cannot change in place; see docs/retries.md") from None
+        if "ACCESS_REFUSED" in text:
+            raise ConfigError(f"the broker refused our credentials: {text[:300]}") from None
+
+    async def _open(self, conn: AmqpConnection) -> list[AmqpChannel]:
+        pub = await conn.channel(confirms=True)
+        await pub.declare(self.topology)
+        self.outbox.channel = pub
+        changes = await conn.channel(prefetch=self.settings.prefetch)
+        deliver = await conn.channel(prefetch=self.settings.prefetch)
+        self._consumers = [
+            (changes, await changes.consume(self.topology.changes_queue, self._spawn(self.fanout.handle))),
+            (deliver, await deliver.consume(self.topology.deliver_queue, self._spawn(self.delivery.handle))),
+        ]
+        return [pub, changes, deliver]
+
+    def _spawn(self, handler: Handler) -> Callable[[IncomingMessage], None]:
+        def on_message(msg: IncomingMessage) -> None:
+            task = asyncio.create_task(self._guarded(handler, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return on_message
+
+    async def _guarded(self, handler: Handler, msg: IncomingMessage) -> None:
+        try:
+            await handler(msg)
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionLostError, PublishError) as exc:
+            # the channel is gone (nothing can be acked) or the broker refused a publish: give the message back
+            log.warning("could not finish a message; it will be redelivered", extra={"error": str(exc)[:300]})
+            await asyncio.sleep(0.5)
+            msg.reject(requeue=True)
+        except Exception:
+            log.exception("unexpected error handling a message; requeueing it")
+            await asyncio.sleep(1.0)
+            msg.reject(requeue=True)
+
+    async def _drain(self, conn: AmqpConnection, channels: list[AmqpChannel]) -> None:
+        for ch, tag in getattr(self, "_consumers", []):
+            try:
+                await ch.cancel(tag)
+            except (ConnectionLostError, pika.exceptions.AMQPError):
+                pass
+        pending = set(self._tasks)
+        if pending:
+            log.info("stopping: waiting for in-flight work", extra={"in_flight": len(pending),
+                                                                   "grace_s": self.settings.shutdown_grace})
+            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+                log.warning("stopping: gave back unfinished work (unacked)", extra={"count": len(late)})
+        self.outbox.channel = None
+        await conn.close()
+        log.info("stopped")
+
+
+def run_forever(settings: Settings, install_signals: bool = True) -> None:
+    """Run a :class:`Worker` in a new event loop until SIGTERM/SIGINT (the ``hookpost dispatcher`` command)."""
+    import signal
+
+    async def main() -> None:
+        worker = Worker(settings)
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+
+
+__all__: list[Any] = ["Worker", "run_forever"]

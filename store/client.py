@@ -1,0 +1,58 @@
+"""The :class:`Store`: one ``AsyncMongoClient`` and the three collections, with their indexes.
+
+Example::
+
+    store = Store.connect(settings.mongodb_url, settings.mongodb_db)
+    await store.ensure_indexes()
+    hook = await store.webhooks.get("wh_…")
+    await store.close()
+"""
+
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from store.attempts import AttemptRepo
+from store.events import EventRepo
+from store.webhooks import WebhookRepo
+
+
+class Store:
+    """Hookpost's MongoDB database: ``webhooks``, ``events`` and ``attempts``."""
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
+        self.client = client
+        self.db = client[db_name]
+        self.webhooks = WebhookRepo(self.db["webhooks"])
+        self.attempts = AttemptRepo(self.db["attempts"])
+        self.events = EventRepo(self.db["events"], self.attempts)
+
+    @classmethod
+    def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000) -> "Store":
+        """Create a store for ``url``; the URL's own options (``replicaSet``, ``w``, …) pass through untouched.
+
+        No I/O happens until the first operation.
+        """
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+            appname="hookpost")
+        return cls(client, db_name)
+
+    async def ensure_indexes(self) -> None:
+        """Create every index Hookpost needs (idempotent; safe to run at every start-up)."""
+        await self.webhooks.ensure_indexes()
+        await self.events.ensure_indexes()
+        await self.attempts.ensure_indexes()
+
+    async def ping(self) -> bool:
+        """Tell whether the store answers right now."""
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Close every connection of the client."""
+        await self.client.close()

@@ -1,0 +1,184 @@
+"""The ``events`` collection: webhook events, their status moves, and the operator's queries.
+
+Writes on the delivery path filter on ``_id`` (plus a guard field), which the local stand-in and MongoDB both
+serve from the primary index. Time ranges are ``_id`` ranges: event ids are time-sortable (see
+:mod:`common.ids`), so "since 2h" never compares datetimes.
+"""
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from common.errors import NotFoundError
+from common.ids import id_floor
+from common.models import IN_FLIGHT, EventStatus, WebhookEvent, utcnow
+from store.attempts import AttemptRepo
+from store.docs import from_doc, to_doc
+
+FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_error")
+
+
+def type_pattern_regex(pattern: str) -> str:
+    """Return the anchored ``$regex`` string for an event-type pattern (``article.*``)."""
+    parts = [r"[^.]+(\.[^.]+)*" if p == "*" else re.escape(p) for p in pattern.split(".")]
+    return "^" + r"\.".join(parts) + "$"
+
+
+@dataclass
+class EventFilter:
+    """The operator's filters over webhook events; every field is optional and they combine with AND."""
+
+    statuses: Sequence[EventStatus] = ()
+    event_type: str | None = None
+    webhook_id: str | None = None
+    entity_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    search: str | None = None
+    before: str | None = None
+    ids: Sequence[str] = field(default_factory=tuple)
+
+    def query(self) -> dict[str, Any]:
+        """Return the MongoDB filter document."""
+        q: dict[str, Any] = {}
+        if self.ids:
+            q["_id"] = {"$in": list(self.ids)}
+        if self.statuses:
+            q["status"] = {"$in": [s.value for s in self.statuses]}
+        if self.event_type:
+            q["type"] = ({"$regex": type_pattern_regex(self.event_type)} if "*" in self.event_type
+                         else self.event_type)
+        if self.webhook_id:
+            q["webhook_id"] = self.webhook_id
+        if self.entity_id:
+            q["entity.id"] = self.entity_id
+        id_range: dict[str, str] = {}
+        if self.since:
+            id_range["$gte"] = id_floor("evt", self.since)
+        if self.until:
+            id_range["$lt"] = id_floor("evt", self.until)
+        if self.before:
+            id_range["$lt"] = min(self.before, id_range.get("$lt", self.before))
+        if id_range:
+            q.setdefault("_id", {}).update(id_range)
+        if self.search:
+            rx = {"$regex": re.escape(self.search), "$options": "i"}
+            q["$or"] = [{f: rx} for f in FIELDS_SEARCHED]
+        return q
+
+
+class EventRepo:
+    """Webhook event documents, keyed by ``evt_`` ids."""
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]], attempts: AttemptRepo) -> None:
+        self.coll = coll
+        self.attempts = attempts
+
+    async def ensure_indexes(self) -> None:
+        """Create the unique (change, webhook) index and single-field indexes for every filter."""
+        await self.coll.create_index([("change_id", ASCENDING), ("webhook_id", ASCENDING)], unique=True,
+                                     name="change_webhook_unique")
+        for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms"):
+            await self.coll.create_index([(name, ASCENDING)])
+
+    async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        """Insert fanned-out events in one round trip; return those that were new.
+
+        An event whose (change id, webhook id) already exists is skipped: a replayed change makes no second event.
+        """
+        if not events:
+            return []
+        try:
+            await self.coll.insert_many([to_doc(e) for e in events], ordered=False)
+            return events
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            dup = {e["index"] for e in errors}
+            return [e for i, e in enumerate(events) if i not in dup]
+        except DuplicateKeyError:
+            return []
+
+    async def get(self, event_id: str) -> WebhookEvent:
+        """Return the event ``event_id``; raise :class:`NotFoundError` if there is none."""
+        doc = await self.coll.find_one({"_id": event_id})
+        if doc is None:
+            raise NotFoundError(f"no event {event_id!r}")
+        return from_doc(WebhookEvent, doc)
+
+    async def find_for_change(self, change_id: str) -> list[WebhookEvent]:
+        """Return the events fanned out from change ``change_id``."""
+        cursor = self.coll.find({"change_id": change_id}).limit(10000)
+        return [from_doc(WebhookEvent, d) async for d in cursor]
+
+    async def find(self, flt: EventFilter, *, limit: int = 50, newest_first: bool = True) -> list[WebhookEvent]:
+        """Return up to ``limit`` events matching ``flt``, newest first (page on with ``before=<last id>``)."""
+        cursor = self.coll.find(flt.query()).sort("_id", DESCENDING if newest_first else ASCENDING).limit(limit)
+        return [from_doc(WebhookEvent, d) async for d in cursor]
+
+    async def find_ids(self, query: dict[str, Any], *, limit: int) -> list[str]:
+        """Return up to ``limit`` ids matching a raw filter, oldest first."""
+        cursor = self.coll.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
+        return [d["_id"] async for d in cursor]
+
+    async def count(self, query: dict[str, Any]) -> int:
+        """Count events matching ``query`` (an aggregation: ``count_documents`` is too slow on the stand-in)."""
+        res = await (await self.coll.aggregate([{"$match": query}, {"$count": "n"}])).to_list()
+        return int(res[0]["n"]) if res else 0
+
+    async def group_counts(self, key: str, query: dict[str, Any]) -> dict[str, int]:
+        """Return ``{value of key: count}`` over events matching ``query``."""
+        pipeline = [{"$match": query}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
+        res = await (await self.coll.aggregate(pipeline)).to_list()
+        return {str(r["_id"]): int(r["n"]) for r in res if r["n"]}
+
+    async def record_attempt(self, event_id: str, attempt: int, changes: dict[str, Any]) -> bool:
+        """Write the outcome of attempt ``attempt``: ``attempt_count`` becomes ``attempt`` and ``changes`` apply.
+
+        Guarded on the previous count and an in-flight status, so a duplicate delivery of the same attempt
+        records nothing; return whether this call made the change.
+        """
+        res = await self.coll.update_one(
+            {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]}},
+            {"$set": {"attempt_count": attempt, "updated_at": utcnow(), **changes}})
+        return res.matched_count == 1
+
+    async def restart(self, event: WebhookEvent, *, now_ms: int) -> bool:
+        """Move ``event`` (Failed, or Finished when forced) back to New with a fresh attempt budget.
+
+        Guarded on its current status and count; return False if it changed meanwhile.
+        """
+        now = utcnow()
+        res = await self.coll.update_one(
+            {"_id": event.id, "status": event.status.value, "attempt_count": event.attempt_count},
+            {"$set": {"status": EventStatus.NEW.value, "budget_start": event.attempt_count, "updated_at": now,
+                      "finished_at": None, "next_attempt_at": now, "next_attempt_ms": now_ms}})
+        return res.matched_count == 1
+
+    async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
+        """Return in-flight events whose next attempt was due before ``before_ms`` (the reconciler's work)."""
+        cursor = self.coll.find({"next_attempt_ms": {"$lt": before_ms},
+                                 "status": {"$in": [s.value for s in IN_FLIGHT]}}).sort(
+            "next_attempt_ms", ASCENDING).limit(limit)
+        return [from_doc(WebhookEvent, d) async for d in cursor]
+
+    async def claim_overdue(self, event: WebhookEvent, until_ms: int) -> bool:
+        """Push an overdue event's ``next_attempt_ms`` to ``until_ms`` if nobody touched it meanwhile."""
+        res = await self.coll.update_one(
+            {"_id": event.id, "attempt_count": event.attempt_count, "next_attempt_ms": event.next_attempt_ms},
+            {"$set": {"next_attempt_ms": until_ms}})
+        return res.matched_count == 1
+
+    async def delete_only(self, event_ids: list[str]) -> int:
+        """Delete events by id (not their attempts: see :func:`store.cleanup.cleanup`); return how many."""
+        if not event_ids:
+            return 0
+        res = await self.coll.delete_many({"_id": {"$in": event_ids}})
+        return res.deleted_count

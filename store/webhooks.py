@@ -1,0 +1,71 @@
+"""The ``webhooks`` collection: create, read, update, enable/disable, delete, rotate secrets."""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+
+from common.errors import NotFoundError
+from common.ids import new_id
+from common.models import Webhook, utcnow
+from common.signing import generate_secret
+from store.docs import from_doc, to_doc
+
+
+class WebhookRepo:
+    """Webhook documents, keyed by ``wh_`` ids."""
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
+        self.coll = coll
+
+    async def ensure_indexes(self) -> None:
+        """Index the active flag (the dispatcher loads active webhooks)."""
+        await self.coll.create_index([("active", ASCENDING)])
+
+    async def create(self, url: str, event_types: list[str], *, description: str = "", secret: str | None = None,
+                     headers: dict[str, str] | None = None, active: bool = True) -> Webhook:
+        """Store a new webhook and return it (with a generated secret unless ``secret`` is given)."""
+        hook = Webhook(id=new_id("wh"), url=url, event_types=event_types, description=description,
+                       secret=secret or generate_secret(), headers=headers or {}, active=active)
+        await self.coll.insert_one(to_doc(hook))
+        return hook
+
+    async def get(self, webhook_id: str) -> Webhook:
+        """Return the webhook ``webhook_id``; raise :class:`NotFoundError` if there is none."""
+        doc = await self.coll.find_one({"_id": webhook_id})
+        if doc is None:
+            raise NotFoundError(f"no webhook {webhook_id!r}")
+        return from_doc(Webhook, doc)
+
+    async def list(self, *, active_only: bool = False, limit: int = 1000) -> list[Webhook]:
+        """Return webhooks, oldest first."""
+        query: dict[str, Any] = {"active": True} if active_only else {}
+        cursor = self.coll.find(query).sort("_id", ASCENDING).limit(limit)
+        return [from_doc(Webhook, d) async for d in cursor]
+
+    async def update(self, webhook_id: str, **fields: Any) -> Webhook:
+        """Set ``fields`` on the webhook (validated through the model) and return it."""
+        hook = await self.get(webhook_id)
+        merged = Webhook.model_validate({**hook.model_dump(), **fields, "updated_at": utcnow()})
+        changes = {k: getattr(merged, k) for k in [*fields, "updated_at"]}
+        await self.coll.update_one({"_id": webhook_id}, {"$set": changes})
+        return merged
+
+    async def set_active(self, webhook_id: str, active: bool, reason: str | None = None) -> Webhook:
+        """Enable or disable a webhook; ``reason`` says why it was disabled (shown in list/show)."""
+        return await self.update(webhook_id, active=active, disabled_reason=None if active else reason)
+
+    async def rotate_secret(self, webhook_id: str, grace: float, new_secret: str | None = None,
+                            now: datetime | None = None) -> Webhook:
+        """Make a new current secret; the old one keeps signing for ``grace`` seconds."""
+        hook = await self.get(webhook_id)
+        now = now or utcnow()
+        return await self.update(webhook_id, secret=new_secret or generate_secret(), previous_secret=hook.secret,
+                                 previous_secret_expires_at=now + timedelta(seconds=grace))
+
+    async def delete(self, webhook_id: str) -> None:
+        """Delete a webhook (its events stay until the janitor removes them)."""
+        res = await self.coll.delete_one({"_id": webhook_id})
+        if res.deleted_count == 0:
+            raise NotFoundError(f"no webhook {webhook_id!r}")
