@@ -213,6 +213,27 @@ class AmqpChannel:
         if not self.closed.done():
             self.closed.set_result(str(reason))
 
+    async def get(self, queue: str) -> IncomingMessage | None:
+        """Fetch one message from ``queue`` (``basic.get``, to be acked); None if the queue is empty."""
+        if not self._ch.is_open:
+            raise ConnectionLostError("channel is closed")
+        fut: asyncio.Future[IncomingMessage | None] = self._loop.create_future()
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
+        def got(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+            if not fut.done():
+                fut.set_result(IncomingMessage(self, method.delivery_tag, bool(method.redelivered),
+                                               method.routing_key, props, body))
+
+        def empty(_frame: Any) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self._ch.add_callback(empty, [pika.spec.Basic.GetEmpty], one_shot=True)
+        self._ch.basic_get(queue, got, auto_ack=False)
+        return await fut
+
     async def consume(self, queue: str, on_message: Callable[[IncomingMessage], None]) -> str:
         """Start consuming ``queue``; ``on_message`` is called (synchronously) for each message."""
         def deliver(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:

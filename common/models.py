@@ -4,11 +4,12 @@ A *change event* is what upstream systems publish ("article A-1001 updated"). A 
 for one subscribed webhook, with its delivery status. An *attempt* is one HTTP request made for a webhook event.
 """
 
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from common.matching import validate_pattern, validate_type
 
@@ -40,6 +41,15 @@ class EventStatus(StrEnum):
                 return status
         raise ValueError(f"unknown status {text!r}: choose from {', '.join(s.value for s in cls)}")
 
+
+def now_ms() -> int:
+    """Return the current time in epoch milliseconds (how times that are queried or compared are stored)."""
+    return int(time.time() * 1000)
+
+
+# A datetime read back as UTC. (The local stand-in returns a datetime written by ``$set`` as a naive string;
+# times that are queried are therefore also stored as epoch-ms integers, and only displayed from these.)
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 IN_FLIGHT = (EventStatus.NEW, EventStatus.RETRYING)
 
@@ -90,13 +100,13 @@ class Webhook(BaseModel):
     event_types: list[str]
     secret: str = Field(repr=False)
     previous_secret: str | None = Field(default=None, repr=False)
-    previous_secret_expires_at: datetime | None = None
+    previous_secret_expires_at: UtcDatetime | None = None
     active: bool = True
     disabled_reason: str | None = None
     description: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    updated_at: UtcDatetime = Field(default_factory=utcnow)
 
     @field_validator("event_types")
     @classmethod
@@ -134,13 +144,14 @@ class WebhookEvent(BaseModel):
     status: EventStatus = EventStatus.NEW
     attempt_count: int = 0
     budget_start: int = 0
-    next_attempt_at: datetime | None = None
+    next_attempt_at: UtcDatetime | None = None
     next_attempt_ms: int | None = None
     last_status_code: int | None = None
     last_error: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    updated_at: UtcDatetime = Field(default_factory=utcnow)
+    updated_ms: int = Field(default_factory=now_ms)
+    finished_at: UtcDatetime | None = None
 
 
 class Attempt(BaseModel):
@@ -150,7 +161,7 @@ class Attempt(BaseModel):
     event_id: str
     webhook_id: str
     attempt: int
-    started_at: datetime
+    started_at: UtcDatetime
     duration_ms: float
     status_code: int | None = None
     error: str | None = None
@@ -180,7 +191,7 @@ class FailedNotice(BaseModel):
     attempts: int
     last_status_code: int | None = None
     last_error: str | None = None
-    failed_at: datetime = Field(default_factory=utcnow)
+    failed_at: UtcDatetime = Field(default_factory=utcnow)
 
 
 def build_payload(event_id: str, change: ChangeEvent) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
         events.append(WebhookEvent(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
             payload=build_payload(event_id, change), status=EventStatus.NEW, created_at=now, updated_at=now,
-            next_attempt_at=now, next_attempt_ms=now_ms))
+            updated_ms=now_ms, next_attempt_at=now, next_attempt_ms=now_ms))
     return events
 
 

@@ -9,7 +9,7 @@ send twice. (If that delivery was lost, the reconciler re-publishes it.)
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.models import EventStatus, WebhookEvent, utcnow
+from common.models import EventStatus, WebhookEvent
 from dispatcher.fanout import first_delivery
 from dispatcher.outbox import Outbox
 from store import Store
@@ -48,7 +48,7 @@ async def restart_events(store: Store, outbox: Outbox, events: list[WebhookEvent
         due = []
         for event in chunk:
             why = restart_refusal(event, force)
-            if why is None and not await store.events.restart(event, now_ms=int(utcnow().timestamp() * 1000)):
+            if why is None and not await store.events.restart(event):
                 why = "changed meanwhile"
             if why:
                 report.skipped[event.id] = why

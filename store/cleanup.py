@@ -1,9 +1,9 @@
 """The janitor's cleanup: delete events (and their attempts) past the retention for their status.
 
-Age counts from an event's last change (``updated_at``), so a Failed event restarted yesterday is not deleted
-today. Work goes in bounded batches: find up to ``batch`` ids with an indexed query, then delete by ``_id``,
-attempts first, so no request holds the store for long and a second janitor running at the same time only
-finds less to do.
+Age counts from an event's last change (``updated_ms``, epoch milliseconds), so a Failed event restarted
+yesterday is not deleted today. Work goes in bounded batches: find up to ``batch`` ids with an indexed
+query, then delete by ``_id``, attempts first, so no request holds the store for long and a second janitor
+running at the same time only finds less to do.
 """
 
 import asyncio
@@ -64,8 +64,8 @@ async def cleanup(store: Store, rules: list[RetentionRule], *, batch: int = 500,
     now = now or utcnow()
     report = CleanupReport(dry_run=dry_run)
     for rule in rules:
-        cutoff = now - timedelta(seconds=rule.older_than)
-        query: dict[str, Any] = {"status": rule.status.value, "updated_at": {"$lt": cutoff}}
+        cutoff_ms = int((now - timedelta(seconds=rule.older_than)).timestamp() * 1000)
+        query: dict[str, Any] = {"status": rule.status.value, "updated_ms": {"$lt": cutoff_ms}}
         if dry_run:
             report.events[rule.status.value] = await store.events.count(query)
             continue

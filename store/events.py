@@ -17,7 +17,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common.errors import NotFoundError
 from common.ids import id_floor
-from common.models import IN_FLIGHT, EventStatus, WebhookEvent, utcnow
+from common.models import IN_FLIGHT, EventStatus, WebhookEvent, now_ms, utcnow
 from store.attempts import AttemptRepo
 from store.docs import from_doc, to_doc
 
@@ -84,7 +84,7 @@ class EventRepo:
         """Create the unique (change, webhook) index and single-field indexes for every filter."""
         await self.coll.create_index([("change_id", ASCENDING), ("webhook_id", ASCENDING)], unique=True,
                                      name="change_webhook_unique")
-        for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms"):
+        for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms"):
             await self.coll.create_index([(name, ASCENDING)])
 
     async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
@@ -147,19 +147,20 @@ class EventRepo:
         """
         res = await self.coll.update_one(
             {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]}},
-            {"$set": {"attempt_count": attempt, "updated_at": utcnow(), **changes}})
+            {"$set": {"attempt_count": attempt, "updated_at": utcnow(), "updated_ms": now_ms(), **changes}})
         return res.matched_count == 1
 
-    async def restart(self, event: WebhookEvent, *, now_ms: int) -> bool:
+    async def restart(self, event: WebhookEvent, *, at_ms: int | None = None) -> bool:
         """Move ``event`` (Failed, or Finished when forced) back to New with a fresh attempt budget.
 
         Guarded on its current status and count; return False if it changed meanwhile.
         """
         now = utcnow()
+        ms = at_ms if at_ms is not None else now_ms()
         res = await self.coll.update_one(
             {"_id": event.id, "status": event.status.value, "attempt_count": event.attempt_count},
             {"$set": {"status": EventStatus.NEW.value, "budget_start": event.attempt_count, "updated_at": now,
-                      "finished_at": None, "next_attempt_at": now, "next_attempt_ms": now_ms}})
+                      "updated_ms": ms, "finished_at": None, "next_attempt_at": now, "next_attempt_ms": ms}})
         return res.matched_count == 1
 
     async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
