@@ -110,14 +110,13 @@ def list_(statuses: tuple[str, ...], event_type: str | None, webhook_id: str | N
     found = run(go())
     if as_json:
         echo_json([event_json(e) for e in found])
-        return
-    if not found:
+    elif not found:
         click.echo("no events match", err=True)
-        return
-    now = utcnow()
-    click.echo(table(["ID", "TYPE", "ENTITY", "WEBHOOK", "STATUS", "ATTEMPTS", "LAST", "AGE"],
-                     [[e.id, e.type, f"{e.entity.kind}/{e.entity.id}", e.webhook_id, e.status.value,
-                       e.attempt_count, _last(e), _age(e.created_at, now)] for e in found]))
+    else:
+        now = utcnow()
+        click.echo(table(["ID", "TYPE", "ENTITY", "WEBHOOK", "STATUS", "ATTEMPTS", "LAST", "AGE"],
+                         [[e.id, e.type, f"{e.entity.kind}/{e.entity.id}", e.webhook_id, e.status.value,
+                           e.attempt_count, _last(e), _age(e.created_at, now)] for e in found]))
     if len(found) == limit:
         click.echo(f"more: --before {found[-1].id}", err=True)
 
