@@ -69,7 +69,8 @@ def test_allow_list_of_networks():
 @pytest.mark.parametrize(("url", "why"), [
     ("ftp://example.com/x", "only http"), ("file:///etc/passwd", "only http"), ("example.com/x", "only http"),
     ("http://", "no host"), ("http://user:pw@example.com/", "credentials"), ("http://127.0.0.1:8080/", "loopback"),
-    ("http://[::1]/", "loopback"), ("http://169.254.169.254/latest", "link-local"), ("http://example.com:99999/", "Port out of range")])
+    ("http://[::1]/", "loopback"), ("http://169.254.169.254/latest", "link-local"),
+    ("http://example.com:99999/", "Port out of range")])
 def test_check_url_rejects(url, why):
     with pytest.raises(InvalidInputError, match=why):
         TargetPolicy().check_url(url)
