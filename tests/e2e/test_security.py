@@ -12,7 +12,6 @@ import warnings
 import pika
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
@@ -23,8 +22,6 @@ from common.wire import InvalidChangeError
 from producer import Publisher
 from store import Store
 from tests.helpers import drain_queue, running_worker, wait_until
-
-_ = HealthCheck
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: int = 300) -> bool:
