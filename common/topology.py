@@ -37,6 +37,7 @@ class Topology:
     retry_delays: tuple[float, ...] = ()
     queue_type: str = "quorum"
     delivery_limit: int = 20
+    defer_delay: float = 1.0
 
     @property
     def changes_exchange(self) -> str:
@@ -78,6 +79,11 @@ class Topology:
         return f"{self.prefix}.retry.{format_duration(self.retry_delays[level])}"
 
     @property
+    def defer_queue(self) -> str:
+        """Delay queue for deliveries whose endpoint is busy (no attempt made; back to the deliver queue)."""
+        return f"{self.prefix}.defer.{format_duration(self.defer_delay)}"
+
+    @property
     def retry_queues(self) -> list[str]:
         """Distinct retry queue names, shortest delay first."""
         return list(dict.fromkeys(self.retry_queue(i) for i in range(len(self.retry_delays))))
@@ -111,8 +117,8 @@ class Topology:
             QueueSpec(self.invalid_queue, self._typed({})),
         ]
         seen = set()
-        for level, delay in enumerate(self.retry_delays):
-            name = self.retry_queue(level)
+        delays = [(self.retry_queue(level), delay) for level, delay in enumerate(self.retry_delays)]
+        for name, delay in [*delays, (self.defer_queue, self.defer_delay)]:
             if name in seen:
                 continue
             seen.add(name)
@@ -137,4 +143,5 @@ class Topology:
 def topology_from(settings: Any) -> Topology:
     """Build the :class:`Topology` that ``settings`` (a :class:`common.settings.Settings`) describes."""
     return Topology(prefix=settings.prefix, retry_delays=settings.retry_delays,
-                    queue_type=settings.queue_type, delivery_limit=settings.delivery_limit)
+                    queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
+                    defer_delay=settings.defer_delay)

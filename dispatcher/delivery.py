@@ -2,6 +2,12 @@
 
 The attempt number comes with the message. Recording is guarded on the event's previous attempt count, so a
 duplicate message (after a crash) sends at most one extra request and never records or schedules twice.
+Records of concurrent deliveries share store round trips (:class:`dispatcher.batcher.Batcher`): one
+``insert_many`` of attempts and one ``bulk_write`` of event updates per batch.
+
+When a delivery's endpoint already has ``HOOKPOST_ENDPOINT_CONCURRENCY`` requests running and as many waiting,
+the delivery is parked unchanged in the defer queue (no attempt counted) instead of holding a prefetch slot, so
+one slow endpoint cannot starve the others.
 """
 
 import logging
@@ -12,6 +18,7 @@ from pydantic import ValidationError
 
 from common.amqp import IncomingMessage
 from common.models import Attempt, DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
+from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
 from dispatcher.limits import EndpointLimiter, endpoint_key
 from dispatcher.metrics import Metrics, status_class
@@ -45,11 +52,15 @@ def event_changes(decision: Decision, result: AttemptResult | None, now_ms: int)
     return changes
 
 
+Record = tuple[Attempt | None, str, int, dict[str, Any]]
+
+
 class DeliveryHandler:
     """Consumes ``PREFIX.deliver``."""
 
     def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
-                 guard: StoreGuard, metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int) -> None:
+                 guard: StoreGuard, metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int,
+                 batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
@@ -59,6 +70,12 @@ class DeliveryHandler:
         self.metrics = metrics
         self.delays = delays
         self.max_attempts = max_attempts
+        self.records: Batcher[Record, bool] = Batcher(self._write_records, max_batch=batch)
+
+    async def _write_records(self, records: list[Record]) -> list[bool]:
+        attempts = [a for a, *_ in records if a is not None]
+        await self.guard.run(lambda: self.store.attempts.insert(attempts))
+        return await self.guard.run(lambda: self.store.events.record_attempts([r[1:] for r in records]))
 
     async def handle(self, msg: IncomingMessage) -> None:
         """Make the attempt a delivery message asks for, record it, schedule what follows, ack."""
@@ -75,10 +92,17 @@ class DeliveryHandler:
             await self._finish(msg, dm, Decision(EventStatus.FAILED, reason=reason), None, None)
             return
 
+        endpoint = endpoint_key(hook.url)
+        if self.limiter.waiting(endpoint) >= 2 * self.limiter.per_endpoint:
+            await self.outbox.defer(dm)
+            msg.ack()
+            self.metrics.deferred.inc()
+            return
+
         started = utcnow()
         self.metrics.in_flight.inc()
         try:
-            async with self.limiter.slot(endpoint_key(hook.url)):
+            async with self.limiter.slot(endpoint):
                 result = await self.sender.send(hook, dm.event_id, dm.payload)
         finally:
             self.metrics.in_flight.dec()
@@ -96,12 +120,9 @@ class DeliveryHandler:
                       result: AttemptResult | None, attempt: Attempt | None, hook: Webhook | None = None) -> None:
         now_ms = int(utcnow().timestamp() * 1000)
         changes = event_changes(decision, result, now_ms)
-        if attempt is not None:
-            await self.guard.run(lambda: self.store.attempts.insert([attempt]))
-            recorded = await self.guard.run(lambda: self.store.events.record_attempt(dm.event_id, dm.attempt, changes))
-        else:
-            recorded = await self.guard.run(lambda: self.store.events.record_attempt(
-                dm.event_id, dm.attempt, {**changes, "attempt_count": dm.attempt - 1}))
+        if attempt is None:  # given up without an attempt: the count stays
+            changes["attempt_count"] = dm.attempt - 1
+        recorded = await self.records.submit((attempt, dm.event_id, dm.attempt, changes))
         extra = {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
                  "status": decision.status.value,
                  "status_code": result.status_code if result else None,

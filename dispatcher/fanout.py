@@ -10,6 +10,7 @@ from common.amqp import IncomingMessage
 from common.ids import new_id
 from common.models import ChangeEvent, DeliveryMessage, EventStatus, WebhookEvent, build_payload, utcnow
 from common.wire import InvalidChangeError, decode_change
+from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import Outbox
@@ -43,13 +44,24 @@ class FanOut:
     """Consumes ``PREFIX.changes``."""
 
     def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, guard: StoreGuard, metrics: Metrics,
-                 max_change_bytes: int) -> None:
+                 max_change_bytes: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
         self.guard = guard
         self.metrics = metrics
         self.max_change_bytes = max_change_bytes
+        self.inserts: Batcher[list[WebhookEvent], list[bool]] = Batcher(self._insert, max_batch=batch)
+
+    async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool]]:
+        """Insert the events of several changes in one round trip; return per change which were new."""
+        flat = [e for g in groups for e in g]
+        flags = await self.guard.run(lambda: self.store.events.insert_flags(flat))
+        out, i = [], 0
+        for g in groups:
+            out.append(flags[i:i + len(g)])
+            i += len(g)
+        return out
 
     async def handle(self, msg: IncomingMessage) -> None:
         """Fan one change message out, then ack it (or move it to the invalid queue with the reason)."""
@@ -66,7 +78,8 @@ class FanOut:
             return
         hooks = await self.guard.run(lambda: self.cache.subscribers(change.type))
         events = new_events(change, [h.id for h in hooks])
-        created = await self.guard.run(lambda: self.store.events.insert_new(events))
+        flags = await self.inserts.submit(events) if events else []
+        created = [e for e, new in zip(events, flags, strict=True) if new]
         to_send = created
         if len(created) < len(events) and msg.redelivered:
             # a replay after a crash: the first try may have stored events without publishing their deliveries

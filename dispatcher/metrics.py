@@ -1,6 +1,7 @@
 """Prometheus metrics of one dispatcher process (low-cardinality labels only; no event or webhook ids)."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 
 def status_class(status_code: int | None) -> str:
@@ -31,5 +32,28 @@ class Metrics:
         self.in_flight = Gauge("hookpost_deliveries_in_flight", "Deliveries being attempted now", registry=r)
         self.broker_up = Gauge("hookpost_broker_connected", "1 while connected to RabbitMQ", registry=r)
         self.store_up = Gauge("hookpost_store_up", "1 while MongoDB answers", registry=r)
+        self.deferred = Counter("hookpost_deliveries_deferred", "Deliveries parked because their endpoint was busy",
+                                registry=r)
+        self.store_ops = Counter("hookpost_store_operations", "Commands sent to MongoDB (excluding heartbeats)",
+                                 ["command"], registry=r)
+        self.oldest_retrying = Gauge("hookpost_oldest_retrying_age_seconds",
+                                     "Age of the oldest Retrying event (0 if none; sampled)", registry=r)
         self.queue_depth = Gauge("hookpost_queue_messages", "Ready messages per queue (sampled)", ["queue"],
                                  registry=r)
+
+
+class StoreOpCounter(CommandListener):
+    """Counts every command the store client sends, by command name (``insert``, ``update``, ``find``, …)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def started(self, event: CommandStartedEvent) -> None:
+        """Count one command."""
+        self.metrics.store_ops.labels(event.command_name).inc()
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        """Nothing to do."""
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        """Nothing to do."""

@@ -41,6 +41,10 @@ class Outbox:
         """Park an attempt in retry queue ``level``; it reaches the deliver queue when that delay ends."""
         await self._delivery(msg, "", self.topology.retry_queue(level))
 
+    async def defer(self, msg: DeliveryMessage) -> None:
+        """Park an attempt, unchanged, in the defer queue (its endpoint is busy); it comes back shortly."""
+        await self._delivery(msg, "", self.topology.defer_queue)
+
     async def failed(self, notice: FailedNotice) -> None:
         """Publish a notice to the failed queue for an event that failed for good."""
         await self._ch().publish(self.topology.dead_exchange, "failed", notice.model_dump_json().encode(),

@@ -27,7 +27,7 @@ from dispatcher.cache import WebhookCache
 from dispatcher.delivery import DeliveryHandler
 from dispatcher.fanout import FanOut
 from dispatcher.limits import EndpointLimiter
-from dispatcher.metrics import Metrics
+from dispatcher.metrics import Metrics, StoreOpCounter
 from dispatcher.ops import OpsServer
 from dispatcher.outbox import Outbox
 from dispatcher.reconciler import Reconciler
@@ -50,7 +50,8 @@ class Worker:
         self.topology = topology_from(settings)
         self.metrics = Metrics()
         self.stopping = asyncio.Event()
-        self.store = Store.connect(settings.mongodb_url, settings.mongodb_db)
+        self.store = Store.connect(settings.mongodb_url, settings.mongodb_db,
+                                   listeners=[StoreOpCounter(self.metrics)])
         self.guard = StoreGuard(self.metrics, self.stopping)
         self.cache = WebhookCache(self.store.webhooks, settings.webhook_cache_ttl)
         self.outbox = Outbox(self.topology)
@@ -61,10 +62,11 @@ class Worker:
             excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
             max_connections=settings.concurrency)
         self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency)
-        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, settings.max_change_bytes)
+        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, settings.max_change_bytes,
+                             batch=settings.store_batch)
         self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
                                         self.metrics, delays=settings.retry_delays,
-                                        max_attempts=settings.max_attempts)
+                                        max_attempts=settings.max_attempts, batch=settings.store_batch)
         self.reconciler = Reconciler(self.store, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()
@@ -83,11 +85,12 @@ class Worker:
         """Run until :meth:`stop`; raise :class:`ConfigError` on a problem no retry can fix."""
         background: list[asyncio.Task[None]] = []
         try:
-            await self._prepare_store()
-            if self.settings.ops_port is not None:
+            if self.settings.ops_port is not None:  # first, so /healthz answers while the store is still down
                 port = await self.ops.start()
                 log.info("ops server listening", extra={"port": port})
+            await self._prepare_store()
             background.append(asyncio.create_task(self._watch_store()))
+            background.append(asyncio.create_task(self._sample_queues()))
             background.append(asyncio.create_task(
                 self.reconciler.run(self.settings.reconcile_interval, self.stopping)))
             await self._supervise()
@@ -116,6 +119,22 @@ class Worker:
         while not self.stopping.is_set():
             self.guard.mark(await self.store.ping(), "ping failed")
             await self._sleep(2.0)
+
+    async def _sample_queues(self, interval: float = 15.0) -> None:
+        """Every ``interval`` seconds, export queue depths and the oldest Retrying event's age as gauges."""
+        t = self.topology
+        while not self.stopping.is_set():
+            ch = self.outbox.channel
+            try:
+                if ch is not None and ch.is_open:
+                    for label, queue in (("changes", t.changes_queue), ("deliver", t.deliver_queue),
+                                         ("failed", t.failed_queue), ("invalid", t.invalid_queue)):
+                        self.metrics.queue_depth.labels(label).set(await ch.queue_depth(queue))
+                age = await self.store.events.oldest_retrying_age()
+                self.metrics.oldest_retrying.set(age if age is not None else 0)
+            except Exception as exc:  # a gauge is not worth a crash; the next sample tries again
+                log.debug("sampling queue depths failed", extra={"error": str(exc)[:200]})
+            await self._sleep(interval)
 
     async def _sleep(self, seconds: float) -> None:
         try:

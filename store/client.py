@@ -12,6 +12,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
+from pymongo.monitoring import CommandListener
 
 from store.attempts import AttemptRepo
 from store.events import EventRepo
@@ -29,14 +30,16 @@ class Store:
         self.events = EventRepo(self.db["events"], self.attempts)
 
     @classmethod
-    def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000) -> "Store":
+    def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000,
+                listeners: list[CommandListener] | None = None) -> "Store":
         """Create a store for ``url``; the URL's own options (``replicaSet``, ``w``, …) pass through untouched.
 
-        No I/O happens until the first operation.
+        ``listeners`` see every command (the dispatcher counts store operations with one). No I/O happens until
+        the first operation.
         """
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-            appname="hookpost")
+            appname="hookpost", event_listeners=listeners or [])
         return cls(client, db_name)
 
     async def ensure_indexes(self) -> None:

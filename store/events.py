@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common.errors import NotFoundError
-from common.ids import id_floor
+from common.ids import id_floor, id_time_ms, new_id
 from common.models import IN_FLIGHT, EventStatus, WebhookEvent, now_ms, utcnow
 from store.attempts import AttemptRepo
 from store.docs import from_doc, to_doc
@@ -106,6 +106,11 @@ class EventRepo:
         except DuplicateKeyError:
             return []
 
+    async def insert_flags(self, events: list[WebhookEvent]) -> list[bool]:
+        """Like :meth:`insert_new`, but return per event whether it was new (for batched fan-out)."""
+        created = {e.id for e in await self.insert_new(events)}
+        return [e.id in created for e in events]
+
     async def get(self, event_id: str) -> WebhookEvent:
         """Return the event ``event_id``; raise :class:`NotFoundError` if there is none."""
         doc = await self.coll.find_one({"_id": event_id})
@@ -150,6 +155,28 @@ class EventRepo:
             {"$set": {"attempt_count": attempt, "updated_at": utcnow(), "updated_ms": now_ms(), **changes}})
         return res.matched_count == 1
 
+    async def record_attempts(self, updates: list[tuple[str, int, dict[str, Any]]]) -> list[bool]:
+        """Apply many :meth:`record_attempt` updates in one bulk write; return per update whether it applied.
+
+        A bulk result only counts matches, so each update also writes a unique ``writer`` token; only when fewer
+        updates matched than were sent (duplicates) are the tokens read back to tell which ones applied.
+        """
+        if len(updates) == 1:
+            return [await self.record_attempt(*updates[0])]
+        now, ms = utcnow(), now_ms()
+        tokens = [new_id("w") for _ in updates]
+        in_flight = [s.value for s in IN_FLIGHT]
+        ops = [UpdateOne({"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": in_flight}},
+                         {"$set": {"attempt_count": attempt, "updated_at": now, "updated_ms": ms, **changes,
+                                   "writer": token}})
+               for (event_id, attempt, changes), token in zip(updates, tokens, strict=True)]
+        res = await self.coll.bulk_write(ops, ordered=False)
+        if res.matched_count == len(ops):
+            return [True] * len(ops)
+        ids = list({u[0] for u in updates})
+        writers = {d["_id"]: d.get("writer") async for d in self.coll.find({"_id": {"$in": ids}}, {"writer": 1})}
+        return [writers.get(u[0]) == token for u, token in zip(updates, tokens, strict=True)]
+
     async def restart(self, event: WebhookEvent, *, at_ms: int | None = None) -> bool:
         """Move ``event`` (Failed, or Finished when forced) back to New with a fresh attempt budget.
 
@@ -162,6 +189,14 @@ class EventRepo:
             {"$set": {"status": EventStatus.NEW.value, "budget_start": event.attempt_count, "updated_at": now,
                       "updated_ms": ms, "finished_at": None, "next_attempt_at": now, "next_attempt_ms": ms}})
         return res.matched_count == 1
+
+    async def oldest_retrying_age(self) -> float | None:
+        """Return the age in seconds of the oldest ``Retrying`` event, or None if there is none."""
+        doc = await self.coll.find_one({"status": EventStatus.RETRYING.value}, {"_id": 1}, sort=[("_id", ASCENDING)])
+        if doc is None:
+            return None
+        created = id_time_ms(doc["_id"])
+        return None if created is None else max(0.0, (now_ms() - created) / 1000)
 
     async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
         """Return in-flight events whose next attempt was due before ``before_ms`` (the reconciler's work)."""

@@ -36,7 +36,7 @@ def _executable() -> str:
         return str(beside)
     found = shutil.which("nx-27017")
     if not found:
-        raise HookpostError("nx-27017 is not installed (pip install nx-27017)")
+        raise HookpostError("nx-27017 is not installed: pip install 'hookpost[local]' (or nx-27017)")
     return found
 
 

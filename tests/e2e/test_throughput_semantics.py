@@ -1,0 +1,77 @@
+"""Issue 8 semantics (not speed): batched store writes, and a hanging endpoint that cannot starve the others."""
+
+import asyncio
+
+from aiohttp import web
+
+from common.models import ChangeEvent, Entity
+from producer import Publisher
+from store import Store
+from tests.helpers import running_worker, wait_until
+
+
+def metric(worker, name: str, **labels: str) -> float:
+    value = worker.metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+async def test_store_operations_per_delivery_are_batched(settings_factory, new_receiver):
+    s = settings_factory(prefetch=300, concurrency=300, endpoint_concurrency=100)
+    a, b = await new_receiver([200]), await new_receiver([200])
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(a.url, ["article.*"])
+    await store.webhooks.create(b.url, ["article.*"])
+    async with running_worker(s) as worker:
+        before = sum(metric(worker, "hookpost_store_operations_total", command=c)
+                     for c in ("insert", "update", "find", "delete", "aggregate"))
+        async with Publisher.from_settings(s) as p:
+            await p.publish_many([ChangeEvent(id=f"c-{i}", type="article.updated", entity=Entity(kind="a", id=str(i)))
+                                  for i in range(300)])
+
+        async def done():
+            return await store.events.count({"status": "Finished"}) == 600
+
+        await wait_until(done, 60, message="600 deliveries finished")
+        ops = {c: metric(worker, "hookpost_store_operations_total", command=c)
+               for c in ("insert", "update", "find", "delete", "aggregate")}
+    per_delivery = (sum(ops.values()) - before) / 600
+    print(f"store operations: {ops}, per delivery {per_delivery:.2f}")
+    assert per_delivery <= 1.5, ops
+    assert len(a.requests) == len(b.requests) == 300
+    await store.close()
+
+
+async def test_hanging_endpoint_does_not_starve_others(settings_factory, new_receiver):
+    s = settings_factory(prefetch=40, concurrency=40, endpoint_concurrency=2, http_timeout="3s", defer_delay="200ms")
+    release = asyncio.Event()
+
+    async def hang(n, request):
+        await release.wait()
+        return web.Response(status=200)
+
+    slow = await new_receiver(respond=hang)
+    fast = await new_receiver([200])
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(slow.url, ["slow.*"])
+    await store.webhooks.create(fast.url, ["fast.*"])
+    async with running_worker(s) as worker:
+        async with Publisher.from_settings(s) as p:
+            # the slow endpoint's deliveries come first and would fill every prefetch slot if they waited in-process
+            await p.publish_many([ChangeEvent(id=f"s-{i}", type="slow.x", entity=Entity(kind="a", id=str(i)))
+                                  for i in range(60)])
+            await p.publish_many([ChangeEvent(id=f"f-{i}", type="fast.x", entity=Entity(kind="a", id=str(i)))
+                                  for i in range(100)])
+        await wait_until(lambda: len(fast.requests) == 100, 20, message="all fast deliveries while slow hangs")
+        assert len(slow.requests) <= 2  # never more than its limit at once
+        assert metric(worker, "hookpost_deliveries_deferred_total") > 0
+        release.set()
+
+        async def all_done():
+            return await store.events.count({"status": "Finished"}) == 160
+
+        await wait_until(all_done, 60, message="every event finished once the endpoint recovers")
+    # deferring never counted an attempt
+    assert await store.events.count({"attempt_count": {"$ne": 1}}) == 0
+    await store.close()
