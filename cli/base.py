@@ -15,6 +15,7 @@ import click
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from common.amqp import AmqpConnection
 from common.durations import parse_duration
 from common.errors import ConfigError, HookpostError, InvalidInputError, NotFoundError
 from common.settings import Settings, load_settings, mask_url
@@ -109,6 +110,17 @@ async def open_store(s: Settings | None = None) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def open_broker(s: Settings | None = None) -> AsyncIterator[AmqpConnection]:
+    """Connect to the broker for one command and close the connection afterwards."""
+    s = s or settings()
+    conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def echo_json(data: Any) -> None:

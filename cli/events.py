@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from cli.base import echo_json, open_store, parse_when, run, settings, shorten, table
-from common.amqp import AmqpConnection
+from cli.base import echo_json, open_broker, open_store, parse_when, run, settings, shorten, table
 from common.durations import format_age
 from common.errors import InvalidInputError, NotFoundError
 from common.ids import id_time_ms
@@ -228,18 +227,14 @@ def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: s
 
 async def _restart(found: list[WebhookEvent], force: bool) -> RestartReport:
     s = settings()
-    async with open_store(s) as store:
-        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
-        try:
-            outbox = Outbox(topology_from(s))
-            outbox.channel = await conn.channel(confirms=True)
-            if len(found) > 200:
-                with click.progressbar(length=len(found), label="restarting", file=click.get_text_stream("stderr")
-                                       ) as bar:
-                    return await restart_events(store, outbox, found, force=force, progress=bar.update)
-            return await restart_events(store, outbox, found, force=force)
-        finally:
-            await conn.close()
+    async with open_store(s) as store, open_broker(s) as conn:
+        outbox = Outbox(topology_from(s))
+        outbox.channel = await conn.channel(confirms=True)
+        if len(found) > 200:
+            with click.progressbar(length=len(found), label="restarting", file=click.get_text_stream("stderr")
+                                   ) as bar:
+                return await restart_events(store, outbox, found, force=force, progress=bar.update)
+        return await restart_events(store, outbox, found, force=force)
 
 
 def _print_report(report: RestartReport, *, dry_run: bool = False, would: int = 0) -> None:

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from cli.base import DURATION, echo_json, open_store, run, settings, table
-from common.amqp import AmqpConnection
+from cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
 from common.errors import InvalidInputError
 from common.ids import new_id
 from common.logs import setup_logging
@@ -77,12 +76,8 @@ def topology_declare() -> None:
     topo = topology_from(s)
 
     async def go() -> None:
-        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
-        try:
-            ch = await conn.channel()
-            await ch.declare(topo)
-        finally:
-            await conn.close()
+        async with open_broker(s) as conn:
+            await (await conn.channel()).declare(topo)
 
     run(go())
     click.echo(f"declared {len(topo.exchanges)} exchanges and {len(topo.queues)} queues with prefix {s.prefix!r}")
@@ -102,17 +97,14 @@ def topology_show(as_json: bool) -> None:
 
     async def depths() -> dict[str, int | None]:
         out: dict[str, int | None] = {}
-        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
-        try:
+        async with open_broker(s) as conn:
             for spec in topo.queues:
-                try:
+                try:  # a passive declare of a missing queue closes its channel: one channel per queue
                     ch = await conn.channel()
                     out[spec.name] = await ch.queue_depth(spec.name)
                     await ch.close()
                 except Exception:
                     out[spec.name] = None
-        finally:
-            await conn.close()
         return out
 
     try:
@@ -145,11 +137,8 @@ def topology_delete(yes: bool) -> None:
                       abort=True, err=True)
 
     async def go() -> None:
-        conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
-        try:
+        async with open_broker(s) as conn:
             await (await conn.channel()).delete(topology_from(s))
-        finally:
-            await conn.close()
 
     run(go())
     click.echo(f"deleted the topology of prefix {s.prefix!r}")

@@ -71,6 +71,7 @@ class Worker:
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._consumers: list[tuple[AmqpChannel, str]] = []
         self.reconnects = 0
 
     def readiness(self) -> dict[str, bool]:
@@ -231,7 +232,7 @@ class Worker:
             msg.reject(requeue=True)
 
     async def _drain(self, conn: AmqpConnection, channels: list[AmqpChannel]) -> None:
-        for ch, tag in getattr(self, "_consumers", []):
+        for ch, tag in self._consumers:
             try:
                 await ch.cancel(tag)
             except (ConnectionLostError, pika.exceptions.AMQPError):
