@@ -92,10 +92,11 @@ def demo_receiver(host: str, port: int, status: int) -> None:
 @click.command("demo")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".hookpost"), show_default=True,
               help="Folder for the local store's data, pid file and log.")
-@click.option("--receiver-port", type=int, default=None, help="Port of the demo receiver (default: a free one).")
+@click.option("--receiver-port", type=int, default=8099, show_default=True,
+              help="Port of the demo receiver (taken if free, else a free one; 0 = any free one).")
 @click.option("--exit-after-delivery", is_flag=True, help="Stop once the demo event has arrived (for scripts).")
 @click.option("--timeout", type=float, default=60, show_default=True, help="Seconds to wait for the demo event.")
-def demo(data_dir: Path, receiver_port: int | None, exit_after_delivery: bool, timeout: float) -> None:
+def demo(data_dir: Path, receiver_port: int, exit_after_delivery: bool, timeout: float) -> None:
     """Run Hookpost locally: store, dispatcher, demo receiver, demo webhook, one event you watch arrive.
 
     \b
@@ -116,7 +117,8 @@ def demo(data_dir: Path, receiver_port: int | None, exit_after_delivery: bool, t
     s = Settings(**{**base.model_dump(), **overrides})
     setup_logging("text", "WARNING")
     try:
-        code = asyncio.run(_demo(s, receiver_port or _port_or_free(8099), exit_after_delivery, timeout))
+        code = asyncio.run(_demo(s, _port_or_free(receiver_port) if receiver_port else free_port(),
+                                 exit_after_delivery, timeout))
     finally:
         if local is not None:
             local.stop()
