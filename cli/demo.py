@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +168,11 @@ async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int
             click.echo(f"event {e.id}: {e.status.value} after {e.attempt_count} attempt(s)")
         if exit_after:
             return 0 if events and all(e.status.value == "Finished" for e in events) else 1
+        exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "hookpost" else "hookpost"
         click.echo("\nTry it from another terminal:")
-        click.echo(f"  export HOOKPOST_MONGODB_URL={s.mongodb_url}")
-        click.echo("  hookpost publish article.updated --entity-kind article --entity-id A-1002")
-        click.echo("  hookpost events list")
+        click.echo(f"  export HOOKPOST_MONGODB_URL={s.mongodb_url} HOOKPOST_PREFIX={s.prefix}")
+        click.echo(f"  {exe} publish article.updated --entity-kind article --entity-id A-1002")
+        click.echo(f"  {exe} events list")
         click.echo("Ctrl-C stops everything.")
         await task
         return 0
