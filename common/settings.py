@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     defer_delay: Duration = Field("1s", description="wait before retrying a delivery whose endpoint was busy "
                                                     "(no attempt is counted)")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
-    webhook_cache_ttl: Duration = Field("5s", description="how long the dispatcher trusts its webhook cache")
+    webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
     reconcile_interval: Duration = Field("1m", description="how often the dispatcher sweeps for lost deliveries")
     reconcile_grace: Duration = Field("5m", description="how overdue an attempt must be before it is re-published")
