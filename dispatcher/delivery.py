@@ -5,9 +5,11 @@ duplicate message (after a crash) sends at most one extra request and never reco
 Records of concurrent deliveries share store round trips (:class:`dispatcher.batcher.Batcher`): one
 ``insert_many`` of attempts and one ``bulk_write`` of event updates per batch.
 
-When a delivery's endpoint already has ``HOOKPOST_ENDPOINT_CONCURRENCY`` requests running and as many waiting,
-the delivery is parked unchanged in the defer queue (no attempt counted) instead of holding a prefetch slot, so
-one slow endpoint cannot starve the others.
+When a delivery would wait longer than ``HOOKPOST_DEFER_DELAY`` for one of its endpoint's
+``HOOKPOST_ENDPOINT_CONCURRENCY`` slots (judged up front from the endpoint's recent request time and its oldest
+running request, and in any case after waiting that long), it is parked unchanged in the defer queue (no attempt
+counted) instead of holding a prefetch slot, so one slow endpoint cannot starve the others, while a fast endpoint's
+burst simply waits its turn in memory.
 """
 
 import logging
@@ -20,7 +22,7 @@ from common.amqp import IncomingMessage
 from common.models import Attempt, DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
 from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
-from dispatcher.limits import EndpointLimiter, endpoint_key
+from dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
 from dispatcher.metrics import Metrics, status_class
 from dispatcher.outbox import Outbox
 from dispatcher.policy import AttemptResult, Decision, decide
@@ -60,7 +62,7 @@ class DeliveryHandler:
 
     def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
                  guard: StoreGuard, metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int,
-                 batch: int = 500) -> None:
+                 batch: int = 500, defer_after: float = 1.0) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
@@ -70,6 +72,7 @@ class DeliveryHandler:
         self.metrics = metrics
         self.delays = delays
         self.max_attempts = max_attempts
+        self.defer_after = defer_after
         self.records: Batcher[Record, bool] = Batcher(self._write_records, max_batch=batch)
 
     async def _write_records(self, records: list[Record]) -> list[bool]:
@@ -93,19 +96,21 @@ class DeliveryHandler:
             return
 
         endpoint = endpoint_key(hook.url)
-        if self.limiter.waiting(endpoint) >= 2 * self.limiter.per_endpoint:
+        started = utcnow()
+        try:
+            if self.limiter.should_defer(endpoint, self.defer_after):
+                raise EndpointBusyError(endpoint)
+            async with self.limiter.slot(endpoint, max_wait=self.defer_after):
+                self.metrics.in_flight.inc()
+                try:
+                    result = await self.sender.send(hook, dm.event_id, dm.payload)
+                finally:
+                    self.metrics.in_flight.dec()
+        except EndpointBusyError:
             await self.outbox.defer(dm)
             msg.ack()
             self.metrics.deferred.inc()
             return
-
-        started = utcnow()
-        self.metrics.in_flight.inc()
-        try:
-            async with self.limiter.slot(endpoint):
-                result = await self.sender.send(hook, dm.event_id, dm.payload)
-        finally:
-            self.metrics.in_flight.dec()
         self.metrics.attempts.labels(status_class(result.status_code)).inc()
         self.metrics.duration.observe(result.duration_ms / 1000)
 

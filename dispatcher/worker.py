@@ -66,7 +66,8 @@ class Worker:
                              batch=settings.store_batch)
         self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
                                         self.metrics, delays=settings.retry_delays,
-                                        max_attempts=settings.max_attempts, batch=settings.store_batch)
+                                        max_attempts=settings.max_attempts, batch=settings.store_batch,
+                                        defer_after=settings.defer_delay)
         self.reconciler = Reconciler(self.store, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()

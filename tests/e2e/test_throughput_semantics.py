@@ -43,7 +43,7 @@ async def test_store_operations_per_delivery_are_batched(settings_factory, new_r
 
 
 async def test_hanging_endpoint_does_not_starve_others(settings_factory, new_receiver):
-    s = settings_factory(prefetch=40, concurrency=40, endpoint_concurrency=2, http_timeout="3s", defer_delay="200ms")
+    s = settings_factory(prefetch=40, concurrency=40, endpoint_concurrency=2, http_timeout="20s", defer_delay="200ms")
     release = asyncio.Event()
 
     async def hang(n, request):

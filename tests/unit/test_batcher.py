@@ -31,3 +31,23 @@ async def test_errors_reach_every_caller_of_the_batch():
     assert all(isinstance(r, RuntimeError) for r in res)
     with pytest.raises(RuntimeError):
         await b.submit(3)
+
+
+async def test_endpoint_limiter_defers_only_when_the_wait_would_be_long():
+    from dispatcher.limits import EndpointLimiter
+
+    lim = EndpointLimiter(total=100, per_endpoint=2)
+    release = asyncio.Event()
+
+    async def hold():
+        async with lim.slot("http://slow:80"):
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert lim.waiting("http://slow:80") == 4 and not lim.should_defer("http://fast:80", 1.0)
+    assert lim.should_defer("http://slow:80", 0.01)  # two running for 50 ms already, two waiting
+    assert not lim.should_defer("http://slow:80", 5.0)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert lim.waiting("http://slow:80") == 0
