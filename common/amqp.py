@@ -364,7 +364,7 @@ class AmqpConnection:
 
     async def close(self) -> None:
         """Close the connection and wait until it is closed."""
-        if self._conn.is_open or self._conn.is_opening:
+        if not (self._conn.is_closing or self._conn.is_closed):
             self._conn.close()
         if not self.closed.done():
             try:

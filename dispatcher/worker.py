@@ -225,6 +225,10 @@ class Worker:
         except (ConnectionLostError, PublishError) as exc:
             # the channel is gone (nothing can be acked) or the broker refused a publish: give the message back
             log.warning("could not finish a message; it will be redelivered", extra={"error": str(exc)[:300]})
+            if not isinstance(exc, ConnectionLostError) and self.outbox.channel is not None:
+                # a nack. RabbitMQ 3.10 nacks every later publish of a channel whose first publish to a quorum
+                # queue hit a leader election: drop the channel so the supervisor reconnects with fresh ones.
+                await self.outbox.channel.close()
             await asyncio.sleep(0.5)
             msg.reject(requeue=True)
         except Exception:

@@ -126,13 +126,19 @@ class Publisher:
             except TRANSIENT as exc:
                 results = [exc] * len(pending)
             failed = []
+            nacked = False
             for i, res in zip(pending, results, strict=True):
                 if isinstance(res, BaseException):
                     if "not routed" in str(res):
                         raise UnroutableError(str(res))
                     failed.append(i)
+                    nacked = nacked or not isinstance(res, TRANSIENT)
                     last_error = res if isinstance(res, Exception) else PublishError(str(res))
             pending = failed
+            if nacked and self._channel is not None:
+                # RabbitMQ 3.10: a channel whose first publish to a quorum queue lands during a leader election
+                # is nacked for that queue for good; retry on a fresh channel (connect() opens one).
+                await self._channel.close()
             if pending:
                 if time.monotonic() + delay > deadline:
                     raise PublishError(f"{len(pending)} change event(s) not confirmed by the broker within "
