@@ -9,17 +9,19 @@ import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from common.amqp import AmqpConnection
 from common.durations import parse_duration
 from common.errors import ConfigError, HookpostError, InvalidInputError, NotFoundError
 from common.settings import Settings, load_settings, mask_url
 from store import Store
+
+if TYPE_CHECKING:
+    from common.amqp import AmqpConnection
 
 T = TypeVar("T")
 
@@ -113,8 +115,10 @@ async def open_store(s: Settings | None = None) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def open_broker(s: Settings | None = None) -> AsyncIterator[AmqpConnection]:
+async def open_broker(s: Settings | None = None) -> "AsyncIterator[AmqpConnection]":
     """Connect to the broker for one command and close the connection afterwards."""
+    from common.amqp import AmqpConnection  # imported here: most commands never talk to the broker
+
     s = s or settings()
     conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")
     try:

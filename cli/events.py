@@ -14,8 +14,7 @@ from common.ids import id_time_ms
 from common.matching import validate_pattern
 from common.models import EventStatus, WebhookEvent, utcnow
 from common.topology import topology_from
-from dispatcher.outbox import Outbox
-from dispatcher.restart import RestartReport, restart_events, restart_refusal
+from dispatcher.restart_rules import RestartReport, restart_refusal
 from store import Store
 from store.events import EventFilter
 
@@ -226,6 +225,9 @@ def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: s
 
 
 async def _restart(found: list[WebhookEvent], force: bool) -> RestartReport:
+    from dispatcher.outbox import Outbox
+    from dispatcher.restart import restart_events
+
     s = settings()
     async with open_store(s) as store, open_broker(s) as conn:
         outbox = Outbox(topology_from(s))

@@ -4,16 +4,54 @@ Shell completion (bash): ``eval "$(_HOOKPOST_COMPLETE=bash_source hookpost)"`` (
 fish: ``fish_source``).
 """
 
+import importlib
+
 import click
 
 from cli.base import HookpostGroup
-from cli.demo import demo, demo_receiver
-from cli.events import events
-from cli.system import config, dispatcher, janitor, publish, topology
-from cli.webhooks import webhooks
+
+# command name → "module:attribute"; modules load on first use, so `hookpost events list` does not import
+# aiohttp, pika or the dispatcher (start-up time is most of a short command's run time)
+COMMANDS = {
+    "webhooks": "cli.webhooks:webhooks",
+    "events": "cli.events:events",
+    "publish": "cli.system:publish",
+    "topology": "cli.system:topology",
+    "config": "cli.system:config",
+    "dispatcher": "cli.system:dispatcher",
+    "janitor": "cli.system:janitor",
+    "demo": "cli.demo:demo",
+    "demo-receiver": "cli.demo:demo_receiver",
+}
 
 
-@click.group(cls=HookpostGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class LazyGroup(HookpostGroup):
+    """A :class:`HookpostGroup` whose subcommands are imported when first used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Return every command name, sorted."""
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import and return the command ``cmd_name`` (None if there is no such command)."""
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    @property
+    def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
+        """Every command, imported (for tools that walk the tree, like the tests)."""
+        return {name: cmd for name in COMMANDS if (cmd := self.get_command(click.Context(self), name))}
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        pass
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="hookpost", prog_name="hookpost")
 def cli() -> None:
     """Hookpost: webhook delivery from RabbitMQ change events, recorded in MongoDB.
@@ -27,9 +65,6 @@ def cli() -> None:
       hookpost events list --status failed --since 24h
     """
 
-
-for command in (webhooks, events, publish, topology, config, dispatcher, janitor, demo, demo_receiver):
-    cli.add_command(command)
 
 
 def main() -> None:

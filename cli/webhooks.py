@@ -10,12 +10,13 @@ from common.errors import InvalidInputError
 from common.matching import validate_pattern
 from common.models import Webhook
 from common.signing import secret_key
-from dispatcher.targets import TargetPolicy
 from store import Store
 
 
 def check_url(url: str) -> str:
     """Validate a webhook URL against the configured target policy (one-line error if refused)."""
+    from dispatcher.targets import TargetPolicy  # imports aiohttp: only for the commands that take a URL
+
     s = settings()
     TargetPolicy(allow_private=s.allow_private_targets, allowed_networks=s.allowed_target_networks,
                  require_https=s.require_https).check_url(url)

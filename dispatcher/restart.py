@@ -7,36 +7,12 @@ send twice. (If that delivery was lost, the reconciler re-publishes it.)
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from common.models import EventStatus, WebhookEvent
 from dispatcher.fanout import first_delivery
 from dispatcher.outbox import Outbox
+from dispatcher.restart_rules import RestartReport, restart_refusal
 from store import Store
-
-
-@dataclass
-class RestartReport:
-    """Which events were restarted and which were skipped, with the reason."""
-
-    restarted: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def skipped_by_reason(self) -> dict[str, int]:
-        """Return ``{reason: count}`` of skipped events."""
-        out: dict[str, int] = {}
-        for reason in self.skipped.values():
-            out[reason] = out.get(reason, 0) + 1
-        return out
-
-
-def restart_refusal(event: WebhookEvent, force: bool) -> str | None:
-    """Return why ``event`` is not restarted, or None if it is."""
-    if event.status in (EventStatus.NEW, EventStatus.RETRYING):
-        return f"already in flight ({event.status.value})"
-    if event.status == EventStatus.FINISHED and not force:
-        return "Finished (use --force to send it again)"
-    return None
 
 
 async def restart_events(store: Store, outbox: Outbox, events: list[WebhookEvent], *, force: bool = False,
