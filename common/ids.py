@@ -1,7 +1,7 @@
 """Time-sortable ids (ULID layout: 48-bit milliseconds + 80 random bits, Crockford base32).
 
 Events and webhooks carry such ids with a prefix (``evt_``, ``wh_``), so ordering by ``_id`` is ordering by
-creation time, and a time range is an ``_id`` range the primary index serves.
+creation time (and an id tells when it was made: :func:`id_time_ms`).
 
 >>> new_id("evt").startswith("evt_")
 True
@@ -9,7 +9,6 @@ True
 
 import os
 import time
-from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -27,11 +26,6 @@ def new_id(prefix: str, at_ms: int | None = None) -> str:
     ms = int(time.time() * 1000) if at_ms is None else at_ms
     rand = int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{_encode(ms, 10)}{_encode(rand, 16)}"
-
-
-def id_floor(prefix: str, at: datetime) -> str:
-    """Return the smallest id of ``prefix`` made at or after ``at``: ``_id >= id_floor(...)`` means "since"."""
-    return f"{prefix}_{_encode(int(at.timestamp() * 1000), 10)}{'0' * 16}"
 
 
 def id_time_ms(ident: str) -> int | None:

@@ -149,6 +149,7 @@ class WebhookEvent(BaseModel):
     last_status_code: int | None = None
     last_error: str | None = None
     created_at: UtcDatetime = Field(default_factory=utcnow)
+    created_ms: int = Field(default_factory=now_ms)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
     updated_ms: int = Field(default_factory=now_ms)
     finished_at: UtcDatetime | None = None

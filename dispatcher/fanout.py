@@ -29,8 +29,8 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
         event_id = new_id("evt", now_ms)
         events.append(WebhookEvent(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
-            payload=build_payload(event_id, change), status=EventStatus.NEW, created_at=now, updated_at=now,
-            updated_ms=now_ms, next_attempt_at=now, next_attempt_ms=now_ms))
+            payload=build_payload(event_id, change), status=EventStatus.NEW, created_at=now, created_ms=now_ms,
+            updated_at=now, updated_ms=now_ms, next_attempt_at=now, next_attempt_ms=now_ms))
     return events
 
 

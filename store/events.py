@@ -1,8 +1,9 @@
 """The ``events`` collection: webhook events, their status moves, and the operator's queries.
 
 Writes on the delivery path filter on ``_id`` (plus a guard field), which the local stand-in and MongoDB both
-serve from the primary index. Time ranges are ``_id`` ranges: event ids are time-sortable (see
-:mod:`common.ids`), so "since 2h" never compares datetimes.
+serve from the primary index. Lists are ordered by ``(created_ms, _id)`` and time ranges and paging cursors are
+``created_ms`` ranges (an indexed integer): on the stand-in any range on ``_id`` scans the whole collection
+(measured 1.1 s at 100,000 events, against 3–80 ms for the same query on ``created_ms``).
 """
 
 import re
@@ -16,7 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common.errors import NotFoundError
-from common.ids import id_floor, id_time_ms, new_id
+from common.ids import id_time_ms, new_id
 from common.models import IN_FLIGHT, EventStatus, WebhookEvent, now_ms, utcnow
 from store.attempts import AttemptRepo
 from store.docs import from_doc, to_doc
@@ -58,15 +59,19 @@ class EventFilter:
             q["webhook_id"] = self.webhook_id
         if self.entity_id:
             q["entity.id"] = self.entity_id
-        id_range: dict[str, str] = {}
+        created: dict[str, int] = {}
         if self.since:
-            id_range["$gte"] = id_floor("evt", self.since)
+            created["$gte"] = int(self.since.timestamp() * 1000)
         if self.until:
-            id_range["$lt"] = id_floor("evt", self.until)
-        if self.before:
-            id_range["$lt"] = min(self.before, id_range.get("$lt", self.before))
-        if id_range:
-            q.setdefault("_id", {}).update(id_range)
+            created["$lt"] = int(self.until.timestamp() * 1000)
+        before_ms = id_time_ms(self.before) if self.before else None
+        if before_ms is not None:
+            # events of the cursor's millisecond with a larger id are dropped by EventRepo.find
+            created["$lte"] = before_ms
+            if "$lt" in created and created["$lt"] <= before_ms:
+                del created["$lte"]
+        if created:
+            q["created_ms"] = created
         if self.search:
             rx = {"$regex": re.escape(self.search), "$options": "i"}
             q["$or"] = [{f: rx} for f in FIELDS_SEARCHED]
@@ -84,7 +89,8 @@ class EventRepo:
         """Create the unique (change, webhook) index and single-field indexes for every filter."""
         await self.coll.create_index([("change_id", ASCENDING), ("webhook_id", ASCENDING)], unique=True,
                                      name="change_webhook_unique")
-        for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms"):
+        for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms",
+                     "created_ms"):
             await self.coll.create_index([(name, ASCENDING)])
 
     async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
@@ -125,8 +131,16 @@ class EventRepo:
 
     async def find(self, flt: EventFilter, *, limit: int = 50, newest_first: bool = True) -> list[WebhookEvent]:
         """Return up to ``limit`` events matching ``flt``, newest first (page on with ``before=<last id>``)."""
-        cursor = self.coll.find(flt.query()).sort("_id", DESCENDING if newest_first else ASCENDING).limit(limit)
-        return [from_doc(WebhookEvent, d) async for d in cursor]
+        direction = DESCENDING if newest_first else ASCENDING
+        query = flt.query()
+        extra = 64 if flt.before else 0
+        while True:
+            docs = await self.coll.find(query).sort([("created_ms", direction), ("_id", direction)]).limit(
+                limit + extra).to_list()
+            kept = [d for d in docs if not flt.before or d["_id"] < flt.before]
+            if len(kept) >= limit or len(docs) < limit + extra:
+                return [from_doc(WebhookEvent, d) for d in kept[:limit]]
+            extra *= 4  # many events share the cursor's millisecond: look further
 
     async def find_ids(self, query: dict[str, Any], *, limit: int) -> list[str]:
         """Return up to ``limit`` ids matching a raw filter, oldest first."""
@@ -192,11 +206,9 @@ class EventRepo:
 
     async def oldest_retrying_age(self) -> float | None:
         """Return the age in seconds of the oldest ``Retrying`` event, or None if there is none."""
-        doc = await self.coll.find_one({"status": EventStatus.RETRYING.value}, {"_id": 1}, sort=[("_id", ASCENDING)])
-        if doc is None:
-            return None
-        created = id_time_ms(doc["_id"])
-        return None if created is None else max(0.0, (now_ms() - created) / 1000)
+        doc = await self.coll.find_one({"status": EventStatus.RETRYING.value}, {"created_ms": 1},
+                                       sort=[("created_ms", ASCENDING)])
+        return None if doc is None else max(0.0, (now_ms() - int(doc["created_ms"])) / 1000)
 
     async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
         """Return in-flight events whose next attempt was due before ``before_ms`` (the reconciler's work)."""

@@ -32,7 +32,7 @@ def make_events(n: int, webhook_ids: list[str], *, now: datetime | None = None, 
             last_status_code=503 if failed and i % 3 else None,
             last_error=("Timeout: no complete response within 15s" if failed and i % 3 == 0 else
                         "HTTP 503" if failed else None),
-            created_at=created, updated_at=created, updated_ms=ms,
+            created_at=created, created_ms=ms, updated_at=created, updated_ms=ms,
             next_attempt_ms=ms + 60000 if status == EventStatus.RETRYING else None))
     return events
 
