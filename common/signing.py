@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import secrets as _secrets
 from collections.abc import Iterable
+from functools import lru_cache
 
 from common.errors import InvalidInputError
 
@@ -28,6 +29,7 @@ def generate_secret(n_bytes: int = 32) -> str:
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(n_bytes)).decode()
 
 
+@lru_cache(maxsize=4096)
 def secret_key(secret: str) -> bytes:
     """Return the HMAC key of ``secret``; raise :class:`InvalidInputError` if it is not a valid secret."""
     if not secret.startswith(SECRET_PREFIX):

@@ -5,10 +5,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from itertools import count
 from urllib.parse import urlsplit
 
 
+@lru_cache(maxsize=65536)
 def endpoint_key(url: str) -> str:
     """Return the endpoint a URL belongs to for limiting purposes: ``scheme://host:port``."""
     parts = urlsplit(url)

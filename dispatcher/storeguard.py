@@ -30,11 +30,12 @@ class StoreGuard:
 
     def mark(self, up: bool, reason: str = "") -> None:
         """Record that the store is (un)reachable; log only the transitions."""
-        if up != self.up:
-            if up:
-                log.info("store reachable again")
-            else:
-                log.warning("store unreachable; holding work until it is back", extra={"error": reason[:300]})
+        if up == self.up:
+            return
+        if up:
+            log.info("store reachable again")
+        else:
+            log.warning("store unreachable; holding work until it is back", extra={"error": reason[:300]})
         self.up = up
         self.metrics.store_up.set(1 if up else 0)
 
