@@ -19,6 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.amqp import IncomingMessage
+from common.errors import NotFoundError
+from common.ids import new_id
 from common.models import Attempt, DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
 from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
@@ -78,7 +80,10 @@ class DeliveryHandler:
     async def _write_records(self, records: list[Record]) -> list[bool]:
         attempts = [a for a, *_ in records if a is not None]
         await self.guard.run(lambda: self.store.attempts.insert(attempts))
-        return await self.guard.run(lambda: self.store.events.record_attempts([r[1:] for r in records]))
+        updates = [r[1:] for r in records]
+        # tokens made once, outside the retry: a retry after a lost reply then recognises its own writes
+        tokens = [new_id("w") for _ in records]
+        return await self.guard.run(lambda: self.store.events.record_attempts(updates, tokens))
 
     async def handle(self, msg: IncomingMessage) -> None:
         """Make the attempt a delivery message asks for, record it, schedule what follows, ack."""
@@ -121,6 +126,20 @@ class DeliveryHandler:
                           response_excerpt=result.excerpt)
         await self._finish(msg, dm, decision, result, attempt, hook)
 
+    async def _reschedule_next(self, dm: DeliveryMessage) -> bool:
+        """For a redelivered attempt that is on record as the event's latest and left it Retrying: the first try
+        may have lost the broker between recording and publishing the next attempt, so publish it (the next
+        attempt's own guard makes a duplicate harmless). Return whether it did."""
+        try:
+            ev = await self.guard.run(lambda: self.store.events.get(dm.event_id))
+        except NotFoundError:
+            return False
+        if ev.status != EventStatus.RETRYING or ev.attempt_count != dm.attempt:
+            return False
+        level = min(max(dm.attempt - ev.budget_start - 1, 0), len(self.delays) - 1)
+        await self.outbox.retry(dm.model_copy(update={"attempt": dm.attempt + 1}), level)
+        return True
+
     async def _finish(self, msg: IncomingMessage, dm: DeliveryMessage, decision: Decision,
                       result: AttemptResult | None, attempt: Attempt | None, hook: Webhook | None = None) -> None:
         now_ms = int(utcnow().timestamp() * 1000)
@@ -133,7 +152,10 @@ class DeliveryHandler:
                  "status_code": result.status_code if result else None,
                  "duration_ms": result.duration_ms if result else None}
         if not recorded:
-            log.info("duplicate delivery ignored (event already past this attempt)", extra=extra)
+            if msg.redelivered and await self._reschedule_next(dm):
+                log.info("redelivered attempt was already recorded; next attempt scheduled again", extra=extra)
+            else:
+                log.info("duplicate delivery ignored (event already past this attempt)", extra=extra)
             msg.ack()
             return
 

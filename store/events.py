@@ -108,9 +108,13 @@ class EventRepo:
             if any(e.get("code") != 11000 for e in errors):
                 raise
             dup = {e["index"] for e in errors}
-            return [e for i, e in enumerate(events) if i not in dup]
         except DuplicateKeyError:
-            return []
+            dup = set(range(len(events)))
+        # a duplicate that carries one of *our* ids was inserted by an earlier try of this same call whose reply
+        # was lost (the store guard retried it): it is new, and its delivery still has to be published
+        mine = [events[i].id for i in dup]
+        ours = {d["_id"] async for d in self.coll.find({"_id": {"$in": mine}}, {"_id": 1})}
+        return [e for i, e in enumerate(events) if i not in dup or e.id in ours]
 
     async def insert_flags(self, events: list[WebhookEvent]) -> list[bool]:
         """Like :meth:`insert_new`, but return per event whether it was new (for batched fan-out)."""
@@ -169,16 +173,15 @@ class EventRepo:
             {"$set": {"attempt_count": attempt, "updated_at": utcnow(), "updated_ms": now_ms(), **changes}})
         return res.matched_count == 1
 
-    async def record_attempts(self, updates: list[tuple[str, int, dict[str, Any]]]) -> list[bool]:
+    async def record_attempts(self, updates: list[tuple[str, int, dict[str, Any]]],
+                              tokens: list[str] | None = None) -> list[bool]:
         """Apply many :meth:`record_attempt` updates in one bulk write; return per update whether it applied.
 
         A bulk result only counts matches, so each update also writes a unique ``writer`` token; only when fewer
         updates matched than were sent (duplicates) are the tokens read back to tell which ones applied.
         """
-        if len(updates) == 1:
-            return [await self.record_attempt(*updates[0])]
         now, ms = utcnow(), now_ms()
-        tokens = [new_id("w") for _ in updates]
+        tokens = tokens or [new_id("w") for _ in updates]
         in_flight = [s.value for s in IN_FLIGHT]
         ops = [UpdateOne({"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": in_flight}},
                          {"$set": {"attempt_count": attempt, "updated_at": now, "updated_ms": ms, **changes,
