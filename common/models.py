@@ -180,6 +180,7 @@ class DeliveryMessage(BaseModel):
     webhook_id: str
     attempt: int = Field(ge=1)
     budget_start: int = Field(default=0, ge=0)
+    deferrals: int = Field(default=0, ge=0)
     payload: dict[str, Any]
 
 

@@ -78,10 +78,23 @@ class Topology:
         """Name of the delay queue for retry ``level`` (0 = the delay before the second attempt)."""
         return f"{self.prefix}.retry.{format_duration(self.retry_delays[level])}"
 
+    DEFER_LEVELS = 6
+
     @property
-    def defer_queue(self) -> str:
-        """Delay queue for deliveries whose endpoint is busy (no attempt made; back to the deliver queue)."""
-        return f"{self.prefix}.defer.{format_duration(self.defer_delay)}"
+    def defer_delays(self) -> list[float]:
+        """Waits of the defer ladder: ``defer_delay`` doubled per level (1s, 2s, 4s … 32s by default)."""
+        return [self.defer_delay * 2**k for k in range(self.DEFER_LEVELS)]
+
+    @property
+    def defer_queues(self) -> list[str]:
+        """Every queue of the defer ladder, shortest wait first."""
+        return [self.defer_queue(n) for n in range(1, self.DEFER_LEVELS + 1)]
+
+    def defer_queue(self, deferrals: int = 1) -> str:
+        """Delay queue for a delivery deferred for the ``deferrals``-th time in a row (its endpoint is busy; no
+        attempt made): each deferral waits twice as long as the one before, up to the last level."""
+        delay = self.defer_delays[min(max(deferrals, 1), self.DEFER_LEVELS) - 1]
+        return f"{self.prefix}.defer.{format_duration(delay)}"
 
     @property
     def retry_queues(self) -> list[str]:
@@ -118,7 +131,8 @@ class Topology:
         ]
         seen = set()
         delays = [(self.retry_queue(level), delay) for level, delay in enumerate(self.retry_delays)]
-        for name, delay in [*delays, (self.defer_queue, self.defer_delay)]:
+        defers = [(f"{self.prefix}.defer.{format_duration(d)}", d) for d in self.defer_delays]
+        for name, delay in [*delays, *defers]:
             if name in seen:
                 continue
             seen.add(name)

@@ -39,11 +39,13 @@ class Outbox:
 
     async def retry(self, msg: DeliveryMessage, level: int) -> None:
         """Park an attempt in retry queue ``level``; it reaches the deliver queue when that delay ends."""
-        await self._delivery(msg, "", self.topology.retry_queue(level))
+        await self._delivery(msg.model_copy(update={"deferrals": 0}), "", self.topology.retry_queue(level))
 
     async def defer(self, msg: DeliveryMessage) -> None:
-        """Park an attempt, unchanged, in the defer queue (its endpoint is busy); it comes back shortly."""
-        await self._delivery(msg, "", self.topology.defer_queue)
+        """Park an attempt in the defer ladder (its endpoint is busy): same attempt number, one more deferral,
+        so a delivery deferred again and again waits longer each time instead of cycling every second."""
+        again = msg.model_copy(update={"deferrals": msg.deferrals + 1})
+        await self._delivery(again, "", self.topology.defer_queue(again.deferrals))
 
     async def failed(self, notice: FailedNotice) -> None:
         """Publish a notice to the failed queue for an event that failed for good."""

@@ -215,7 +215,7 @@ async def test_purged_queues_are_reconciled_within_grace(fault_settings, new_rec
                 return await ch.queue_depth(topo.deliver_queue) > 0 and sum(parked) > 0
             await wait_until(backlog_and_parked, 20, interval=0.05, message="a deliver backlog and parked retries")
             purged_at = now_ms()
-            purged = {q: await ch.purge(q) for q in [topo.deliver_queue, *topo.retry_queues, topo.defer_queue]}
+            purged = {q: await ch.purge(q) for q in [topo.deliver_queue, *topo.retry_queues, *topo.defer_queues]}
         finally:
             await conn.close()
         in_flight = [e for e in await event_rows(store) if e["status"] in ("New", "Retrying")]

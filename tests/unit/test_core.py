@@ -141,6 +141,9 @@ def test_decode_change_size_limit_and_defaults():
 def test_topology_names_and_arguments():
     t = Topology("hp", retry_delays=(0.25, 10.0, 10.0, 60.0))
     assert t.retry_queues == ["hp.retry.250ms", "hp.retry.10s", "hp.retry.1m"]
+    assert [t.defer_queue(n) for n in (0, 1, 2, 6, 9)] == [
+        "hp.defer.1s", "hp.defer.1s", "hp.defer.2s", "hp.defer.32s", "hp.defer.32s"]
+    assert {t.defer_queue(n) for n in range(1, 7)} <= {q.name for q in t.queues}
     args = {q.name: q.arguments for q in t.queues}
     assert args["hp.retry.10s"]["x-message-ttl"] == 10000
     assert args["hp.retry.10s"]["x-dead-letter-exchange"] == "hp.deliveries"
