@@ -13,7 +13,7 @@ burst simply waits its turn in memory.
 """
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,9 +36,9 @@ from store.attempts import attempt_id
 log = logging.getLogger("hookpost.delivery")
 
 
-def event_changes(decision: Decision, result: AttemptResult | None, now_ms: int) -> dict[str, Any]:
-    """Return the fields an event gets after an attempt (or after being given up without one)."""
-    now = utcnow()
+def event_changes(decision: Decision, result: AttemptResult | None, now: datetime) -> dict[str, Any]:
+    """Return the fields an event gets after an attempt (or after being given up without one) at ``now``."""
+    now_ms = int(now.timestamp() * 1000)
     changes: dict[str, Any] = {"status": decision.status.value, "updated_at": now}
     if result is not None:
         changes["last_status_code"] = result.status_code
@@ -97,7 +97,7 @@ class DeliveryHandler:
         hook = await self.guard.run(lambda: self.cache.get(dm.webhook_id))
         if hook is None or not hook.active:
             reason = "webhook deleted" if hook is None else f"webhook disabled: {hook.disabled_reason or 'by operator'}"
-            await self._finish(msg, dm, Decision(EventStatus.FAILED, reason=reason), None, None)
+            await self._finish(msg, dm, Decision(EventStatus.FAILED, reason=reason), None, None, utcnow())
             return
 
         endpoint = endpoint_key(hook.url)
@@ -124,7 +124,8 @@ class DeliveryHandler:
                           attempt=dm.attempt, started_at=started, duration_ms=result.duration_ms,
                           status_code=result.status_code, error=None if result.ok else result.error,
                           response_excerpt=result.excerpt)
-        await self._finish(msg, dm, decision, result, attempt, hook)
+        await self._finish(msg, dm, decision, result, attempt, started + timedelta(milliseconds=result.duration_ms),
+                           hook)
 
     async def _reschedule_next(self, dm: DeliveryMessage) -> bool:
         """For a redelivered attempt that is on record as the event's latest and left it Retrying: the first try
@@ -141,9 +142,9 @@ class DeliveryHandler:
         return True
 
     async def _finish(self, msg: IncomingMessage, dm: DeliveryMessage, decision: Decision,
-                      result: AttemptResult | None, attempt: Attempt | None, hook: Webhook | None = None) -> None:
-        now_ms = int(utcnow().timestamp() * 1000)
-        changes = event_changes(decision, result, now_ms)
+                      result: AttemptResult | None, attempt: Attempt | None, now: datetime,
+                      hook: Webhook | None = None) -> None:
+        changes = event_changes(decision, result, now)
         if attempt is None:  # given up without an attempt: the count stays
             changes["attempt_count"] = dm.attempt - 1
         recorded = await self.records.submit((attempt, dm.event_id, dm.attempt, changes))

@@ -78,11 +78,14 @@ class EndpointLimiter:
         ep.users += 1
         token = next(self._tokens)
         try:
-            try:
-                async with asyncio.timeout(max_wait):
-                    await ep.sem.acquire()
-            except TimeoutError:
-                raise EndpointBusyError(key) from None
+            if not ep.sem.locked():
+                await ep.sem.acquire()  # free now: no timer needed
+            else:
+                try:
+                    async with asyncio.timeout(max_wait):
+                        await ep.sem.acquire()
+                except TimeoutError:
+                    raise EndpointBusyError(key) from None
             try:
                 async with self.total:
                     started = ep.running[token] = time.monotonic()
