@@ -11,7 +11,6 @@ Example::
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.process import stop_process
 from store.localserver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,14 +204,7 @@ class Subprocess:
         """SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def log_tail(self, chars: int = 2000) -> str:
         """Return the end of the process's log."""

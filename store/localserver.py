@@ -9,7 +9,6 @@ Example::
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from common.errors import HookpostError
+from common.process import stop_process
 
 
 def free_port() -> int:
@@ -94,13 +94,7 @@ class LocalMongo:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.folder / "nx.pid")
         self.proc = None

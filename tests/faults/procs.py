@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from common.process import stop_process
 from common.settings import Settings
 from store.localserver import free_port
 from tests.helpers import wait_until
@@ -132,14 +133,7 @@ class DispatcherProcess:
         """Stop for teardown: SIGTERM, then SIGKILL after ``timeout``; return the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     async def readyz(self) -> int | None:
         """Return the HTTP status of ``/readyz`` (None if the ops server does not answer)."""
