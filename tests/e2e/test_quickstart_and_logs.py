@@ -16,8 +16,9 @@ from tests.helpers import wait_until
 
 async def test_demo_brings_the_system_up_and_the_event_arrives(tmp_path, settings):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKPOST_")}
-    env["HOOKPOST_PREFIX"] = settings.prefix  # cleaned up by the fixture
+    env["HOOKPOST_PREFIX"] = settings.prefix  # cleaned up by the fixture, which knows this schedule's queues
     env["HOOKPOST_RABBITMQ_URL"] = settings.rabbitmq_url
+    env["HOOKPOST_RETRY_DELAYS"] = ",".join(f"{round(d * 1000)}ms" for d in settings.retry_delays)
     proc = await asyncio.create_subprocess_exec(
         Path(sys.executable).parent / "hookpost", "demo", "--exit-after-delivery", "--data-dir", str(tmp_path / "hp"),
         "--receiver-port", "0", env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
