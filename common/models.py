@@ -115,11 +115,14 @@ class Webhook(BaseModel):
             raise ValueError("a webhook needs at least one event type")
         return [validate_pattern(v) for v in value]
 
-    def signing_secrets(self, now: datetime) -> list[str]:
-        """Return the secrets that sign a request made at ``now``: the current one, and the previous one
-        while its rotation grace period lasts."""
+    def signing_secrets(self, now: datetime | None = None) -> list[str]:
+        """Return the secrets that sign a request made at ``now`` (default: now): the current one, and the
+        previous one while its rotation grace period lasts."""
         secrets = [self.secret]
-        if self.previous_secret and self.previous_secret_expires_at and as_utc(self.previous_secret_expires_at) > now:
+        if not self.previous_secret:
+            return secrets
+        now = now or utcnow()
+        if self.previous_secret_expires_at and as_utc(self.previous_secret_expires_at) > now:
             secrets.append(self.previous_secret)
         return secrets
 

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from common.models import Webhook, utcnow
 from common.signing import signature_headers
@@ -32,7 +33,7 @@ def request_headers(hook: Webhook, event_id: str, body: bytes, timestamp: int, u
     headers = {k: v for k, v in hook.headers.items() if k.lower() not in PROTECTED_HEADERS}
     headers["content-type"] = "application/json"
     headers["user-agent"] = user_agent
-    headers.update(signature_headers(event_id, timestamp, body, hook.signing_secrets(utcnow())))
+    headers.update(signature_headers(event_id, timestamp, body, hook.signing_secrets()))
     return headers
 
 
@@ -70,6 +71,7 @@ class Sender:
                                                      sock_connect=connect_timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._targets: dict[str, tuple[URL, str | None]] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -77,8 +79,10 @@ class Sender:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(resolver=SafeResolver(self.policy), limit=self._max_connections,
                                              limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=True)
+            # no cookie jar: a receiver's Set-Cookie must not ride along on later requests (and saves work)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._client_timeout,
-                                                  auto_decompress=True, skip_auto_headers=("User-Agent",))
+                                                  auto_decompress=True, skip_auto_headers=("User-Agent",),
+                                                  cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def close(self) -> None:
@@ -91,14 +95,15 @@ class Sender:
         body = encode_body(payload)
         started = time.perf_counter()
         try:
-            self._check_literal(hook.url)
+            url = self._target(hook.url)
             headers = request_headers(hook, event_id, body, int(time.time()), self.user_agent)
-            async with self.session.post(hook.url, data=body, headers=headers, allow_redirects=False) as resp:
+            async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 excerpt, complete = await self._read_excerpt(resp)
                 if not complete:
                     resp.close()
                 code = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"), utcnow())
+                header = resp.headers.get("Retry-After")
+                retry_after = parse_retry_after(header, utcnow()) if header else None
                 error = None
                 if 300 <= code < 400:
                     error = f"Redirect: {code} to {resp.headers.get('Location', '?')} not followed"
@@ -107,14 +112,22 @@ class Sender:
         except Exception as exc:  # every failure is an attempt outcome, never a crash
             return AttemptResult(error=error_text(exc, self.timeout)[:1000], duration_ms=_ms(started))
 
-    def _check_literal(self, url: str) -> None:
-        host = urlsplit(url).hostname or ""
-        try:
-            why = self.policy.refusal(host)
-        except ValueError:
-            return  # a name: SafeResolver checks what it resolves to
-        if why:
-            raise TargetRefusedError(f"refused target {host}: {why}")
+    def _target(self, url: str) -> URL:
+        """Return ``url`` parsed, or raise :class:`TargetRefusedError` if its host is a refused literal address
+        (a name is checked by :class:`SafeResolver` on what it resolves to). Remembered per URL."""
+        known = self._targets.get(url)
+        if known is None:
+            host = urlsplit(url).hostname or ""
+            try:
+                why = self.policy.refusal(host)
+            except ValueError:
+                why = None  # a name
+            if len(self._targets) >= 10000:
+                self._targets.clear()
+            known = self._targets[url] = (URL(url), f"refused target {host}: {why}" if why else None)
+        if known[1]:
+            raise TargetRefusedError(known[1])
+        return known[0]
 
     async def _read_excerpt(self, resp: aiohttp.ClientResponse) -> tuple[str | None, bool]:
         limit = self.excerpt_bytes

@@ -242,3 +242,18 @@ async def test_producer_refuses_invalid_changes(settings):
             await p.publish({"id": "x", "type": "a.*", "entity": {"kind": "a", "id": "1"}})
         with pytest.raises(ValueError, match="entity"):
             await p.publish({"id": "x", "type": "a.b"})
+
+
+async def test_cookies_a_receiver_sets_are_not_sent_back(settings, store, dispatcher, new_receiver):
+    async def respond(n: int, request: web.Request) -> web.StreamResponse:
+        resp = web.Response(text="ok")
+        resp.set_cookie("session", f"s{n}", path="/")
+        return resp
+
+    rec = await new_receiver(respond=respond)
+    # a host name, not an address: a cookie jar would keep this cookie (it ignores cookies of bare IPs)
+    await store.webhooks.create(rec.url.replace("127.0.0.1", "localhost"), ["article.*"])
+    for cid in ("c-1", "c-2"):
+        await publish(settings, cid)
+        await wait_until(lambda cid=cid: any(r.json["data"]["change_id"] == cid for r in rec.requests))
+    assert len(rec.requests) == 2 and all("Cookie" not in r.headers for r in rec.requests)
