@@ -3,6 +3,7 @@ says when a delivery should rather be deferred than wait for its endpoint."""
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -23,13 +24,50 @@ class EndpointBusyError(Exception):
 
 
 class _Endpoint:
-    __slots__ = ("latency", "running", "sem", "users")
+    """One endpoint's slots: ``free`` ones, and the deliveries waiting for one (first come, first served; a
+    released slot goes straight to the first waiter, so a newcomer cannot overtake it)."""
+
+    __slots__ = ("free", "latency", "running", "users", "waiters")
 
     def __init__(self, per_endpoint: int) -> None:
-        self.sem = asyncio.Semaphore(per_endpoint)
+        self.free = per_endpoint
+        self.waiters: deque[asyncio.Future[None]] = deque()
         self.users = 0
         self.running: dict[int, float] = {}
         self.latency = 0.0
+
+    async def take(self, key: str, max_wait: float | None) -> None:
+        """Take a slot, waiting up to ``max_wait`` seconds (one timer, no task) or raise EndpointBusyError."""
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self.waiters.append(fut)
+        timer = loop.call_later(max_wait, _expire, fut, key) if max_wait is not None else None
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.give()  # handed a slot just as we were cancelled: pass it on
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def give(self) -> None:
+        """Return a slot: to the first waiter still waiting, else to the free pool."""
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+def _expire(fut: asyncio.Future[None], key: str) -> None:
+    if not fut.done():
+        fut.set_exception(EndpointBusyError(key))
 
 
 class EndpointLimiter:
@@ -66,9 +104,13 @@ class EndpointLimiter:
         """Tell whether a delivery to ``key`` would wait longer than ``defer_after`` seconds for a slot."""
         return self.expected_wait(key) > defer_after
 
-    @asynccontextmanager
-    async def slot(self, key: str, max_wait: float | None = None) -> AsyncIterator[None]:
-        """Hold one slot of endpoint ``key`` and one global slot for the duration of the block.
+    @property
+    def in_flight(self) -> int:
+        """Deliveries holding a slot now (all endpoints)."""
+        return sum(len(ep.running) for ep in self._endpoints.values())
+
+    async def acquire(self, key: str, max_wait: float | None = None) -> int:
+        """Take one slot of endpoint ``key`` and one global slot; return the token :meth:`release` needs.
 
         Raises :class:`EndpointBusyError` if no endpoint slot comes free within ``max_wait`` seconds.
         """
@@ -76,28 +118,45 @@ class EndpointLimiter:
         if ep is None:
             ep = self._endpoints[key] = _Endpoint(self.per_endpoint)
         ep.users += 1
-        token = next(self._tokens)
         try:
-            if not ep.sem.locked():
-                await ep.sem.acquire()  # free now: no timer needed
-            else:
-                try:
-                    async with asyncio.timeout(max_wait):
-                        await ep.sem.acquire()
-                except TimeoutError:
-                    raise EndpointBusyError(key) from None
+            await ep.take(key, max_wait)
             try:
-                async with self.total:
-                    started = ep.running[token] = time.monotonic()
-                    try:
-                        yield
-                    finally:
-                        del ep.running[token]
-                        took = time.monotonic() - started
-                        ep.latency = took if ep.latency == 0.0 else 0.8 * ep.latency + 0.2 * took
-            finally:
-                ep.sem.release()
+                await self.total.acquire()
+            except BaseException:
+                ep.give()
+                raise
+        except BaseException:
+            self._leave(key, ep)
+            raise
+        token = next(self._tokens)
+        ep.running[token] = time.monotonic()
+        return token
+
+    def release(self, key: str, token: int) -> None:
+        """Give back the slots taken by :meth:`acquire` (and learn the endpoint's request time)."""
+        ep = self._endpoints[key]
+        took = time.monotonic() - ep.running.pop(token)
+        ep.latency = took if ep.latency == 0.0 else 0.8 * ep.latency + 0.2 * took
+        self.total.release()
+        ep.give()
+        self._leave(key, ep)
+
+    def _leave(self, key: str, ep: _Endpoint) -> None:
+        ep.users -= 1
+        if ep.users == 0:
+            del self._endpoints[key]
+
+    @asynccontextmanager
+    async def slot(self, key: str, max_wait: float | None = None) -> AsyncIterator[None]:
+        """Hold one slot of endpoint ``key`` and one global slot for the duration of the block (see :meth:`acquire`).
+
+        Example::
+
+            async with limiter.slot("https://hooks.example.com:443", max_wait=1.0):
+                await send()
+        """
+        token = await self.acquire(key, max_wait)
+        try:
+            yield
         finally:
-            ep.users -= 1
-            if ep.users == 0:
-                del self._endpoints[key]
+            self.release(key, token)

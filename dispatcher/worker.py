@@ -62,6 +62,7 @@ class Worker:
             excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
             max_connections=settings.concurrency)
         self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency)
+        self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
         self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, settings.max_change_bytes,
                              batch=settings.store_batch)
         self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,

@@ -51,3 +51,34 @@ async def test_endpoint_limiter_defers_only_when_the_wait_would_be_long():
     release.set()
     await asyncio.gather(*tasks)
     assert lim.waiting("http://slow:80") == 0
+
+
+async def test_endpoint_limiter_hands_slots_over_in_order_and_gives_up_after_max_wait():
+    from dispatcher.limits import EndpointBusyError, EndpointLimiter
+
+    lim = EndpointLimiter(total=100, per_endpoint=1)
+    key = "http://one:80"
+    held = await lim.acquire(key)
+    order: list[str] = []
+
+    async def waiter(name: str, max_wait: float | None) -> None:
+        token = await lim.acquire(key, max_wait=max_wait)
+        order.append(name)
+        lim.release(key, token)
+
+    first = asyncio.create_task(waiter("first", None))
+    second = asyncio.create_task(waiter("second", None))
+    impatient = asyncio.create_task(waiter("impatient", 0.01))
+    with pytest.raises(EndpointBusyError):
+        await impatient  # nobody released within 10 ms
+    cancelled = asyncio.create_task(waiter("cancelled", None))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    lim.release(key, held)
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"]
+    assert cancelled.cancelled()
+    # every slot came back: a new delivery gets one at once, and the limiter forgot the idle endpoint
+    token = await asyncio.wait_for(lim.acquire(key, max_wait=0), 1)
+    lim.release(key, token)
+    assert lim.waiting(key) == 0 and lim.in_flight == 0
