@@ -66,8 +66,8 @@ class AmqpChannel:
         self._ch = channel
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Future[Any]] = set()
-        self._confirms: dict[int, asyncio.Future[None]] = {}
-        self._by_message_id: dict[str, list[asyncio.Future[None]]] = {}
+        # publish sequence number → (confirm future, message id); a basic.return names only the message id
+        self._confirms: dict[int, tuple[asyncio.Future[None], str | None]] = {}
         self._seq = 0
         self._confirming = False
         self.closed: asyncio.Future[str] = self._loop.create_future()
@@ -151,25 +151,12 @@ class AmqpChannel:
         fut: asyncio.Future[None] = self._loop.create_future()
         self._ch.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
         self._seq += 1
-        self._confirms[self._seq] = fut
-        mid = props.message_id
-        if mandatory and mid:
-            waiting = self._by_message_id.setdefault(mid, [])
-            waiting.append(fut)
-            fut.add_done_callback(lambda f, m=mid: self._forget(m, f))
+        self._confirms[self._seq] = (fut, props.message_id if mandatory else None)
         return fut
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, **kwargs: Any) -> None:
         """Publish one message and wait for its confirm; raise :class:`PublishError` if it is not confirmed."""
         await self.publish_nowait(exchange, routing_key, body, **kwargs)
-
-    def _forget(self, mid: str, fut: asyncio.Future[None]) -> None:
-        waiting = self._by_message_id.get(mid)
-        if waiting is not None:
-            if fut in waiting:
-                waiting.remove(fut)
-            if not waiting:
-                del self._by_message_id[mid]
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -180,11 +167,13 @@ class AmqpChannel:
                 tag = next(iter(self._confirms))
                 if tag > method.delivery_tag:
                     break
-                futures.append(self._confirms.pop(tag))
+                futures.append(self._confirms.pop(tag)[0])
         else:
-            futures.append(self._confirms.pop(method.delivery_tag, None))
+            entry = self._confirms.pop(method.delivery_tag, None)
+            if entry is not None:
+                futures.append(entry[0])
         for fut in futures:
-            if fut is None or fut.done():
+            if fut.done():
                 continue
             if ack:
                 fut.set_result(None)
@@ -192,8 +181,12 @@ class AmqpChannel:
                 fut.set_exception(PublishError("the broker refused the message (nack): queue full or unavailable"))
 
     def _on_return(self, _ch: Any, method: Any, props: pika.BasicProperties, _body: bytes) -> None:
-        for fut in self._by_message_id.get(props.message_id or "", []):
-            if not fut.done():
+        # the broker sends basic.return before the message's confirm, so the message is still unconfirmed here
+        mid = props.message_id
+        if not mid:
+            return
+        for fut, waiting_mid in self._confirms.values():
+            if waiting_mid == mid and not fut.done():
                 fut.set_exception(PublishError(
                     f"message {props.message_id} was not routed to any queue ({method.reply_text}); "
                     "is the topology declared?"))
@@ -206,7 +199,7 @@ class AmqpChannel:
 
     def _on_close(self, _ch: Any, reason: Exception) -> None:
         err = ConnectionLostError(f"channel closed: {reason}")
-        for fut in [*self._pending, *self._confirms.values()]:
+        for fut in [*self._pending, *(f for f, _ in self._confirms.values())]:
             if not fut.done():
                 fut.set_exception(err)
         self._confirms.clear()
