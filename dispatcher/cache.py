@@ -31,6 +31,12 @@ class WebhookCache:
                     self._loaded_at = time.monotonic()
         return self._by_id
 
+    def peek(self, webhook_id: str) -> Webhook | None:
+        """Return the webhook if the cache is fresh and knows it, else None (then use :meth:`get`); no I/O."""
+        if time.monotonic() - self._loaded_at > self.ttl:
+            return None
+        return self._by_id.get(webhook_id)
+
     async def get(self, webhook_id: str) -> Webhook | None:
         """Return the webhook, or None if it does not exist (reloading once if it is unknown)."""
         hook = (await self._fresh()).get(webhook_id)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from common.amqp import IncomingMessage
 from common.errors import NotFoundError
 from common.ids import new_id
-from common.models import Attempt, DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
+from common.models import DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
 from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
 from dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
@@ -31,7 +31,7 @@ from dispatcher.policy import AttemptResult, Decision, decide
 from dispatcher.sender import Sender
 from dispatcher.storeguard import StoreGuard
 from store import Store
-from store.attempts import attempt_id
+from store.attempts import attempt_doc
 
 log = logging.getLogger("hookpost.delivery")
 
@@ -56,7 +56,7 @@ def event_changes(decision: Decision, result: AttemptResult | None, now: datetim
     return changes
 
 
-Record = tuple[Attempt | None, str, int, dict[str, Any]]
+Record = tuple[dict[str, Any] | None, str, int, dict[str, Any]]
 
 
 class DeliveryHandler:
@@ -76,6 +76,7 @@ class DeliveryHandler:
         self.max_attempts = max_attempts
         self.defer_after = defer_after
         self.records: Batcher[Record, bool] = Batcher(self._write_records, max_batch=batch)
+        self._attempt_counters: dict[int | None, Any] = {}
 
     async def _write_records(self, records: list[Record]) -> list[bool]:
         attempts = [a for a, *_ in records if a is not None]
@@ -94,36 +95,38 @@ class DeliveryHandler:
             msg.reject(requeue=False)
             return
 
-        hook = await self.guard.run(lambda: self.cache.get(dm.webhook_id))
+        hook = self.cache.peek(dm.webhook_id) or await self.guard.run(lambda: self.cache.get(dm.webhook_id))
         if hook is None or not hook.active:
             reason = "webhook deleted" if hook is None else f"webhook disabled: {hook.disabled_reason or 'by operator'}"
             await self._finish(msg, dm, Decision(EventStatus.FAILED, reason=reason), None, None, utcnow())
             return
 
         endpoint = endpoint_key(hook.url)
-        started = utcnow()
+        limiter = self.limiter
         try:
-            if self.limiter.should_defer(endpoint, self.defer_after):
+            if limiter.should_defer(endpoint, self.defer_after):
                 raise EndpointBusyError(endpoint)
-            async with self.limiter.slot(endpoint, max_wait=self.defer_after):
-                self.metrics.in_flight.inc()
-                try:
-                    result = await self.sender.send(hook, dm.event_id, dm.payload)
-                finally:
-                    self.metrics.in_flight.dec()
+            token = await limiter.acquire(endpoint, max_wait=self.defer_after)
         except EndpointBusyError:
             await self.outbox.defer(dm)
             msg.ack()
             self.metrics.deferred.inc()
             return
-        self.metrics.attempts.labels(status_class(result.status_code)).inc()
+        started = utcnow()
+        try:
+            result = await self.sender.send(hook, dm.event_id, dm.payload)
+        finally:
+            limiter.release(endpoint, token)
+        code = result.status_code
+        counter = self._attempt_counters.get(code)
+        if counter is None:
+            counter = self._attempt_counters[code] = self.metrics.attempts.labels(status_class(code))
+        counter.inc()
         self.metrics.duration.observe(result.duration_ms / 1000)
 
         decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
-        attempt = Attempt(id=attempt_id(dm.event_id, dm.attempt), event_id=dm.event_id, webhook_id=hook.id,
-                          attempt=dm.attempt, started_at=started, duration_ms=result.duration_ms,
-                          status_code=result.status_code, error=None if result.ok else result.error,
-                          response_excerpt=result.excerpt)
+        attempt = attempt_doc(dm.event_id, hook.id, dm.attempt, started, result.duration_ms, code,
+                              None if result.ok else result.error, result.excerpt)
         await self._finish(msg, dm, decision, result, attempt, started + timedelta(milliseconds=result.duration_ms),
                            hook)
 
@@ -142,16 +145,19 @@ class DeliveryHandler:
         return True
 
     async def _finish(self, msg: IncomingMessage, dm: DeliveryMessage, decision: Decision,
-                      result: AttemptResult | None, attempt: Attempt | None, now: datetime,
+                      result: AttemptResult | None, attempt: dict[str, Any] | None, now: datetime,
                       hook: Webhook | None = None) -> None:
         changes = event_changes(decision, result, now)
         if attempt is None:  # given up without an attempt: the count stays
             changes["attempt_count"] = dm.attempt - 1
         recorded = await self.records.submit((attempt, dm.event_id, dm.attempt, changes))
-        extra = {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
-                 "status": decision.status.value,
-                 "status_code": result.status_code if result else None,
-                 "duration_ms": result.duration_ms if result else None}
+        if recorded and decision.status == EventStatus.FINISHED:  # the common case: no log record below INFO
+            msg.ack()
+            self.metrics.events_finished.inc()
+            if log.isEnabledFor(logging.INFO):
+                log.info("delivered", extra=_log_extra(dm, decision, result))
+            return
+        extra = _log_extra(dm, decision, result)
         if not recorded:
             if msg.redelivered and await self._reschedule_next(dm):
                 log.info("redelivered attempt was already recorded; next attempt scheduled again", extra=extra)
@@ -177,7 +183,10 @@ class DeliveryHandler:
                 await self.guard.run(lambda: self.store.webhooks.set_active(hook.id, False, decision.reason))
                 self.cache.invalidate()
                 log.warning("webhook disabled: receiver answered 410 Gone", extra={"webhook_id": hook.id})
-        else:
-            self.metrics.events_finished.inc()
-            log.info("delivered", extra=extra)
         msg.ack()
+
+
+def _log_extra(dm: DeliveryMessage, decision: Decision, result: AttemptResult | None) -> dict[str, Any]:
+    return {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
+            "status": decision.status.value, "status_code": result.status_code if result else None,
+            "duration_ms": result.duration_ms if result else None}

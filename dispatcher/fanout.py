@@ -21,23 +21,30 @@ log = logging.getLogger("hookpost.fanout")
 
 
 def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
-    """Build the ``New`` webhook events of ``change``, one per webhook, due now."""
+    """Build the ``New`` webhook events of ``change``, one per webhook, due now.
+
+    ``change`` is already validated, so the events are built without validating again (this runs for every
+    event); their payloads share the change's ``data`` part.
+    """
     now = utcnow()
     now_ms = int(now.timestamp() * 1000)
+    shared = build_payload("", change)
     events = []
     for webhook_id in webhook_ids:
         event_id = new_id("evt", now_ms)
-        events.append(WebhookEvent(
+        events.append(WebhookEvent.model_construct(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
-            payload=build_payload(event_id, change), status=EventStatus.NEW, created_at=now, created_ms=now_ms,
-            updated_at=now, updated_ms=now_ms, next_attempt_at=now, next_attempt_ms=now_ms))
+            payload={**shared, "id": event_id}, status=EventStatus.NEW, attempt_count=0, budget_start=0,
+            next_attempt_at=now, next_attempt_ms=now_ms, last_status_code=None, last_error=None, created_at=now,
+            created_ms=now_ms, updated_at=now, updated_ms=now_ms, finished_at=None))
     return events
 
 
 def first_delivery(event: WebhookEvent) -> DeliveryMessage:
     """Return the delivery message for the next attempt of ``event``."""
-    return DeliveryMessage(event_id=event.id, webhook_id=event.webhook_id, attempt=event.attempt_count + 1,
-                           budget_start=event.budget_start, payload=event.payload)
+    return DeliveryMessage.model_construct(event_id=event.id, webhook_id=event.webhook_id,
+                                           attempt=event.attempt_count + 1, budget_start=event.budget_start,
+                                           deferrals=0, payload=event.payload)
 
 
 class FanOut:
