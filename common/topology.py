@@ -90,10 +90,24 @@ class Topology:
         """Every queue of the defer ladder, shortest wait first."""
         return [self.defer_queue(n) for n in range(1, self.DEFER_LEVELS + 1)]
 
-    def defer_queue(self, deferrals: int = 1) -> str:
-        """Delay queue for a delivery deferred for the ``deferrals``-th time in a row (its endpoint is busy; no
-        attempt made): each deferral waits twice as long as the one before, up to the last level."""
-        delay = self.defer_delays[min(max(deferrals, 1), self.DEFER_LEVELS) - 1]
+    def defer_level(self, deferrals: int = 1, wait: float = 0.0) -> int:
+        """Level of the defer ladder for a delivery deferred for the ``deferrals``-th time in a row (its endpoint
+        is busy; no attempt made) that is expected to wait ``wait`` seconds for a slot: each deferral waits twice
+        as long as the one before, and at least ``wait`` (up to the last level).
+
+        >>> t = Topology("hookpost")
+        >>> t.defer_level(1), t.defer_level(2), t.defer_level(1, wait=5.0), t.defer_level(9)
+        (0, 1, 3, 5)
+        """
+        level = min(max(deferrals, 1), self.DEFER_LEVELS) - 1
+        delays = self.defer_delays
+        while level < self.DEFER_LEVELS - 1 and delays[level] < wait:
+            level += 1
+        return level
+
+    def defer_queue(self, deferrals: int = 1, wait: float = 0.0) -> str:
+        """Delay queue of :meth:`defer_level`."""
+        delay = self.defer_delays[self.defer_level(deferrals, wait)]
         return f"{self.prefix}.defer.{format_duration(delay)}"
 
     @property

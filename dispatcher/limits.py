@@ -2,6 +2,7 @@
 says when a delivery should rather be deferred than wait for its endpoint."""
 
 import asyncio
+import heapq
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ class _Endpoint:
     """One endpoint's slots: ``free`` ones, and the deliveries waiting for one (first come, first served; a
     released slot goes straight to the first waiter, so a newcomer cannot overtake it)."""
 
-    __slots__ = ("free", "latency", "running", "users", "waiters")
+    __slots__ = ("free", "latency", "parked", "running", "users", "waiters")
 
     def __init__(self, per_endpoint: int) -> None:
         self.free = per_endpoint
@@ -35,6 +36,14 @@ class _Endpoint:
         self.users = 0
         self.running: dict[int, float] = {}
         self.latency = 0.0
+        self.parked: list[float] = []  # heap of the times deliveries this process deferred come back
+
+    def backlog(self, now: float) -> int:
+        """Deliveries this process deferred that are not back yet."""
+        parked = self.parked
+        while parked and parked[0] <= now:
+            heapq.heappop(parked)
+        return len(parked)
 
     async def take(self, key: str, max_wait: float | None) -> None:
         """Take a slot, waiting up to ``max_wait`` seconds (one timer, no task) or raise EndpointBusyError."""
@@ -91,14 +100,24 @@ class EndpointLimiter:
         return ep.users if ep else 0
 
     def expected_wait(self, key: str) -> float:
-        """Estimate how long a new delivery to ``key`` would wait for a slot, in seconds."""
+        """Estimate how long a new delivery to ``key`` would wait for a slot, in seconds: 0 while a slot is
+        free, else the rounds of requests ahead of it (those holding or waiting for a slot, and those deferred
+        and not back yet) times the endpoint's request time."""
         ep = self._endpoints.get(key)
         if ep is None or ep.users < self.per_endpoint:
             return 0.0
-        oldest = time.monotonic() - min(ep.running.values()) if ep.running else 0.0
+        now = time.monotonic()
+        oldest = now - next(iter(ep.running.values())) if ep.running else 0.0  # running is in start order
         per_request = max(ep.latency, oldest)
-        rounds = (ep.users - self.per_endpoint) // self.per_endpoint + 1
-        return rounds * per_request
+        ahead = ep.users - self.per_endpoint + ep.backlog(now)
+        return (ahead // self.per_endpoint + 1) * per_request
+
+    def park(self, key: str, seconds: float) -> None:
+        """Note that a delivery to ``key`` was deferred for ``seconds``: until it is back it counts as being
+        ahead of newcomers in :meth:`expected_wait`, so they are deferred for longer and cycle less."""
+        ep = self._endpoints.get(key)
+        if ep is not None and len(ep.parked) < 100_000:
+            heapq.heappush(ep.parked, time.monotonic() + seconds)
 
     def should_defer(self, key: str, defer_after: float) -> bool:
         """Tell whether a delivery to ``key`` would wait longer than ``defer_after`` seconds for a slot."""
@@ -143,7 +162,7 @@ class EndpointLimiter:
 
     def _leave(self, key: str, ep: _Endpoint) -> None:
         ep.users -= 1
-        if ep.users == 0:
+        if ep.users == 0:  # an idle endpoint is forgotten (deliveries it had deferred come back to a free slot)
             del self._endpoints[key]
 
     @asynccontextmanager

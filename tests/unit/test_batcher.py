@@ -82,3 +82,21 @@ async def test_endpoint_limiter_hands_slots_over_in_order_and_gives_up_after_max
     token = await asyncio.wait_for(lim.acquire(key, max_wait=0), 1)
     lim.release(key, token)
     assert lim.waiting(key) == 0 and lim.in_flight == 0
+
+
+async def test_deferred_deliveries_count_as_ahead_until_they_are_back():
+    from dispatcher.limits import EndpointLimiter
+
+    lim = EndpointLimiter(total=100, per_endpoint=1)
+    key = "http://slow:80"
+    token = await lim.acquire(key)
+    lim.release(key, token)
+    token = await lim.acquire(key)  # one request running; the endpoint's request time is known (a few µs)
+    one_round = lim.expected_wait(key)
+    for _ in range(5):
+        lim.park(key, 0.2)
+    assert lim.expected_wait(key) >= 6 * one_round  # 5 deferred ones ahead: 6 rounds
+    await asyncio.sleep(0.25)  # the deferred ones are back: one round again (the running request's age, ~0.25 s)
+    assert lim.expected_wait(key) < 0.6  # with the 5 still counted it would be 6 rounds, ≥ 1.5 s
+    lim.release(key, token)
+    assert lim.waiting(key) == 0 and lim.expected_wait(key) == 0.0

@@ -144,6 +144,10 @@ def test_topology_names_and_arguments():
     assert [t.defer_queue(n) for n in (0, 1, 2, 6, 9)] == [
         "hp.defer.1s", "hp.defer.1s", "hp.defer.2s", "hp.defer.32s", "hp.defer.32s"]
     assert {t.defer_queue(n) for n in range(1, 7)} <= {q.name for q in t.queues}
+    # an expected wait picks a longer level than the deferral count alone (never a shorter one), up to the top
+    assert [t.defer_queue(1, wait=w) for w in (0.5, 1.0, 1.5, 5.0, 500.0)] == [
+        "hp.defer.1s", "hp.defer.1s", "hp.defer.2s", "hp.defer.8s", "hp.defer.32s"]
+    assert t.defer_queue(4, wait=1.5) == "hp.defer.8s"
     args = {q.name: q.arguments for q in t.queues}
     assert args["hp.retry.10s"]["x-message-ttl"] == 10000
     assert args["hp.retry.10s"]["x-dead-letter-exchange"] == "hp.deliveries"
