@@ -185,6 +185,7 @@ class DeliveryMessage(BaseModel):
     budget_start: int = Field(default=0, ge=0)
     deferrals: int = Field(default=0, ge=0)
     payload: dict[str, Any]
+    due_ms: int | None = None  # the event's next_attempt_ms on record for this attempt (None: unknown)
 
 
 class FailedNotice(BaseModel):

@@ -24,6 +24,7 @@ from common.ids import new_id
 from common.models import DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
 from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
+from dispatcher.deferral import Deferrer
 from dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
 from dispatcher.metrics import Metrics, status_class
 from dispatcher.outbox import Outbox
@@ -63,8 +64,8 @@ class DeliveryHandler:
     """Consumes ``PREFIX.deliver``."""
 
     def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
-                 guard: StoreGuard, metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int,
-                 batch: int = 500, defer_after: float = 1.0) -> None:
+                 guard: StoreGuard, metrics: Metrics, deferrer: Deferrer, *, delays: tuple[float, ...],
+                 max_attempts: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
@@ -74,7 +75,7 @@ class DeliveryHandler:
         self.metrics = metrics
         self.delays = delays
         self.max_attempts = max_attempts
-        self.defer_after = defer_after
+        self.deferrer = deferrer
         self.records: Batcher[Record, bool] = Batcher(self._write_records, max_batch=batch)
         self._attempt_counters: dict[int | None, Any] = {}
 
@@ -104,13 +105,12 @@ class DeliveryHandler:
         endpoint = endpoint_key(hook.url)
         limiter = self.limiter
         try:
-            if limiter.should_defer(endpoint, self.defer_after):
+            if self.deferrer.should_defer(endpoint):
                 raise EndpointBusyError(endpoint)
-            token = await limiter.acquire(endpoint, max_wait=self.defer_after)
+            token = await limiter.acquire(endpoint, max_wait=self.deferrer.defer_after)
         except EndpointBusyError:
-            await self.outbox.defer(dm)
+            await self.deferrer.defer(dm, endpoint)
             msg.ack()
-            self.metrics.deferred.inc()
             return
         started = utcnow()
         try:
@@ -141,7 +141,7 @@ class DeliveryHandler:
         if ev.status != EventStatus.RETRYING or ev.attempt_count != dm.attempt:
             return False
         level = min(max(dm.attempt - ev.budget_start - 1, 0), len(self.delays) - 1)
-        await self.outbox.retry(dm.model_copy(update={"attempt": dm.attempt + 1}), level)
+        await self.outbox.retry(dm.model_copy(update={"attempt": dm.attempt + 1, "due_ms": ev.next_attempt_ms}), level)
         return True
 
     async def _finish(self, msg: IncomingMessage, dm: DeliveryMessage, decision: Decision,
@@ -167,7 +167,7 @@ class DeliveryHandler:
             return
 
         if decision.status == EventStatus.RETRYING and decision.retry_level is not None:
-            nxt = dm.model_copy(update={"attempt": dm.attempt + 1})
+            nxt = dm.model_copy(update={"attempt": dm.attempt + 1, "due_ms": changes["next_attempt_ms"]})
             await self.outbox.retry(nxt, decision.retry_level)
             self.metrics.retries.labels(self.outbox.topology.retry_queue(decision.retry_level).rsplit(".", 1)[-1]).inc()
             log.info("attempt failed; retry scheduled", extra={**extra, "error": changes.get("last_error"),

@@ -1,17 +1,20 @@
 """Fan-out: one change event → one ``New`` webhook event per subscribed webhook, and one delivery each.
 
 Order: validate → match webhooks → insert the events (one round trip; the unique (change, webhook) index makes
-a replay insert nothing) → publish the deliveries (confirmed) → ack the change. A crash anywhere replays safely.
+a replay insert nothing) → publish the deliveries (confirmed; a delivery to an endpoint that is saturated goes
+straight to the defer ladder) → ack the change. A crash anywhere replays safely.
 """
 
 import logging
 
 from common.amqp import IncomingMessage
 from common.ids import new_id
-from common.models import ChangeEvent, DeliveryMessage, EventStatus, WebhookEvent, build_payload, utcnow
+from common.models import ChangeEvent, DeliveryMessage, EventStatus, Webhook, WebhookEvent, build_payload, utcnow
 from common.wire import InvalidChangeError, decode_change
 from dispatcher.batcher import Batcher
 from dispatcher.cache import WebhookCache
+from dispatcher.deferral import Deferrer
+from dispatcher.limits import endpoint_key
 from dispatcher.metrics import Metrics
 from dispatcher.outbox import Outbox
 from dispatcher.storeguard import StoreGuard
@@ -44,19 +47,20 @@ def first_delivery(event: WebhookEvent) -> DeliveryMessage:
     """Return the delivery message for the next attempt of ``event``."""
     return DeliveryMessage.model_construct(event_id=event.id, webhook_id=event.webhook_id,
                                            attempt=event.attempt_count + 1, budget_start=event.budget_start,
-                                           deferrals=0, payload=event.payload)
+                                           deferrals=0, payload=event.payload, due_ms=event.next_attempt_ms)
 
 
 class FanOut:
     """Consumes ``PREFIX.changes``."""
 
     def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, guard: StoreGuard, metrics: Metrics,
-                 max_change_bytes: int, batch: int = 500) -> None:
+                 max_change_bytes: int, batch: int = 500, deferrer: Deferrer | None = None) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
         self.guard = guard
         self.metrics = metrics
+        self.deferrer = deferrer
         self.max_change_bytes = max_change_bytes
         self.inserts: Batcher[list[WebhookEvent], list[bool]] = Batcher(self._insert, max_batch=batch)
 
@@ -69,6 +73,24 @@ class FanOut:
             out.append(flags[i:i + len(g)])
             i += len(g)
         return out
+
+    async def _publish(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
+        """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process
+        already knows to be saturated, straight to the defer ladder (saving it a trip through the deliver queue
+        only to be deferred there)."""
+        if self.deferrer is None:
+            await self.outbox.deliveries([first_delivery(e) for e in events])
+            return
+        now: list[DeliveryMessage] = []
+        later: list[tuple[DeliveryMessage, str]] = []
+        for e in events:
+            hook = hooks.get(e.webhook_id)
+            endpoint = endpoint_key(hook.url) if hook is not None else None
+            if endpoint is not None and self.deferrer.should_defer(endpoint):
+                later.append((first_delivery(e), endpoint))
+            else:
+                now.append(first_delivery(e))
+        await self.deferrer.publish(now, later)
 
     async def handle(self, msg: IncomingMessage) -> None:
         """Fan one change message out, then ack it (or move it to the invalid queue with the reason)."""
@@ -92,7 +114,7 @@ class FanOut:
             # a replay after a crash: the first try may have stored events without publishing their deliveries
             existing = await self.guard.run(lambda: self.store.events.find_for_change(change.id))
             to_send = [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0]
-        await self.outbox.deliveries([first_delivery(e) for e in to_send])
+        await self._publish(to_send, {h.id: h for h in hooks})
         msg.ack()
         self.metrics.changes_consumed.labels("ok").inc()
         self.metrics.events_created.inc(len(created))

@@ -43,8 +43,9 @@ class Reconciler:
         overdue = await self.store.events.overdue(now_ms - round(self.grace * 1000), self.batch)
         republished = []
         for event in overdue:
-            if await self.store.events.claim_overdue(event, now_ms + round(self.grace * 1000)):
-                republished.append(first_delivery(event))
+            until = now_ms + round(self.grace * 1000)
+            if await self.store.events.claim_overdue(event, until):
+                republished.append(first_delivery(event.model_copy(update={"next_attempt_ms": until})))
         await self.outbox.deliveries(republished)
         if republished:
             self.metrics.reconciled.inc(len(republished))

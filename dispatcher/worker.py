@@ -24,6 +24,7 @@ from common.errors import BrokerUnavailableError, ConfigError, PublishError
 from common.settings import Settings, mask_url
 from common.topology import topology_from
 from dispatcher.cache import WebhookCache
+from dispatcher.deferral import Deferrer
 from dispatcher.delivery import DeliveryHandler
 from dispatcher.fanout import FanOut
 from dispatcher.limits import EndpointLimiter
@@ -63,12 +64,13 @@ class Worker:
             max_connections=settings.concurrency)
         self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency)
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
+        self.deferrer = Deferrer(self.store, self.outbox, self.limiter, self.guard, self.metrics,
+                                 defer_after=settings.defer_delay, grace=settings.reconcile_grace)
         self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, settings.max_change_bytes,
-                             batch=settings.store_batch)
+                             batch=settings.store_batch, deferrer=self.deferrer)
         self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
-                                        self.metrics, delays=settings.retry_delays,
-                                        max_attempts=settings.max_attempts, batch=settings.store_batch,
-                                        defer_after=settings.defer_delay)
+                                        self.metrics, self.deferrer, delays=settings.retry_delays,
+                                        max_attempts=settings.max_attempts, batch=settings.store_batch)
         self.reconciler = Reconciler(self.store, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()

@@ -9,7 +9,7 @@ serve from the primary index. Lists are ordered by ``(created_ms, _id)`` and tim
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -205,6 +205,15 @@ class EventRepo:
             {"_id": event.id, "status": event.status.value, "attempt_count": event.attempt_count},
             {"$set": {"status": EventStatus.NEW.value, "budget_start": event.attempt_count, "updated_at": now,
                       "updated_ms": ms, "finished_at": None, "next_attempt_at": now, "next_attempt_ms": ms}})
+        return res.matched_count == 1
+
+    async def postpone(self, event_id: str, attempt: int, until_ms: int) -> bool:
+        """Move the due time of attempt ``attempt`` (a deferred delivery) to ``until_ms``, if the event is still
+        waiting for that attempt; return whether it was."""
+        res = await self.coll.update_one(
+            {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]}},
+            {"$set": {"next_attempt_ms": until_ms,
+                      "next_attempt_at": datetime.fromtimestamp(until_ms / 1000, UTC)}})
         return res.matched_count == 1
 
     async def oldest_retrying_age(self) -> float | None:

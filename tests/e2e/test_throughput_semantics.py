@@ -75,3 +75,36 @@ async def test_hanging_endpoint_does_not_starve_others(settings_factory, new_rec
     # deferring never counted an attempt
     assert await store.events.count({"attempt_count": {"$ne": 1}}) == 0
     await store.close()
+
+
+async def test_deferred_longer_than_the_reconcile_grace_is_not_sent_twice(settings_factory, new_receiver):
+    # one slot, requests that time out after 1 s: the other deliveries are deferred for seconds, longer than the
+    # reconciler's grace; the reconciler must not take them for lost and publish second copies
+    s = settings_factory(prefetch=20, concurrency=20, endpoint_concurrency=1, http_timeout="1s", defer_delay="100ms",
+                         max_attempts=2, retry_delays="1m", reconcile_interval="200ms", reconcile_grace="1500ms")
+    release = asyncio.Event()
+
+    async def hang(n, request):
+        await release.wait()
+        return web.Response(status=200)
+
+    slow = await new_receiver(respond=hang)
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(slow.url, ["slow.*"])
+    async with running_worker(s) as worker:
+        async with Publisher.from_settings(s) as p:
+            await p.publish_many([ChangeEvent(id=f"s-{i}", type="slow.x", entity=Entity(kind="a", id=str(i)))
+                                  for i in range(6)])
+
+        async def all_tried_once():
+            return await store.events.count({"status": "Retrying"}) == 6
+
+        await wait_until(all_tried_once, 60, message="every event attempted (and timed out) once")
+        assert metric(worker, "hookpost_deliveries_deferred_total") > 0
+        assert metric(worker, "hookpost_reconciled_total") == 0
+    release.set()
+    ids = [r.headers["webhook-id"] for r in slow.requests]
+    assert len(ids) == 6 and len(set(ids)) == 6, ids
+    assert await store.events.count({"attempt_count": 1}) == 6
+    await store.close()

@@ -1,0 +1,63 @@
+"""Deferral: parking the delivery of a saturated endpoint in the defer ladder instead of holding a prefetch slot.
+
+A deferred delivery waits in ``PREFIX.defer.<d>`` (no attempt counted) for at least its endpoint's expected wait
+(:meth:`EndpointLimiter.expected_wait`), then comes back to ``PREFIX.deliver``. The event's ``next_attempt_ms``
+is pushed along before the delivery would look lost to the reconciler (overdue by ``HOOKPOST_RECONCILE_GRACE``):
+without that, every reconciler sweep would add one more copy of a delivery that an endpoint hanging for longer
+than the grace keeps deferring. The delivery message carries the due time on record (``due_ms``), so this costs
+one store write per half grace of deferral, not one per deferral.
+
+Example::
+
+    deferrer = Deferrer(store, outbox, limiter, guard, metrics, defer_after=1.0, grace=300.0)
+    if limiter.should_defer(endpoint, 1.0):
+        await deferrer.defer(message, endpoint)
+"""
+
+from collections.abc import Sequence
+
+from common.models import DeliveryMessage, now_ms
+from dispatcher.limits import EndpointLimiter
+from dispatcher.metrics import Metrics
+from dispatcher.outbox import Outbox
+from dispatcher.storeguard import StoreGuard
+from store import Store
+
+
+class Deferrer:
+    """Publishes deliveries now or into the defer ladder, and keeps deferred events clear of the reconciler."""
+
+    def __init__(self, store: Store, outbox: Outbox, limiter: EndpointLimiter, guard: StoreGuard, metrics: Metrics,
+                 *, defer_after: float, grace: float) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.limiter = limiter
+        self.guard = guard
+        self.metrics = metrics
+        self.defer_after = defer_after
+        self.grace_ms = round(grace * 1000)
+
+    def should_defer(self, endpoint: str) -> bool:
+        """Tell whether a delivery to ``endpoint`` would wait longer than ``HOOKPOST_DEFER_DELAY`` for a slot."""
+        return self.limiter.should_defer(endpoint, self.defer_after)
+
+    async def defer(self, msg: DeliveryMessage, endpoint: str) -> None:
+        """Park ``msg`` (its endpoint is busy) in the defer ladder."""
+        await self.publish([], [(msg, endpoint)])
+
+    async def publish(self, now: Sequence[DeliveryMessage], later: Sequence[tuple[DeliveryMessage, str]]) -> None:
+        """Publish ``now`` to the deliver queue and defer ``later`` (message, endpoint), as one confirmed window."""
+        deferred = []
+        for msg, endpoint in later:
+            wait = self.limiter.expected_wait(endpoint)
+            back_ms = now_ms() + round(self.outbox.defer_delay(msg, wait) * 1000)
+            if msg.due_ms is None or back_ms > msg.due_ms + self.grace_ms // 2:
+                until = back_ms + self.grace_ms // 2
+                await self.guard.run(lambda m=msg, u=until: self.store.events.postpone(m.event_id, m.attempt, u))
+                msg = msg.model_copy(update={"due_ms": until})
+            deferred.append((msg, wait))
+        delays = await self.outbox.deliveries(list(now), deferred)
+        for (_, endpoint), delay in zip(later, delays, strict=True):
+            self.limiter.park(endpoint, delay)
+        if later:
+            self.metrics.deferred.inc(len(later))
