@@ -7,21 +7,18 @@ creation time (and an id tells when it was made: :func:`id_time_ms`).
 True
 """
 
-import base64
 import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# RFC 4648 base32 → Crockford base32 (same 5-bit groups, other symbols): lets C code do the encoding
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as two symbols
 
 
 def new_id(prefix: str, at_ms: int | None = None) -> str:
     """Return ``prefix_`` + a 26-character ULID made at ``at_ms`` (now by default)."""
     ms = int(time.time() * 1000) if at_ms is None else at_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    # 160 bits = 32 base32 symbols; the ULID is the last 26 (130 bits), the first 6 are always zero
-    return f"{prefix}_{base64.b32encode(value.to_bytes(20, 'big')).translate(_FROM_RFC4648)[6:].decode()}"
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")  # 130 bits, the top two zero
+    return prefix + "_" + "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 def id_time_ms(ident: str) -> int | None:
