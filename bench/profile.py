@@ -52,6 +52,34 @@ def _package(frame: str) -> str:
     return path.split("/")[0].removesuffix(".py")
 
 
+# Stages of the dispatcher's work, by the frame that marks them on a stack (the first that matches wins, so the
+# shares add up): what one delivery's CPU is spent on.
+STAGES = (
+    ("HTTP request: aiohttp POST, signing, reading the answer", "Sender.send ("),
+    ("fan-out: validate change events, build events, publish deliveries", "FanOut.handle ("),
+    ("store writes: batched inserts and updates (pymongo)", "Batcher._run ("),
+    ("delivery bookkeeping: parse the message, slots, decide, record, ack", "DeliveryHandler.handle ("),
+    ("AMQP frames in: deliveries and confirms (pika)", "_AsyncPlaintextTransport._on_socket_readable ("),
+    ("one task per message (start, error guard)", "Worker._guarded ("),
+)
+OTHER_STAGE = "the rest: event loop, timers, store replies, metrics"
+
+
+def stages(raw: Path) -> list[dict[str, Any]]:
+    """Split the samples into :data:`STAGES` (and the rest); return each stage's share in percent."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        total += int(count_text)
+        name = next((n for n, marker in STAGES if marker in stack), OTHER_STAGE)
+        counts[name] += int(count_text)
+    names = [n for n, _ in STAGES] + [OTHER_STAGE]
+    return [{"stage": n, "pct": round(100 * counts[n] / total, 1) if total else 0.0} for n in names]
+
+
 def hot_spots(raw: Path, top: int = 25) -> dict[str, Any]:
     """Rank functions by self and inclusive share of samples, and packages by self share."""
     self_counts: Counter[str] = Counter()
@@ -78,4 +106,4 @@ def hot_spots(raw: Path, top: int = 25) -> dict[str, Any]:
     # frames on (almost) every stack are the run loop and the CLI around it: they say nothing
     incl_counts = Counter({f: c for f, c in incl_counts.items() if c < 0.9 * total})
     return {"samples": total, "self": pct(self_counts, top), "inclusive": pct(incl_counts, top),
-            "packages": pct(pkg_counts, 15)}
+            "packages": pct(pkg_counts, 15), "stages": stages(raw)}

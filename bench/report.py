@@ -78,6 +78,7 @@ def derived(r: dict[str, Any]) -> dict[str, Any]:
     amqp_cpu = get(r, "limits.amqp.summary.cpu_ms_per_op.median")
     if disp and http_cpu and amqp_cpu:
         out["bare_cpu_ms"] = http_cpu + amqp_cpu
+        out["bare_http_cpu_ms"] = http_cpu
         out["cpu_ratio"] = disp / (http_cpu + amqp_cpu)
     return out
 
@@ -424,6 +425,8 @@ py-spy on the dispatcher during one extra throughput run ({num(prof['samples'])}
 which it ran Python code). Raw stacks: `{prof['file']}`.{_earlier(r, 'profile')}
 
 """)
+        if prof.get("stages"):
+            out.append(_stage_table(r, prof))
         out.append(_table(["package (leaf frame)", "% of samples"],
                           [[p["frame"], f"{p['pct']:.1f}"] for p in prof["packages"][:10]]))
         out.append("\n\n")
@@ -434,6 +437,28 @@ which it ran Python code). Raw stacks: `{prof['file']}`.{_earlier(r, 'profile')}
                           [[f"`{_short(p['frame'])}`", f"{p['pct']:.1f}"] for p in prof["self"][:15]]))
     out.append("\n")
     return "".join(out)
+
+
+def _stage_table(r: dict[str, Any], prof: dict[str, Any]) -> str:
+    """The profile's stages as shares and as milliseconds of one delivery, against the CPU target's budget."""
+    cpu = prof.get("cpu_ms_per_delivery") or get(r, "throughput.summary.cpu.per_1000.dispatcher.median")
+    d = derived(r)
+    rows = [[s["stage"], f"{s['pct']:.1f}", f"{cpu * s['pct'] / 100:.3f}" if cpu else "–"] for s in prof["stages"]]
+    text = ["What one delivery's dispatcher CPU is spent on (the same samples, split by the stage on the stack; "
+            f"{f'{cpu:.2f}' if cpu else '–'} ms per delivery in the profiled run):\n\n",
+            _table(["stage", "% of samples", "≈ ms per delivery"], rows)]
+    if cpu and d.get("bare_cpu_ms"):
+        budget = CPU_RATIO_MAX * d["bare_cpu_ms"]
+        http = next((s["pct"] for s in prof["stages"] if s["stage"].startswith("HTTP request")), 0.0) * cpu / 100
+        text.append(f"""
+
+The target's budget is {CPU_RATIO_MAX}× the bare clients = {budget:.3f} ms per delivery. The HTTP request alone
+takes {http:.3f} ms (the bare aiohttp loop: {d['bare_http_cpu_ms']:.3f} ms), which leaves {budget - http:.3f} ms for
+everything else a delivery needs: half a change event consumed and fanned out, one delivery published (confirmed),
+consumed and acked, three store documents written (event, attempt, status) and the asyncio tasks and futures that
+tie it together.""")
+    text.append("\n\n")
+    return "".join(text)
 
 
 def chart(r: dict[str, Any], path: Path) -> None:

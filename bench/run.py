@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import REPO, Receivers, broker_pid
-from bench.profile import hot_spots, py_spy
+from bench.profile import hot_spots, py_spy, stages
 from bench.report import get, write_docs
 from bench.scenarios import Bench, summarize
 from store.localserver import LocalMongo
@@ -227,7 +227,9 @@ class Runner:
             log(f"profile: one more throughput run with py-spy attached → {out}")
             prof_run = await b.run_throughput(p.changes, http_timeout=p.http_timeout, profile=out)
             self.results["profile"] = {"file": str(out.relative_to(REPO)),
-                                       "deliveries_per_s": prof_run["deliveries_per_s"], **hot_spots(out)}
+                                       "deliveries_per_s": prof_run["deliveries_per_s"],
+                                       "cpu_ms_per_delivery": get(prof_run, "cpu.per_1000.dispatcher"),
+                                       **hot_spots(out)}
 
     async def latency(self) -> dict[str, Any]:
         """Three steady-rate runs at half the measured maximum."""
@@ -400,8 +402,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(MEASUREMENTS)}")
     parser.add_argument("--profile", action="store_true",
                         help="one extra throughput run with py-spy attached to the dispatcher (hot spots)")
+    parser.add_argument("--report", action="store_true",
+                        help="measure nothing: write docs/benchmarks.md and .png again from the newest results")
     args = parser.parse_args(argv)
-    asyncio.run(main_async(args))
+    if args.report:
+        rewrite_docs(quick=args.quick)
+    else:
+        asyncio.run(main_async(args))
+
+
+def rewrite_docs(*, quick: bool = False) -> None:
+    """Write the docs again from the newest result file of the kind (and earlier ones for what it lacks)."""
+    newest = next((json.loads(p.read_text()) for p in _result_files()
+                   if json.loads(p.read_text()).get("meta", {}).get("quick") == quick), None)
+    if newest is None:
+        raise SystemExit("no results yet: run python -m bench.run first")
+    prof = newest.get("profile") or {}
+    raw = REPO / prof.get("file", "-")
+    if prof and "stages" not in prof and raw.is_file():  # results written before stages were reported
+        prof["stages"] = stages(raw)
+    md, png = write_docs(merged_with_previous(newest), REPO / "docs")
+    log(f"wrote {md.relative_to(REPO)} and {png.relative_to(REPO)} from {newest['meta']['timestamp']}")
 
 
 if __name__ == "__main__":
