@@ -74,6 +74,10 @@ def test_settings_schedule_errors_are_clear():
     assert s.retry_delays == (0.05, 1.0) and s.rabbitmq_urls == ["amqp://a:b@h1/%2F", "amqp://a:b@h2/%2F"]
     assert mask_url(s.rabbitmq_url) == "amqp://a:***@h1/%2F, amqp://a:***@h2/%2F"
     assert "b@" not in str(s.masked())
+    # a zero wait would make the defer ladder (or the reconciler, or the janitor) spin
+    for name in ("defer_delay", "http_timeout", "reconcile_interval", "reconcile_grace", "janitor_interval"):
+        with pytest.raises(ConfigError, match=f"HOOKPOST_{name.upper()}: must be greater than zero"):
+            load_settings(**{name: "0s"})
 
 
 def test_decide_success_retry_and_give_up():
