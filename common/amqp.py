@@ -181,16 +181,18 @@ class AmqpChannel:
                 fut.set_exception(PublishError("the broker refused the message (nack): queue full or unavailable"))
 
     def _on_return(self, _ch: Any, method: Any, props: pika.BasicProperties, _body: bytes) -> None:
-        # the broker sends basic.return before the message's confirm, so the message is still unconfirmed here
+        # The broker sends basic.return before the message's confirm, so the message is still unconfirmed here.
+        # A return names only the message id, and several unconfirmed messages may share one (the same attempt
+        # published again): fail them all, so the returned one is never confirmed as a success. A routed one
+        # failed with it is published again by its caller (a duplicate at worst, never a loss).
         mid = props.message_id
         if not mid:
             return
+        err = PublishError(f"message {mid} was not routed to any queue ({method.reply_text}); "
+                           "is the topology declared?")
         for fut, waiting_mid in self._confirms.values():
             if waiting_mid == mid and not fut.done():
-                fut.set_exception(PublishError(
-                    f"message {props.message_id} was not routed to any queue ({method.reply_text}); "
-                    "is the topology declared?"))
-                return
+                fut.set_exception(err)
 
     def _on_cancel(self, _frame: Any) -> None:
         log.warning("the broker cancelled a consumer (queue deleted or node lost); closing the channel")
