@@ -208,10 +208,11 @@ class EventRepo:
         return res.matched_count == 1
 
     async def postpone(self, event_id: str, attempt: int, until_ms: int) -> bool:
-        """Move the due time of attempt ``attempt`` (a deferred delivery) to ``until_ms``, if the event is still
-        waiting for that attempt; return whether it was."""
+        """Move the due time of attempt ``attempt`` (a deferred delivery) later, to ``until_ms``, if the event is
+        still waiting for that attempt and not due later already; return whether it moved."""
         res = await self.coll.update_one(
-            {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]}},
+            {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]},
+             "next_attempt_ms": {"$lt": until_ms}},  # never earlier: a reconciler's claim may already be later
             {"$set": {"next_attempt_ms": until_ms,
                       "next_attempt_at": datetime.fromtimestamp(until_ms / 1000, UTC)}})
         return res.matched_count == 1
