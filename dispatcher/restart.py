@@ -8,7 +8,7 @@ send twice. (If that delivery was lost, the reconciler re-publishes it.)
 
 from collections.abc import Callable
 
-from common.models import EventStatus, WebhookEvent
+from common.models import EventStatus, WebhookEvent, now_ms
 from dispatcher.fanout import first_delivery
 from dispatcher.outbox import Outbox
 from dispatcher.restart_rules import RestartReport, restart_refusal
@@ -24,13 +24,14 @@ async def restart_events(store: Store, outbox: Outbox, events: list[WebhookEvent
         due = []
         for event in chunk:
             why = restart_refusal(event, force)
-            if why is None and not await store.events.restart(event):
+            at_ms = now_ms()
+            if why is None and not await store.events.restart(event, at_ms=at_ms):
                 why = "changed meanwhile"
             if why:
                 report.skipped[event.id] = why
             else:
                 due.append(event.model_copy(update={"budget_start": event.attempt_count,
-                                                    "status": EventStatus.NEW}))
+                                                    "status": EventStatus.NEW, "next_attempt_ms": at_ms}))
         await outbox.deliveries([first_delivery(e) for e in due])
         report.restarted += [e.id for e in due]
         if progress:
