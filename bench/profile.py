@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +66,21 @@ STAGES = (
 OTHER_STAGE = "the rest: event loop, timers, store replies, metrics"
 
 
+def _stacks(raw: Path) -> Iterator[tuple[str, int]]:
+    """Yield ``(stack, samples)`` for each line of a py-spy ``raw`` file."""
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+
+
 def stages(raw: Path) -> list[dict[str, Any]]:
     """Split the samples into :data:`STAGES` (and the rest); return each stage's share in percent."""
     counts: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        total += int(count_text)
-        name = next((n for n, marker in STAGES if marker in stack), OTHER_STAGE)
-        counts[name] += int(count_text)
+    for stack, count in _stacks(raw):
+        total += count
+        counts[next((n for n, marker in STAGES if marker in stack), OTHER_STAGE)] += count
     names = [n for n, _ in STAGES] + [OTHER_STAGE]
     return [{"stage": n, "pct": round(100 * counts[n] / total, 1) if total else 0.0} for n in names]
 
@@ -86,11 +91,7 @@ def hot_spots(raw: Path, top: int = 25) -> dict[str, Any]:
     incl_counts: Counter[str] = Counter()
     pkg_counts: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in _stacks(raw):
         frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
