@@ -10,6 +10,11 @@ from store import Store
 from tests.helpers import running_worker, wait_until
 
 
+def changes(prefix: str, event_type: str, n: int) -> list[ChangeEvent]:
+    """``n`` change events ``{prefix}-0`` … of one type."""
+    return [ChangeEvent(id=f"{prefix}-{i}", type=event_type, entity=Entity(kind="a", id=str(i))) for i in range(n)]
+
+
 def metric(worker, name: str, **labels: str) -> float:
     value = worker.metrics.registry.get_sample_value(name, labels or None)
     return value or 0.0
@@ -26,8 +31,7 @@ async def test_store_operations_per_delivery_are_batched(settings_factory, new_r
         before = sum(metric(worker, "hookpost_store_operations_total", command=c)
                      for c in ("insert", "update", "find", "delete", "aggregate"))
         async with Publisher.from_settings(s) as p:
-            await p.publish_many([ChangeEvent(id=f"c-{i}", type="article.updated", entity=Entity(kind="a", id=str(i)))
-                                  for i in range(300)])
+            await p.publish_many(changes("c", "article.updated", 300))
 
         async def done():
             return await store.events.count({"status": "Finished"}) == 600
@@ -59,10 +63,8 @@ async def test_hanging_endpoint_does_not_starve_others(settings_factory, new_rec
     async with running_worker(s) as worker:
         async with Publisher.from_settings(s) as p:
             # the slow endpoint's deliveries come first and would fill every prefetch slot if they waited in-process
-            await p.publish_many([ChangeEvent(id=f"s-{i}", type="slow.x", entity=Entity(kind="a", id=str(i)))
-                                  for i in range(60)])
-            await p.publish_many([ChangeEvent(id=f"f-{i}", type="fast.x", entity=Entity(kind="a", id=str(i)))
-                                  for i in range(100)])
+            await p.publish_many(changes("s", "slow.x", 60))
+            await p.publish_many(changes("f", "fast.x", 100))
         await wait_until(lambda: len(fast.requests) == 100, 20, message="all fast deliveries while slow hangs")
         assert len(slow.requests) <= 2  # never more than its limit at once
         assert metric(worker, "hookpost_deliveries_deferred_total") > 0
@@ -94,8 +96,7 @@ async def test_deferred_longer_than_the_reconcile_grace_is_not_sent_twice(settin
     await store.webhooks.create(slow.url, ["slow.*"])
     async with running_worker(s) as worker:
         async with Publisher.from_settings(s) as p:
-            await p.publish_many([ChangeEvent(id=f"s-{i}", type="slow.x", entity=Entity(kind="a", id=str(i)))
-                                  for i in range(6)])
+            await p.publish_many(changes("s", "slow.x", 6))
 
         async def all_tried_once():
             return await store.events.count({"status": "Retrying"}) == 6
