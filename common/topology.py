@@ -107,8 +107,11 @@ class Topology:
 
     def defer_queue(self, deferrals: int = 1, wait: float = 0.0) -> str:
         """Delay queue of :meth:`defer_level`."""
-        delay = self.defer_delays[self.defer_level(deferrals, wait)]
-        return f"{self.prefix}.defer.{format_duration(delay)}"
+        return self.defer_queue_at(self.defer_level(deferrals, wait))
+
+    def defer_queue_at(self, level: int) -> str:
+        """Delay queue of level ``level`` of the defer ladder (0 = the shortest wait)."""
+        return f"{self.prefix}.defer.{format_duration(self.defer_delays[level])}"
 
     @property
     def retry_queues(self) -> list[str]:

@@ -46,17 +46,23 @@ class Deferrer:
         await self.publish([], [(msg, endpoint)])
 
     async def publish(self, now: Sequence[DeliveryMessage], later: Sequence[tuple[DeliveryMessage, str]]) -> None:
-        """Publish ``now`` to the deliver queue and defer ``later`` (message, endpoint), as one confirmed window."""
-        deferred = []
+        """Publish ``now`` to the deliver queue and defer ``later`` (message, endpoint), as one confirmed window.
+
+        A deferral waits twice as long as the one before it in a row (so a delivery deferred again and again does
+        not cycle every second) and at least the endpoint's expected wait, up to the ladder's top.
+        """
+        topology = self.outbox.topology
+        deferred, delays = [], []
         for msg, endpoint in later:
-            wait = self.limiter.expected_wait(endpoint)
-            back_ms = now_ms() + round(self.outbox.defer_delay(msg, wait) * 1000)
+            level = topology.defer_level(msg.deferrals + 1, self.limiter.expected_wait(endpoint))
+            delays.append(topology.defer_delays[level])
+            back_ms = now_ms() + round(delays[-1] * 1000)
             if msg.due_ms is None or back_ms > msg.due_ms + self.grace_ms // 2:
                 until = back_ms + self.grace_ms // 2
                 await self.guard.run(lambda m=msg, u=until: self.store.events.postpone(m.event_id, m.attempt, u))
                 msg = msg.model_copy(update={"due_ms": until})
-            deferred.append((msg, wait))
-        delays = await self.outbox.deliveries(list(now), deferred)
+            deferred.append((msg, level))
+        await self.outbox.deliveries(now, deferred)
         for (_, endpoint), delay in zip(later, delays, strict=True):
             self.limiter.park(endpoint, delay)
         if later:

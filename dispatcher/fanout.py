@@ -54,7 +54,7 @@ class FanOut:
     """Consumes ``PREFIX.changes``."""
 
     def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, guard: StoreGuard, metrics: Metrics,
-                 max_change_bytes: int, batch: int = 500, deferrer: Deferrer | None = None) -> None:
+                 deferrer: Deferrer, max_change_bytes: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
@@ -78,9 +78,6 @@ class FanOut:
         """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process
         already knows to be saturated, straight to the defer ladder (saving it a trip through the deliver queue
         only to be deferred there)."""
-        if self.deferrer is None:
-            await self.outbox.deliveries([first_delivery(e) for e in events])
-            return
         now: list[DeliveryMessage] = []
         later: list[tuple[DeliveryMessage, str]] = []
         for e in events:

@@ -32,37 +32,20 @@ class Outbox:
                                          message_id=f"{msg.event_id}/{msg.attempt}",
                                          headers={ATTEMPT_HEADER: msg.attempt})
 
-    async def deliveries(self, msgs: list[DeliveryMessage],
-                         deferred: Sequence[tuple[DeliveryMessage, float]] = ()) -> list[float]:
-        """Publish attempts to make now, and park ``deferred`` ones (their endpoint is busy; with the expected
-        wait for a slot) in the defer ladder, as one window of confirms; return how long each deferred one waits.
-
-        A deferred delivery keeps its attempt number and counts one more deferral, so one deferred again and
-        again waits longer each time instead of cycling every second, and at least its expected wait (up to the
-        ladder's top)."""
+    async def deliveries(self, msgs: Sequence[DeliveryMessage],
+                         deferred: Sequence[tuple[DeliveryMessage, int]] = ()) -> None:
+        """Publish attempts to make now, and park ``deferred`` ones (their endpoint is busy) in the given level of
+        the defer ladder with one more deferral and the same attempt number, as one window of confirms."""
         t = self.topology
         futures = [self._delivery(m, t.deliveries_exchange, "deliver") for m in msgs]
-        delays = []
-        for msg, wait in deferred:
-            fut, delay = self._defer(msg, wait)
-            futures.append(fut)
-            delays.append(delay)
+        futures += [self._delivery(m.model_copy(update={"deferrals": m.deferrals + 1}), "", t.defer_queue_at(level))
+                    for m, level in deferred]
         if futures:
             await asyncio.gather(*futures)
-        return delays
 
     async def retry(self, msg: DeliveryMessage, level: int) -> None:
         """Park an attempt in retry queue ``level``; it reaches the deliver queue when that delay ends."""
         await self._delivery(msg.model_copy(update={"deferrals": 0}), "", self.topology.retry_queue(level))
-
-    def defer_delay(self, msg: DeliveryMessage, wait: float) -> float:
-        """How long ``msg`` would wait in the defer ladder if deferred now with expected wait ``wait``."""
-        t = self.topology
-        return t.defer_delays[t.defer_level(msg.deferrals + 1, wait)]
-
-    def _defer(self, msg: DeliveryMessage, wait: float) -> tuple[asyncio.Future[None], float]:
-        again = msg.model_copy(update={"deferrals": msg.deferrals + 1})
-        return self._delivery(again, "", self.topology.defer_queue(again.deferrals, wait)), self.defer_delay(msg, wait)
 
     async def failed(self, notice: FailedNotice) -> None:
         """Publish a notice to the failed queue for an event that failed for good."""

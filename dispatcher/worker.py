@@ -66,8 +66,8 @@ class Worker:
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
         self.deferrer = Deferrer(self.store, self.outbox, self.limiter, self.guard, self.metrics,
                                  defer_after=settings.defer_delay, grace=settings.reconcile_grace)
-        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, settings.max_change_bytes,
-                             batch=settings.store_batch, deferrer=self.deferrer)
+        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, self.deferrer,
+                             settings.max_change_bytes, batch=settings.store_batch)
         self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
                                         self.metrics, self.deferrer, delays=settings.retry_delays,
                                         max_attempts=settings.max_attempts, batch=settings.store_batch)
