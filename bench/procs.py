@@ -24,8 +24,8 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.process import stop_process
-from store.localserver import free_port
+from hookpost.common.process import stop_process
+from hookpost.store.localserver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ from bench.procs import REPO, Receivers, broker_pid
 from bench.profile import hot_spots, py_spy, stages
 from bench.report import get, write_docs
 from bench.scenarios import Bench, summarize
-from store.localserver import LocalMongo
+from hookpost.store.localserver import LocalMongo
 
 MEASUREMENTS = ("throughput", "isolation", "latency", "memory", "limits", "cli", "janitor")
 RESULTS = REPO / "bench" / "results"
@@ -110,7 +110,7 @@ def machine_info(url: str) -> dict[str, Any]:
 def dispatcher_defaults(plan: Plan) -> dict[str, str]:
     """The dispatcher settings that shape the numbers: their defaults (the benchmark strips ``HOOKPOST_*`` from
     the dispatcher's environment) and what the benchmark sets."""
-    from common.settings import Settings
+    from hookpost.common.settings import Settings
 
     names = ("queue_type", "prefetch", "concurrency", "endpoint_concurrency", "store_batch", "defer_delay",
              "webhook_cache_ttl", "retry_delays")

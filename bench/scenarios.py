@@ -30,15 +30,15 @@ from bench.procs import (
     venv_script,
 )
 from bench.profile import Profiler
-from common.amqp import AmqpConnection
-from common.errors import BrokerUnavailableError
-from common.models import Attempt, ChangeEvent, Entity, EventStatus
-from common.settings import load_settings
-from common.topology import Topology, topology_from
-from producer import Publisher
-from store import Store
-from store.attempts import attempt_id
-from store.localserver import LocalMongo
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.errors import BrokerUnavailableError
+from hookpost.common.models import Attempt, ChangeEvent, Entity, EventStatus
+from hookpost.common.settings import load_settings
+from hookpost.common.topology import Topology, topology_from
+from hookpost.producer import Publisher
+from hookpost.store import Store
+from hookpost.store.attempts import attempt_id
+from hookpost.store.localserver import LocalMongo
 from tests.seed import make_events
 
 EVENT_TYPE = "article.updated"
@@ -408,7 +408,7 @@ class Bench:
     async def run_cli(self, n: int, repeats: int = 5) -> dict[str, Any]:
         """Seed ``n`` events over 10 days, then time ``hookpost events list`` with each filter ``repeats``
         times (the whole command, interpreter start-up included), and the same query in-process."""
-        from cli.events import build_filter
+        from hookpost.cli.events import build_filter
 
         async with self.trial(ok=2) as trial:
             seeded = await self.seed(trial.store, n, trial.webhook_ids)

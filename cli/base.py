@@ -15,13 +15,13 @@ import click
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from common.durations import parse_duration
-from common.errors import ConfigError, HookpostError, InvalidInputError, NotFoundError
-from common.settings import Settings, load_settings, mask_url
-from store import Store
+from hookpost.common.durations import parse_duration
+from hookpost.common.errors import ConfigError, HookpostError, InvalidInputError, NotFoundError
+from hookpost.common.settings import Settings, load_settings, mask_url
+from hookpost.store import Store
 
 if TYPE_CHECKING:
-    from common.amqp import AmqpConnection
+    from hookpost.common.amqp import AmqpConnection
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ async def open_store(s: Settings | None = None) -> AsyncIterator[Store]:
 @asynccontextmanager
 async def open_broker(s: Settings | None = None) -> "AsyncIterator[AmqpConnection]":
     """Connect to the broker for one command and close the connection afterwards."""
-    from common.amqp import AmqpConnection  # imported here: most commands never talk to the broker
+    from hookpost.common.amqp import AmqpConnection  # imported here: most commands never talk to the broker
 
     s = s or settings()
     conn = await AmqpConnection.connect(s.rabbitmq_urls, name="hookpost-cli")

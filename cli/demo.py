@@ -16,14 +16,14 @@ from typing import Any
 import click
 from aiohttp import web
 
-from cli.base import settings
-from common.ids import new_id
-from common.logs import setup_logging
-from common.models import ChangeEvent, Entity
-from common.settings import Settings
-from dispatcher.worker import Worker
-from producer import Publisher
-from store.localserver import LocalMongo, free_port
+from hookpost.cli.base import settings
+from hookpost.common.ids import new_id
+from hookpost.common.logs import setup_logging
+from hookpost.common.models import ChangeEvent, Entity
+from hookpost.common.settings import Settings
+from hookpost.dispatcher.worker import Worker
+from hookpost.producer import Publisher
+from hookpost.store.localserver import LocalMongo, free_port
 
 
 class DemoReceiver:

@@ -7,16 +7,16 @@ from typing import Any
 
 import click
 
-from cli.base import echo_json, open_broker, open_store, parse_when, run, settings, shorten, table
-from common.durations import format_age
-from common.errors import InvalidInputError, NotFoundError
-from common.ids import id_time_ms
-from common.matching import validate_pattern
-from common.models import EventStatus, WebhookEvent, utcnow
-from common.topology import topology_from
-from dispatcher.restart_rules import RestartReport, restart_refusal
-from store import Store
-from store.events import EventFilter
+from hookpost.cli.base import echo_json, open_broker, open_store, parse_when, run, settings, shorten, table
+from hookpost.common.durations import format_age
+from hookpost.common.errors import InvalidInputError, NotFoundError
+from hookpost.common.ids import id_time_ms
+from hookpost.common.matching import validate_pattern
+from hookpost.common.models import EventStatus, WebhookEvent, utcnow
+from hookpost.common.topology import topology_from
+from hookpost.dispatcher.restart_rules import RestartReport, restart_refusal
+from hookpost.store import Store
+from hookpost.store.events import EventFilter
 
 
 def _statuses(values: tuple[str, ...]) -> list[EventStatus]:
@@ -225,8 +225,8 @@ def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: s
 
 
 async def _restart(found: list[WebhookEvent], force: bool) -> RestartReport:
-    from dispatcher.outbox import Outbox
-    from dispatcher.restart import restart_events
+    from hookpost.dispatcher.outbox import Outbox
+    from hookpost.dispatcher.restart import restart_events
 
     s = settings()
     async with open_store(s) as store, open_broker(s) as conn:

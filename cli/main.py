@@ -8,20 +8,20 @@ import importlib
 
 import click
 
-from cli.base import HookpostGroup
+from hookpost.cli.base import HookpostGroup
 
 # command name → "module:attribute"; modules load on first use, so `hookpost events list` does not import
 # aiohttp, pika or the dispatcher (start-up time is most of a short command's run time)
 COMMANDS = {
-    "webhooks": "cli.webhooks:webhooks",
-    "events": "cli.events:events",
-    "publish": "cli.system:publish",
-    "topology": "cli.system:topology",
-    "config": "cli.system:config",
-    "dispatcher": "cli.system:dispatcher",
-    "janitor": "cli.system:janitor",
-    "demo": "cli.demo:demo",
-    "demo-receiver": "cli.demo:demo_receiver",
+    "webhooks": "hookpost.cli.webhooks:webhooks",
+    "events": "hookpost.cli.events:events",
+    "publish": "hookpost.cli.system:publish",
+    "topology": "hookpost.cli.system:topology",
+    "config": "hookpost.cli.system:config",
+    "dispatcher": "hookpost.cli.system:dispatcher",
+    "janitor": "hookpost.cli.system:janitor",
+    "demo": "hookpost.cli.demo:demo",
+    "demo-receiver": "hookpost.cli.demo:demo_receiver",
 }
 
 

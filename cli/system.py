@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
-from common.errors import InvalidInputError
-from common.ids import new_id
-from common.logs import setup_logging
-from common.models import ChangeEvent, EventStatus
-from common.topology import topology_from
-from dispatcher.worker import run_forever
-from producer import Publisher
-from store.cleanup import CleanupReport, RetentionRule, cleanup, retention_rules
+from hookpost.cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
+from hookpost.common.errors import InvalidInputError
+from hookpost.common.ids import new_id
+from hookpost.common.logs import setup_logging
+from hookpost.common.models import ChangeEvent, EventStatus
+from hookpost.common.topology import topology_from
+from hookpost.dispatcher.worker import run_forever
+from hookpost.producer import Publisher
+from hookpost.store.cleanup import CleanupReport, RetentionRule, cleanup, retention_rules
 
 log = logging.getLogger("hookpost.janitor")
 

@@ -5,17 +5,17 @@ from typing import Any
 
 import click
 
-from cli.base import DURATION, echo_json, open_store, run, settings, shorten, table
-from common.errors import InvalidInputError
-from common.matching import validate_pattern
-from common.models import Webhook
-from common.signing import secret_key
-from store import Store
+from hookpost.cli.base import DURATION, echo_json, open_store, run, settings, shorten, table
+from hookpost.common.errors import InvalidInputError
+from hookpost.common.matching import validate_pattern
+from hookpost.common.models import Webhook
+from hookpost.common.signing import secret_key
+from hookpost.store import Store
 
 
 def check_url(url: str) -> str:
     """Validate a webhook URL against the configured target policy (one-line error if refused)."""
-    from dispatcher.targets import TargetPolicy  # imports aiohttp: only for the commands that take a URL
+    from hookpost.dispatcher.targets import TargetPolicy  # imports aiohttp: only for the commands that take a URL
 
     s = settings()
     TargetPolicy(allow_private=s.allow_private_targets, allowed_networks=s.allowed_target_networks,

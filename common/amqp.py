@@ -23,9 +23,9 @@ import pika.channel
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from common.errors import BrokerUnavailableError, PublishError
-from common.settings import mask_url
-from common.topology import Topology
+from hookpost.common.errors import BrokerUnavailableError, PublishError
+from hookpost.common.settings import mask_url
+from hookpost.common.topology import Topology
 
 log = logging.getLogger("hookpost.amqp")
 

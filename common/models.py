@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from common.matching import validate_pattern, validate_type
+from hookpost.common.matching import validate_pattern, validate_type
 
 
 def utcnow() -> datetime:

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.durations import format_duration, parse_duration, parse_duration_list
-from common.errors import ConfigError
+from hookpost.common.durations import format_duration, parse_duration, parse_duration_list
+from hookpost.common.errors import ConfigError
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 

@@ -18,7 +18,7 @@ import secrets as _secrets
 from collections.abc import Iterable
 from functools import lru_cache
 
-from common.errors import InvalidInputError
+from hookpost.common.errors import InvalidInputError
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")

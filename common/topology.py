@@ -10,7 +10,7 @@ changed by redeclaring it, so a new schedule simply declares new queues beside t
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.durations import format_duration
+from hookpost.common.durations import format_duration
 
 ATTEMPT_HEADER = "hookpost-attempt"
 ERROR_HEADERS = ("x-hookpost-error", "hookpost-error")

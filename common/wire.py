@@ -10,8 +10,8 @@ import json
 
 from pydantic import ValidationError
 
-from common.errors import InvalidInputError
-from common.models import ChangeEvent
+from hookpost.common.errors import InvalidInputError
+from hookpost.common.models import ChangeEvent
 
 JSON_TYPES = {"application/json", "text/json"}
 

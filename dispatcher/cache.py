@@ -7,9 +7,9 @@ It keeps the delivery path free of store reads; a change to a webhook reaches ru
 import asyncio
 import time
 
-from common.matching import any_matches
-from common.models import Webhook
-from store.webhooks import WebhookRepo
+from hookpost.common.matching import any_matches
+from hookpost.common.models import Webhook
+from hookpost.store.webhooks import WebhookRepo
 
 
 class WebhookCache:

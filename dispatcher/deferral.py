@@ -16,12 +16,12 @@ Example::
 
 from collections.abc import Sequence
 
-from common.models import DeliveryMessage, now_ms
-from dispatcher.limits import EndpointLimiter
-from dispatcher.metrics import Metrics
-from dispatcher.outbox import Outbox
-from dispatcher.storeguard import StoreGuard
-from store import Store
+from hookpost.common.models import DeliveryMessage, now_ms
+from hookpost.dispatcher.limits import EndpointLimiter
+from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.storeguard import StoreGuard
+from hookpost.store import Store
 
 
 class Deferrer:

@@ -18,21 +18,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from common.amqp import IncomingMessage
-from common.errors import NotFoundError
-from common.ids import new_id
-from common.models import DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
-from dispatcher.batcher import Batcher
-from dispatcher.cache import WebhookCache
-from dispatcher.deferral import Deferrer
-from dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
-from dispatcher.metrics import Metrics, status_class
-from dispatcher.outbox import Outbox
-from dispatcher.policy import AttemptResult, Decision, decide
-from dispatcher.sender import Sender
-from dispatcher.storeguard import StoreGuard
-from store import Store
-from store.attempts import attempt_doc
+from hookpost.common.amqp import IncomingMessage
+from hookpost.common.errors import NotFoundError
+from hookpost.common.ids import new_id
+from hookpost.common.models import DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
+from hookpost.dispatcher.batcher import Batcher
+from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.deferral import Deferrer
+from hookpost.dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
+from hookpost.dispatcher.metrics import Metrics, status_class
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.policy import AttemptResult, Decision, decide
+from hookpost.dispatcher.sender import Sender
+from hookpost.dispatcher.storeguard import StoreGuard
+from hookpost.store import Store
+from hookpost.store.attempts import attempt_doc
 
 log = logging.getLogger("hookpost.delivery")
 

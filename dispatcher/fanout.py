@@ -7,18 +7,26 @@ straight to the defer ladder) → ack the change. A crash anywhere replays safel
 
 import logging
 
-from common.amqp import IncomingMessage
-from common.ids import new_id
-from common.models import ChangeEvent, DeliveryMessage, EventStatus, Webhook, WebhookEvent, build_payload, utcnow
-from common.wire import InvalidChangeError, decode_change
-from dispatcher.batcher import Batcher
-from dispatcher.cache import WebhookCache
-from dispatcher.deferral import Deferrer
-from dispatcher.limits import endpoint_key
-from dispatcher.metrics import Metrics
-from dispatcher.outbox import Outbox
-from dispatcher.storeguard import StoreGuard
-from store import Store
+from hookpost.common.amqp import IncomingMessage
+from hookpost.common.ids import new_id
+from hookpost.common.models import (
+    ChangeEvent,
+    DeliveryMessage,
+    EventStatus,
+    Webhook,
+    WebhookEvent,
+    build_payload,
+    utcnow,
+)
+from hookpost.common.wire import InvalidChangeError, decode_change
+from hookpost.dispatcher.batcher import Batcher
+from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.deferral import Deferrer
+from hookpost.dispatcher.limits import endpoint_key
+from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.storeguard import StoreGuard
+from hookpost.store import Store
 
 log = logging.getLogger("hookpost.fanout")
 

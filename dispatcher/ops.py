@@ -5,7 +5,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dispatcher.metrics import Metrics
+from hookpost.dispatcher.metrics import Metrics
 
 
 class OpsServer:

@@ -5,9 +5,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from common.amqp import AmqpChannel, ConnectionLostError, IncomingMessage
-from common.models import DeliveryMessage, FailedNotice
-from common.topology import ATTEMPT_HEADER, ERROR_HEADERS, Topology
+from hookpost.common.amqp import AmqpChannel, ConnectionLostError, IncomingMessage
+from hookpost.common.models import DeliveryMessage, FailedNotice
+from hookpost.common.topology import ATTEMPT_HEADER, ERROR_HEADERS, Topology
 
 
 class Outbox:

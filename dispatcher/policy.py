@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from common.models import EventStatus
+from hookpost.common.models import EventStatus
 
 RETRY_AFTER_CODES = (429, 503)
 

@@ -11,11 +11,11 @@ since overdue events are then most likely merely waiting in it.
 import asyncio
 import logging
 
-from common.models import utcnow
-from dispatcher.fanout import first_delivery
-from dispatcher.metrics import Metrics
-from dispatcher.outbox import Outbox
-from store import Store
+from hookpost.common.models import utcnow
+from hookpost.dispatcher.fanout import first_delivery
+from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.store import Store
 
 log = logging.getLogger("hookpost.reconciler")
 

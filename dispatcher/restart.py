@@ -8,11 +8,11 @@ send twice. (If that delivery was lost, the reconciler re-publishes it.)
 
 from collections.abc import Callable
 
-from common.models import EventStatus, WebhookEvent, now_ms
-from dispatcher.fanout import first_delivery
-from dispatcher.outbox import Outbox
-from dispatcher.restart_rules import RestartReport, restart_refusal
-from store import Store
+from hookpost.common.models import EventStatus, WebhookEvent, now_ms
+from hookpost.dispatcher.fanout import first_delivery
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.restart_rules import RestartReport, restart_refusal
+from hookpost.store import Store
 
 
 async def restart_events(store: Store, outbox: Outbox, events: list[WebhookEvent], *, force: bool = False,

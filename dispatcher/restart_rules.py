@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from common.models import EventStatus, WebhookEvent
+from hookpost.common.models import EventStatus, WebhookEvent
 
 
 @dataclass

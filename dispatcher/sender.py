@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from common.models import Webhook, utcnow
-from common.signing import signature_headers
-from dispatcher.policy import AttemptResult, parse_retry_after
-from dispatcher.targets import SafeResolver, TargetPolicy, TargetRefusedError
+from hookpost.common.models import Webhook, utcnow
+from hookpost.common.signing import signature_headers
+from hookpost.dispatcher.policy import AttemptResult, parse_retry_after
+from hookpost.dispatcher.targets import SafeResolver, TargetPolicy, TargetRefusedError
 
 PROTECTED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length",
                      "host", "user-agent", "transfer-encoding"}

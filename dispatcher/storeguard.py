@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from pymongo.errors import ConnectionFailure
 
-from dispatcher.metrics import Metrics
+from hookpost.dispatcher.metrics import Metrics
 
 T = TypeVar("T")
 log = logging.getLogger("hookpost.store")

@@ -19,23 +19,23 @@ from typing import Any
 
 import pika.exceptions
 
-from common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
-from common.errors import BrokerUnavailableError, ConfigError, PublishError
-from common.settings import Settings, mask_url
-from common.topology import topology_from
-from dispatcher.cache import WebhookCache
-from dispatcher.deferral import Deferrer
-from dispatcher.delivery import DeliveryHandler
-from dispatcher.fanout import FanOut
-from dispatcher.limits import EndpointLimiter
-from dispatcher.metrics import Metrics, StoreOpCounter
-from dispatcher.ops import OpsServer
-from dispatcher.outbox import Outbox
-from dispatcher.reconciler import Reconciler
-from dispatcher.sender import Sender
-from dispatcher.storeguard import StoreGuard
-from dispatcher.targets import TargetPolicy
-from store import Store
+from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
+from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishError
+from hookpost.common.settings import Settings, mask_url
+from hookpost.common.topology import topology_from
+from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.deferral import Deferrer
+from hookpost.dispatcher.delivery import DeliveryHandler
+from hookpost.dispatcher.fanout import FanOut
+from hookpost.dispatcher.limits import EndpointLimiter
+from hookpost.dispatcher.metrics import Metrics, StoreOpCounter
+from hookpost.dispatcher.ops import OpsServer
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.reconciler import Reconciler
+from hookpost.dispatcher.sender import Sender
+from hookpost.dispatcher.storeguard import StoreGuard
+from hookpost.dispatcher.targets import TargetPolicy
+from hookpost.store import Store
 
 log = logging.getLogger("hookpost.worker")
 

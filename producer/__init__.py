@@ -1,5 +1,5 @@
 """Publish change events to Hookpost from Python: :class:`Publisher`."""
 
-from producer.publisher import Publisher, UnroutableError
+from hookpost.producer.publisher import Publisher, UnroutableError
 
 __all__ = ["Publisher", "UnroutableError"]

@@ -21,12 +21,12 @@ from typing import Any
 
 import pika.exceptions
 
-from common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError
-from common.errors import BrokerUnavailableError, PublishError
-from common.models import ChangeEvent
-from common.settings import Settings
-from common.topology import Topology, topology_from
-from common.wire import encode_change
+from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError
+from hookpost.common.errors import BrokerUnavailableError, PublishError
+from hookpost.common.models import ChangeEvent
+from hookpost.common.settings import Settings
+from hookpost.common.topology import Topology, topology_from
+from hookpost.common.wire import encode_change
 
 log = logging.getLogger("hookpost.producer")
 TRANSIENT = (ConnectionLostError, BrokerUnavailableError, OSError, TimeoutError, pika.exceptions.AMQPError)

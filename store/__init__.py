@@ -1,5 +1,5 @@
 """MongoDB access for Hookpost: webhooks, webhook events and attempts, their indexes, and the janitor's cleanup."""
 
-from store.client import Store
+from hookpost.store.client import Store
 
 __all__ = ["Store"]

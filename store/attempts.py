@@ -11,8 +11,8 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from common.models import Attempt
-from store.docs import from_doc, to_doc
+from hookpost.common.models import Attempt
+from hookpost.store.docs import from_doc, to_doc
 
 
 def attempt_id(event_id: str, attempt: int) -> str:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from common.models import EventStatus, utcnow
-from store.client import Store
+from hookpost.common.models import EventStatus, utcnow
+from hookpost.store.client import Store
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandListener
 
-from store.attempts import AttemptRepo
-from store.events import EventRepo
-from store.webhooks import WebhookRepo
+from hookpost.store.attempts import AttemptRepo
+from hookpost.store.events import EventRepo
+from hookpost.store.webhooks import WebhookRepo
 
 
 class Store:

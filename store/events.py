@@ -16,11 +16,11 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from common.errors import NotFoundError
-from common.ids import id_time_ms, new_id
-from common.models import IN_FLIGHT, EventStatus, WebhookEvent, now_ms, utcnow
-from store.attempts import AttemptRepo
-from store.docs import from_doc, to_doc
+from hookpost.common.errors import NotFoundError
+from hookpost.common.ids import id_time_ms, new_id
+from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, now_ms, utcnow
+from hookpost.store.attempts import AttemptRepo
+from hookpost.store.docs import from_doc, to_doc
 
 FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_error")
 

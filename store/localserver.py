@@ -19,8 +19,8 @@ from types import TracebackType
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from common.errors import HookpostError
-from common.process import stop_process
+from hookpost.common.errors import HookpostError
+from hookpost.common.process import stop_process
 
 
 def free_port() -> int:

@@ -6,11 +6,11 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from common.errors import NotFoundError
-from common.ids import new_id
-from common.models import Webhook, utcnow
-from common.signing import generate_secret
-from store.docs import from_doc, to_doc
+from hookpost.common.errors import NotFoundError
+from hookpost.common.ids import new_id
+from hookpost.common.models import Webhook, utcnow
+from hookpost.common.signing import generate_secret
+from hookpost.store.docs import from_doc, to_doc
 
 
 class WebhookRepo:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from common.amqp import AmqpConnection
-from common.settings import Settings, load_settings
-from common.topology import topology_from
-from store import Store
-from store.localserver import LocalMongo
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.settings import Settings, load_settings
+from hookpost.common.topology import topology_from
+from hookpost.store import Store
+from hookpost.store.localserver import LocalMongo
 from tests.helpers import Receiver, running_worker
 
 RABBIT_URL = os.environ.get("HOOKPOST_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

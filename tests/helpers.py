@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from common.settings import Settings
-from dispatcher.worker import Worker
+from hookpost.common.settings import Settings
+from hookpost.dispatcher.worker import Worker
 
 
 @dataclass
@@ -102,7 +102,7 @@ async def running_worker(settings: Settings):  # type: ignore[no-untyped-def]
 
 async def drain_queue(settings: Settings, queue: str) -> list[tuple[dict[str, Any], bytes]]:
     """Take every ready message out of ``queue``; return their headers and bodies."""
-    from common.amqp import AmqpConnection
+    from hookpost.common.amqp import AmqpConnection
 
     out = []
     conn = await AmqpConnection.connect(settings.rabbitmq_urls)
@@ -118,7 +118,7 @@ async def drain_queue(settings: Settings, queue: str) -> list[tuple[dict[str, An
 
 async def queue_depth(settings: Settings, queue: str) -> int:
     """Return the number of ready messages in ``queue``."""
-    from common.amqp import AmqpConnection
+    from hookpost.common.amqp import AmqpConnection
 
     conn = await AmqpConnection.connect(settings.rabbitmq_urls)
     try:

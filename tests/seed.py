@@ -3,9 +3,9 @@
 import random
 from datetime import UTC, datetime, timedelta
 
-from common.ids import new_id
-from common.models import Entity, EventStatus, WebhookEvent
-from store import Store
+from hookpost.common.ids import new_id
+from hookpost.common.models import Entity, EventStatus, WebhookEvent
+from hookpost.store import Store
 
 TYPES = ["article.updated", "article.deleted", "order.created", "stock.level.changed"]
 

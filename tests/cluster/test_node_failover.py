@@ -29,13 +29,13 @@ from typing import Any
 import pika
 import pytest
 
-from common.amqp import AmqpConnection
-from common.models import ChangeEvent, Entity, EventStatus
-from common.topology import topology_from
-from dispatcher.worker import Worker
-from producer import Publisher
-from store import Store
-from store.events import EventFilter
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.models import ChangeEvent, Entity, EventStatus
+from hookpost.common.topology import topology_from
+from hookpost.dispatcher.worker import Worker
+from hookpost.producer import Publisher
+from hookpost.store import Store
+from hookpost.store.events import EventFilter
 from tests.cluster.rabbit_cluster import Node, RabbitCluster
 from tests.helpers import Receiver, drain_queue, running_worker, wait_until
 

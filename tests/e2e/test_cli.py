@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.base import reset_settings
-from cli.main import cli
-from common.matching import type_matches
-from common.models import EventStatus
+from hookpost.cli.base import reset_settings
+from hookpost.cli.main import cli
+from hookpost.common.matching import type_matches
+from hookpost.common.models import EventStatus
 from tests.helpers import running_worker, wait_until
 from tests.seed import insert, make_events
 

@@ -22,11 +22,11 @@ import click
 import pytest
 import yaml
 
-from cli.main import cli
-from common.durations import parse_duration
-from common.settings import Settings, load_settings
-from dispatcher.metrics import Metrics
-from dispatcher.ops import OpsServer
+from hookpost.cli.main import cli
+from hookpost.common.durations import parse_duration
+from hookpost.common.settings import Settings, load_settings
+from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.ops import OpsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -8,9 +8,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common.models import Attempt, EventStatus
-from store.attempts import attempt_id
-from store.cleanup import cleanup, retention_rules
+from hookpost.common.models import Attempt, EventStatus
+from hookpost.store.attempts import attempt_id
+from hookpost.store.cleanup import cleanup, retention_rules
 from tests.e2e.test_cli import env_for
 from tests.seed import insert, make_events
 

@@ -5,13 +5,13 @@ import json
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.amqp import AmqpConnection
-from common.models import ChangeEvent, Entity, EventStatus
-from common.settings import Settings
-from common.topology import topology_from
-from producer import Publisher
-from store import Store
-from store.events import EventFilter
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.models import ChangeEvent, Entity, EventStatus
+from hookpost.common.settings import Settings
+from hookpost.common.topology import topology_from
+from hookpost.producer import Publisher
+from hookpost.store import Store
+from hookpost.store.events import EventFilter
 from tests.helpers import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -8,9 +8,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from common.logs import JsonFormatter
-from common.models import ChangeEvent, Entity
-from producer import Publisher
+from hookpost.common.logs import JsonFormatter
+from hookpost.common.models import ChangeEvent, Entity
+from hookpost.producer import Publisher
 from tests.helpers import wait_until
 
 

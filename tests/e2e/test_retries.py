@@ -6,13 +6,13 @@ import socket
 
 from aiohttp import web
 
-from common.amqp import AmqpConnection
-from common.models import ChangeEvent, Entity, EventStatus
-from common.topology import topology_from
-from dispatcher.outbox import Outbox
-from dispatcher.restart import restart_events
-from producer import Publisher
-from store import Store
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.models import ChangeEvent, Entity, EventStatus
+from hookpost.common.topology import topology_from
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.restart import restart_events
+from hookpost.producer import Publisher
+from hookpost.store import Store
 from tests.helpers import drain_queue, running_worker, wait_until
 
 

@@ -15,12 +15,12 @@ from aiohttp import web
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from common.amqp import AmqpConnection
-from common.models import ChangeEvent, Entity, EventStatus
-from common.topology import topology_from
-from common.wire import InvalidChangeError
-from producer import Publisher
-from store import Store
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.models import ChangeEvent, Entity, EventStatus
+from hookpost.common.topology import topology_from
+from hookpost.common.wire import InvalidChangeError
+from hookpost.producer import Publisher
+from hookpost.store import Store
 from tests.helpers import drain_queue, running_worker, wait_until
 
 
@@ -150,7 +150,7 @@ async def test_malformed_change_events_go_to_invalid_with_reason(settings, store
     topo = topology_from(settings)
     bodies = [b for b in bad_bodies(300)]
     # anything a generator produced that is actually valid would be delivered, not dead-lettered: filter those
-    from common.wire import decode_change
+    from hookpost.common.wire import decode_change
     invalid = []
     for body, props in bodies:
         try:

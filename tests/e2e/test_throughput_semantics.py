@@ -4,9 +4,9 @@ import asyncio
 
 from aiohttp import web
 
-from common.models import ChangeEvent, Entity
-from producer import Publisher
-from store import Store
+from hookpost.common.models import ChangeEvent, Entity
+from hookpost.producer import Publisher
+from hookpost.store import Store
 from tests.helpers import running_worker, wait_until
 
 

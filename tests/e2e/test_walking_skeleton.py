@@ -2,9 +2,9 @@
 
 import asyncio
 
-from common.models import ChangeEvent, Entity, EventStatus
-from producer import Publisher
-from store.events import EventFilter
+from hookpost.common.models import ChangeEvent, Entity, EventStatus
+from hookpost.producer import Publisher
+from hookpost.store.events import EventFilter
 from tests.helpers import wait_until
 
 

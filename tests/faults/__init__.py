@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from common.models import ChangeEvent, Entity, EventStatus
-from common.settings import Settings
-from producer import Publisher
-from store import Store
+from hookpost.common.models import ChangeEvent, Entity, EventStatus
+from hookpost.common.settings import Settings
+from hookpost.producer import Publisher
+from hookpost.store import Store
 from tests.helpers import wait_until
 
 

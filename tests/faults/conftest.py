@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from common.settings import Settings
-from store.localserver import LocalMongo
+from hookpost.common.settings import Settings
+from hookpost.store.localserver import LocalMongo
 from tests.conftest import RABBIT_URL
 from tests.faults.procs import DispatcherProcess
 from tests.faults.proxy import TcpProxy

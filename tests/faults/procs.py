@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 
-from common.process import stop_process
-from common.settings import Settings
-from store.localserver import free_port
+from hookpost.common.process import stop_process
+from hookpost.common.settings import Settings
+from hookpost.store.localserver import free_port
 from tests.helpers import wait_until
 
 

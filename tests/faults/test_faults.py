@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from common.amqp import AmqpConnection
-from common.models import EventStatus, now_ms
-from common.settings import Settings
-from common.topology import topology_from
-from store import Store
+from hookpost.common.amqp import AmqpConnection
+from hookpost.common.models import EventStatus, now_ms
+from hookpost.common.settings import Settings
+from hookpost.common.topology import topology_from
+from hookpost.store import Store
 from tests.faults import (
     Tally,
     attempts_per_event,

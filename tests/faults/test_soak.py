@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from common.matching import any_matches
-from common.models import ChangeEvent, EventStatus
-from producer import Publisher
-from store import Store
+from hookpost.common.matching import any_matches
+from hookpost.common.models import ChangeEvent, EventStatus
+from hookpost.producer import Publisher
+from hookpost.store import Store
 from tests.faults import Tally, event_rows, make_changes, status_counts, wait_settled
 from tests.faults.procs import DispatcherProcess, dispatcher_env
 from tests.faults.proxy import TcpProxy, via_proxies

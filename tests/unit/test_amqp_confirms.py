@@ -7,8 +7,8 @@ from typing import Any
 import pika.spec
 import pytest
 
-from common.amqp import AmqpChannel
-from common.errors import PublishError
+from hookpost.common.amqp import AmqpChannel
+from hookpost.common.errors import PublishError
 
 
 class FakeChannel:

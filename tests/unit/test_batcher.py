@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from dispatcher.batcher import Batcher
+from hookpost.dispatcher.batcher import Batcher
 
 
 async def test_results_in_order_and_batches_grow_with_load():
@@ -34,7 +34,7 @@ async def test_errors_reach_every_caller_of_the_batch():
 
 
 async def test_endpoint_limiter_defers_only_when_the_wait_would_be_long():
-    from dispatcher.limits import EndpointLimiter
+    from hookpost.dispatcher.limits import EndpointLimiter
 
     lim = EndpointLimiter(total=100, per_endpoint=2)
     release = asyncio.Event()
@@ -54,7 +54,7 @@ async def test_endpoint_limiter_defers_only_when_the_wait_would_be_long():
 
 
 async def test_endpoint_limiter_hands_slots_over_in_order_and_gives_up_after_max_wait():
-    from dispatcher.limits import EndpointBusyError, EndpointLimiter
+    from hookpost.dispatcher.limits import EndpointBusyError, EndpointLimiter
 
     lim = EndpointLimiter(total=100, per_endpoint=1)
     key = "http://one:80"
@@ -85,7 +85,7 @@ async def test_endpoint_limiter_hands_slots_over_in_order_and_gives_up_after_max
 
 
 async def test_deferred_deliveries_count_as_ahead_until_they_are_back():
-    from dispatcher.limits import EndpointLimiter
+    from hookpost.dispatcher.limits import EndpointLimiter
 
     lim = EndpointLimiter(total=100, per_endpoint=1)
     key = "http://slow:80"

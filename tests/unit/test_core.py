@@ -4,15 +4,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from common.durations import format_duration, parse_duration, parse_duration_list
-from common.errors import ConfigError, InvalidInputError
-from common.ids import id_time_ms, new_id
-from common.matching import type_matches, validate_pattern
-from common.models import EventStatus
-from common.settings import load_settings, mask_url
-from common.topology import Topology
-from common.wire import InvalidChangeError, decode_change
-from dispatcher.policy import AttemptResult, decide, level_for_wait, parse_retry_after
+from hookpost.common.durations import format_duration, parse_duration, parse_duration_list
+from hookpost.common.errors import ConfigError, InvalidInputError
+from hookpost.common.ids import id_time_ms, new_id
+from hookpost.common.matching import type_matches, validate_pattern
+from hookpost.common.models import EventStatus
+from hookpost.common.settings import load_settings, mask_url
+from hookpost.common.topology import Topology
+from hookpost.common.wire import InvalidChangeError, decode_change
+from hookpost.dispatcher.policy import AttemptResult, decide, level_for_wait, parse_retry_after
 
 DELAYS = (10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 

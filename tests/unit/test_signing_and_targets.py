@@ -6,11 +6,11 @@ import hmac
 
 import pytest
 
-from common.errors import InvalidInputError
-from common.models import Webhook
-from common.signing import generate_secret, secret_key
-from dispatcher.sender import request_headers
-from dispatcher.targets import TargetPolicy
+from hookpost.common.errors import InvalidInputError
+from hookpost.common.models import Webhook
+from hookpost.common.signing import generate_secret, secret_key
+from hookpost.dispatcher.sender import request_headers
+from hookpost.dispatcher.targets import TargetPolicy
 
 
 def spec_verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
