@@ -71,9 +71,12 @@ class Settings(BaseSettings):
 
     prefetch: int = Field(200, ge=1, description="unacked messages per consumer channel")
     concurrency: int = Field(200, ge=1, description="deliveries in flight per process")
-    endpoint_concurrency: int = Field(10, ge=1, description="deliveries in flight per receiver endpoint")
-    defer_delay: Duration = Field("1s", description="longest in-memory wait for a busy endpoint, and the first "
-                                                    "rung of the defer ladder (no attempt is counted)")
+    endpoint_concurrency: int = Field(10, ge=1, description="most deliveries in flight per receiver endpoint (the "
+                                                            "adaptive limit moves below it)")
+    endpoint_hang_after: Duration = Field("3s", description="request time after which an endpoint counts as "
+                                                            "hanging and its waiting deliveries are parked")
+    defer_delay: Duration = Field("1s", description="first rung of the defer ladder, where deliveries of a hanging "
+                                                    "endpoint are parked (no attempt is counted)")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
     webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
@@ -114,8 +117,8 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("defer_delay", "http_timeout", "http_connect_timeout", "reconcile_interval", "reconcile_grace",
-                     "janitor_interval")
+    @field_validator("defer_delay", "endpoint_hang_after", "http_timeout", "http_connect_timeout", "reconcile_interval",
+                     "reconcile_grace", "janitor_interval")
     @classmethod
     def _more_than_zero(cls, value: float) -> float:
         if value <= 0:

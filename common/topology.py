@@ -105,6 +105,19 @@ class Topology:
             level += 1
         return level
 
+    def defer_level_within(self, wait: float) -> int:
+        """Level of the defer ladder with the longest wait not longer than ``wait`` (the shortest level if none
+        is): for a delivery that must not come back later than its turn.
+
+        >>> Topology("hookpost").defer_level_within(0.2), Topology("hookpost").defer_level_within(5.0)
+        (0, 2)
+        """
+        delays = self.defer_delays
+        level = 0
+        while level < self.DEFER_LEVELS - 1 and delays[level + 1] <= wait:
+            level += 1
+        return level
+
     def defer_queue(self, deferrals: int = 1, wait: float = 0.0) -> str:
         """Delay queue of :meth:`defer_level`."""
         return self.defer_queue_at(self.defer_level(deferrals, wait))

@@ -1,16 +1,21 @@
-"""Deferral: parking the delivery of a saturated endpoint in the defer ladder instead of holding a prefetch slot.
+"""Deferral: parking a delivery in the defer ladder instead of holding a prefetch slot, when
+:meth:`EndpointLimiter.should_defer` says so (its endpoint hangs, or holds its share of the window while others
+wait).
 
-A deferred delivery waits in ``PREFIX.defer.<d>`` (no attempt counted) for at least its endpoint's expected wait
-(:meth:`EndpointLimiter.expected_wait`), then comes back to ``PREFIX.deliver``. The event's ``next_attempt_ms``
-is pushed along before the delivery would look lost to the reconciler (overdue by ``HOOKPOST_RECONCILE_GRACE``):
-without that, every reconciler sweep would add one more copy of a delivery that an endpoint hanging for longer
-than the grace keeps deferring. The delivery message carries the due time on record (``due_ms``), so this costs
-one store write per half grace of deferral, not one per deferral.
+A parked delivery waits in ``PREFIX.defer.<d>`` (no attempt counted), then comes back to ``PREFIX.deliver``. For
+a hanging endpoint it waits at least the endpoint's expected wait and twice as long as its previous deferral in a
+row (so it does not cycle every second); for a healthy endpoint that holds its share it waits the longest rung
+that is not longer than the work ahead of it for that endpoint (never later than its turn).
+
+The event's ``next_attempt_ms`` is pushed along before the delivery would look lost to the reconciler (overdue by
+``HOOKPOST_RECONCILE_GRACE``): without that, every reconciler sweep would add one more copy of a delivery that an
+endpoint hanging for longer than the grace keeps deferring. The delivery message carries the due time on record
+(``due_ms``), so this costs one store write per half grace of deferral, not one per deferral.
 
 Example::
 
-    deferrer = Deferrer(store, outbox, limiter, guard, metrics, defer_after=1.0, grace=300.0)
-    if limiter.should_defer(endpoint, 1.0):
+    deferrer = Deferrer(store, outbox, limiter, guard, metrics, grace=300.0, request_time=15.0)
+    if limiter.should_defer(endpoint):
         await deferrer.defer(message, endpoint)
 """
 
@@ -28,18 +33,14 @@ class Deferrer:
     """Publishes deliveries now or into the defer ladder, and keeps deferred events clear of the reconciler."""
 
     def __init__(self, store: Store, outbox: Outbox, limiter: EndpointLimiter, guard: StoreGuard, metrics: Metrics,
-                 *, defer_after: float, grace: float) -> None:
+                 *, grace: float, request_time: float) -> None:
         self.store = store
         self.outbox = outbox
         self.limiter = limiter
         self.guard = guard
         self.metrics = metrics
-        self.defer_after = defer_after
         self.grace_ms = round(grace * 1000)
-
-    def should_defer(self, endpoint: str) -> bool:
-        """Tell whether a delivery to ``endpoint`` would wait longer than ``HOOKPOST_DEFER_DELAY`` for a slot."""
-        return self.limiter.should_defer(endpoint, self.defer_after)
+        self.request_ms = round(request_time * 1000)
 
     async def defer(self, msg: DeliveryMessage, endpoint: str) -> None:
         """Park ``msg`` (its endpoint is busy) in the defer ladder."""
@@ -48,16 +49,17 @@ class Deferrer:
     async def publish(self, now: Sequence[DeliveryMessage], later: Sequence[tuple[DeliveryMessage, str]]) -> None:
         """Publish ``now`` to the deliver queue and defer ``later`` (message, endpoint), as one confirmed window.
 
-        A deferral waits twice as long as the one before it in a row (so a delivery deferred again and again does
-        not cycle every second) and at least the endpoint's expected wait, up to the ladder's top.
+        How long each waits: see the module docstring.
         """
         topology = self.outbox.topology
         deferred, delays = [], []
         for msg, endpoint in later:
-            level = topology.defer_level(msg.deferrals + 1, self.limiter.expected_wait(endpoint))
+            wait = self.limiter.expected_wait(endpoint)
+            level = (topology.defer_level(msg.deferrals + 1, wait) if self.limiter.hanging(endpoint)
+                     else topology.defer_level_within(wait))
             delays.append(topology.defer_delays[level])
             back_ms = now_ms() + round(delays[-1] * 1000)
-            if msg.due_ms is None or back_ms > msg.due_ms + self.grace_ms // 2:
+            if msg.due_ms is None or back_ms + self.request_ms > msg.due_ms + self.grace_ms // 2:
                 until = back_ms + self.grace_ms // 2
                 await self.guard.run(lambda m=msg, u=until: self.store.events.postpone(m.event_id, m.attempt, u))
                 msg = msg.model_copy(update={"due_ms": until})

@@ -105,18 +105,19 @@ class DeliveryHandler:
         endpoint = endpoint_key(hook.url)
         limiter = self.limiter
         try:
-            if self.deferrer.should_defer(endpoint):
+            if limiter.should_defer(endpoint):
                 raise EndpointBusyError(endpoint)
-            token = await limiter.acquire(endpoint, max_wait=self.deferrer.defer_after)
+            token = await limiter.acquire(endpoint)
         except EndpointBusyError:
             await self.deferrer.defer(dm, endpoint)
             msg.ack()
             return
         started = utcnow()
+        result = AttemptResult(error="Cancelled")
         try:
             result = await self.sender.send(hook, dm.event_id, dm.payload)
         finally:
-            limiter.release(endpoint, token)
+            limiter.release(endpoint, token, overloaded=result.overloaded, timed_out=result.timed_out)
         code = result.status_code
         counter = self._attempt_counters.get(code)
         if counter is None:

@@ -84,14 +84,14 @@ class FanOut:
 
     async def _publish(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
         """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process
-        already knows to be saturated, straight to the defer ladder (saving it a trip through the deliver queue
-        only to be deferred there)."""
+        knows to be hanging, straight to the defer ladder (saving it a trip through the deliver queue only to be
+        parked there)."""
         now: list[DeliveryMessage] = []
         later: list[tuple[DeliveryMessage, str]] = []
         for e in events:
             hook = hooks.get(e.webhook_id)
             endpoint = endpoint_key(hook.url) if hook is not None else None
-            if endpoint is not None and self.deferrer.should_defer(endpoint):
+            if endpoint is not None and self.deferrer.limiter.hanging(endpoint):
                 later.append((first_delivery(e), endpoint))
             else:
                 now.append(first_delivery(e))

@@ -31,6 +31,16 @@ class AttemptResult:
         """True for a 2xx answer (the only success)."""
         return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
 
+    @property
+    def timed_out(self) -> bool:
+        """True when no complete answer came in time (connect or total timeout)."""
+        return self.error is not None and self.error.startswith("Timeout")
+
+    @property
+    def overloaded(self) -> bool:
+        """True when the receiver said it is overloaded (429 Too Many Requests, 503 Service Unavailable)."""
+        return self.status_code in RETRY_AFTER_CODES
+
     def summary(self) -> str:
         """A short description for ``last_error`` and logs: the error, or ``HTTP 500``."""
         return self.error or f"HTTP {self.status_code}"

@@ -62,10 +62,12 @@ class Worker:
             timeout=settings.http_timeout, connect_timeout=settings.http_connect_timeout,
             excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
             max_connections=settings.concurrency)
-        self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency)
+        self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency, window=settings.prefetch,
+                                       hang_after=settings.endpoint_hang_after,
+                                       max_hold=max(0.1, settings.reconcile_grace / 2 - settings.http_timeout))
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
         self.deferrer = Deferrer(self.store, self.outbox, self.limiter, self.guard, self.metrics,
-                                 defer_after=settings.defer_delay, grace=settings.reconcile_grace)
+                                 grace=settings.reconcile_grace, request_time=settings.http_timeout)
         self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, self.deferrer,
                              settings.max_change_bytes, batch=settings.store_batch)
         self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
