@@ -76,7 +76,11 @@ class Topology:
 
     def retry_queue(self, level: int) -> str:
         """Name of the delay queue for retry ``level`` (0 = the delay before the second attempt)."""
-        return f"{self.prefix}.retry.{format_duration(self.retry_delays[level])}"
+        return f"{self.prefix}.retry.{self.retry_label(level)}"
+
+    def retry_label(self, level: int) -> str:
+        """The delay of retry ``level`` as people read it (``10s``): the queue's suffix and a metric label."""
+        return format_duration(self.retry_delays[level])
 
     DEFER_LEVELS = 6
 

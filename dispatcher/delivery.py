@@ -21,14 +21,23 @@ from pydantic import ValidationError
 from hookpost.common.amqp import IncomingMessage
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
-from hookpost.common.models import DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
+from hookpost.common.models import (
+    DeliveryMessage,
+    EventStatus,
+    FailedNotice,
+    Webhook,
+    due_fields,
+    now_ms,
+    to_ms,
+    utcnow,
+)
 from hookpost.dispatcher.batcher import Batcher
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
 from hookpost.dispatcher.metrics import Metrics, status_class
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.policy import AttemptResult, Decision, decide
+from hookpost.dispatcher.policy import AttemptResult, Decision, decide, retry_level
 from hookpost.dispatcher.sender import Sender
 from hookpost.dispatcher.storeguard import StoreGuard
 from hookpost.store import Store
@@ -39,7 +48,7 @@ log = logging.getLogger("hookpost.delivery")
 
 def event_changes(decision: Decision, result: AttemptResult | None, now: datetime) -> dict[str, Any]:
     """Return the fields an event gets after an attempt (or after being given up without one) at ``now``."""
-    now_ms = int(now.timestamp() * 1000)
+    now_ms = to_ms(now)
     changes: dict[str, Any] = {"status": decision.status.value, "updated_at": now}
     if result is not None:
         changes["last_status_code"] = result.status_code
@@ -47,12 +56,9 @@ def event_changes(decision: Decision, result: AttemptResult | None, now: datetim
     elif decision.reason:
         changes["last_error"] = decision.reason
     if decision.status == EventStatus.RETRYING and decision.delay is not None:
-        due_ms = now_ms + round(decision.delay * 1000)
-        changes["next_attempt_ms"] = due_ms
-        changes["next_attempt_at"] = now + timedelta(milliseconds=round(decision.delay * 1000))
+        changes.update(due_fields(now_ms + round(decision.delay * 1000)))
     else:
-        changes["next_attempt_ms"] = None
-        changes["next_attempt_at"] = None
+        changes.update(due_fields(None))
         changes["finished_at"] = now
     return changes
 
@@ -141,7 +147,8 @@ class DeliveryHandler:
             return False
         if ev.status != EventStatus.RETRYING or ev.attempt_count != dm.attempt:
             return False
-        level = min(max(dm.attempt - ev.budget_start - 1, 0), len(self.delays) - 1)
+        wait = None if ev.next_attempt_ms is None else (ev.next_attempt_ms - now_ms()) / 1000
+        level = retry_level(self.delays, dm.attempt - ev.budget_start, wait)  # as long as the recorded due time
         await self.outbox.retry(dm.model_copy(update={"attempt": dm.attempt + 1, "due_ms": ev.next_attempt_ms}), level)
         return True
 
@@ -170,7 +177,7 @@ class DeliveryHandler:
         if decision.status == EventStatus.RETRYING and decision.retry_level is not None:
             nxt = dm.model_copy(update={"attempt": dm.attempt + 1, "due_ms": changes["next_attempt_ms"]})
             await self.outbox.retry(nxt, decision.retry_level)
-            self.metrics.retries.labels(self.outbox.topology.retry_queue(decision.retry_level).rsplit(".", 1)[-1]).inc()
+            self.metrics.retries.labels(self.outbox.topology.retry_label(decision.retry_level)).inc()
             log.info("attempt failed; retry scheduled", extra={**extra, "error": changes.get("last_error"),
                                                               "retry_in_s": decision.delay})
         elif decision.status == EventStatus.FAILED:
