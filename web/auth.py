@@ -34,6 +34,11 @@ class FailureLimiter:
         self._failures: dict[str, deque[float]] = {}
         self._blocked: dict[str, float] = {}
 
+    def reset(self) -> None:
+        """Forget every failure and block."""
+        self._failures.clear()
+        self._blocked.clear()
+
     def blocked_for(self, client: str, now: float | None = None) -> float:
         """Return how many seconds ``client`` is still blocked (0 if not)."""
         now = time.monotonic() if now is None else now

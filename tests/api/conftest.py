@@ -61,3 +61,15 @@ async def api(settings, store) -> AsyncIterator[Api]:  # type: ignore[no-untyped
     """A running API server on the test's settings."""
     async for a in make_api(settings):
         yield a
+
+
+async def declare_topology(settings) -> None:  # type: ignore[no-untyped-def]
+    """Declare the test's exchanges and queues (so POST /changes is routed without a dispatcher)."""
+    from hookpost.common.amqp import AmqpConnection
+    from hookpost.common.topology import topology_from
+
+    conn = await AmqpConnection.connect(settings.rabbitmq_urls)
+    try:
+        await (await conn.channel()).declare(topology_from(settings))
+    finally:
+        await conn.close()
