@@ -141,7 +141,8 @@ async def test_bad_input_is_a_problem_naming_the_field(api):
         status, problem, resp = await api.call(method, path, params=params)
         assert status == 400 and resp.content_type == "application/problem+json", (params, problem)
         assert problem["field"] == field and field in problem["detail"] and "\n" not in problem["detail"]
-    status, problem, _ = await api.call("POST", "/webhooks", data=b"{nope", headers={"Content-Type": "application/json"})
+    status, problem, _ = await api.call("POST", "/webhooks", data=b"{nope",
+                                        headers={"Content-Type": "application/json"})
     assert status == 400 and "not JSON" in problem["detail"]
     status, problem, _ = await api.call("POST", "/webhooks", json={"url": "ftp://x/y", "event_types": ["a.b"]})
     assert status == 400 and "only http:// and https://" in problem["detail"]

@@ -93,7 +93,8 @@ async def test_probes_need_no_token_and_openapi_does(api):
 
 async def test_ten_failures_in_a_minute_block_the_address(api):
     for _ in range(10):
-        status, _, _ = await api.call("GET", "/events", role=None, headers={"Authorization": "Bearer hp_wrongwrongwrongwrong"})
+        status, _, _ = await api.call("GET", "/events", role=None,
+                                      headers={"Authorization": "Bearer hp_wrongwrongwrongwrong"})
         assert status == 401
     status, problem, resp = await api.call("GET", "/events", role="admin")  # even a good token: blocked
     assert status == 429 and int(resp.headers["Retry-After"]) > 0 and "too many" in problem["detail"]
@@ -176,8 +177,10 @@ async def test_slow_client_is_cut_off(settings_factory, store):
         assert status == 200
 
 
-@pytest.mark.parametrize("header", ["Bearer", "Bearer  ", "Token abc", "bearer hp_" + "x" * 200, "Bearer hp_\u00e9t\u00e9aaaaaaaaaaaaaaaaaa"])
+@pytest.mark.parametrize("header", ["Bearer", "Bearer  ", "Token abc", "bearer hp_" + "x" * 200,
+                                    "Bearer hp_\u00e9t\u00e9aaaaaaaaaaaaaaaaaa"])
 async def test_odd_headers_are_401(api, header):
     api.server.app[LIMITER_KEY].reset()
-    status, problem, _ = await api.call("GET", "/events", role=None, headers={"Authorization": header.encode("utf-8").decode("latin-1")})
+    raw = header.encode("utf-8").decode("latin-1")
+    status, problem, _ = await api.call("GET", "/events", role=None, headers={"Authorization": raw})
     assert status == 401 and problem["status"] == 401
