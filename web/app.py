@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from hookpost.admin import Admin
+from hookpost.admin.events import InvalidFieldError
 from hookpost.common.settings import Settings
 from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
@@ -72,10 +73,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def check_query(route: Route, request: web.Request) -> None:
+    """Refuse unknown query parameters and values that break the route's documented limits (repeats, length)."""
+    known = {p.name for p in route.query}
+    if any(part.startswith("=") for part in request.query_string.split("&")):
+        raise InvalidFieldError("", "a query parameter without a name")
+    for name in request.query:
+        if name not in known:
+            raise InvalidFieldError(name[:50], f"unknown query parameter {name[:50]!r}")
+    for param in route.query:
+        values = request.query.getall(param.name, [])
+        if len(values) > (4 if param.repeat else 1):
+            raise InvalidFieldError(param.name, f"{param.name} given too many times")
+        longest = param.schema.get("maxLength")
+        if longest is not None and any(len(v) > longest for v in values):
+            raise InvalidFieldError(param.name, f"{param.name} is longer than {longest} characters")
+
+
 def guarded(route: Route) -> Handler:
-    """Wrap a route's handler with its role check."""
+    """Wrap a route's handler with its role check and its query limits."""
     async def handle(request: web.Request) -> web.StreamResponse:
         require(request[TOKEN_KEY], route.role)
+        check_query(route, request)
         return await route.handler(request)
 
     handle.__name__ = route.handler.__name__
