@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -21,6 +21,7 @@ from hookpost.common.settings import Settings, load_settings, mask_url
 from hookpost.store import Store
 
 if TYPE_CHECKING:
+    from hookpost.admin import Admin
     from hookpost.common.amqp import AmqpConnection
 
 T = TypeVar("T")
@@ -115,6 +116,22 @@ async def open_store(s: Settings | None = None) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
+async def open_admin(s: Settings | None = None) -> "AsyncIterator[Admin]":
+    """Open the operations (store, and the broker on first use) for one command; close them afterwards."""
+    from hookpost.admin import Admin
+
+    async with Admin.open(s or settings()) as admin:
+        yield admin
+
+
+def actor() -> str:
+    """Return who runs this command, as the audit log names them (``cli:<OS user>``)."""
+    from hookpost.admin import os_actor
+
+    return os_actor()
+
+
+@asynccontextmanager
 async def open_broker(s: Settings | None = None) -> "AsyncIterator[AmqpConnection]":
     """Connect to the broker for one command and close the connection afterwards."""
     from hookpost.common.amqp import AmqpConnection  # imported here: most commands never talk to the broker
@@ -150,17 +167,9 @@ def shorten(text: str | None, width: int) -> str:
 
 def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     """Read ``--since``/``--until``: a duration ago (``2h``, ``7d``) or an ISO-8601 time (UTC if no zone)."""
-    now = now or datetime.now(UTC)
-    try:
-        return now - timedelta(seconds=parse_duration(text))
-    except ConfigError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidInputError(
-            f"not a time: {text!r} (use a duration such as 2h or 7d, or an ISO-8601 time)") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    from hookpost.admin.events import parse_when as parse
+
+    return parse(text, now=now)
 
 
 class DurationType(click.ParamType):

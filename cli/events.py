@@ -7,23 +7,14 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import echo_json, open_broker, open_store, parse_when, run, settings, shorten, table
+from hookpost.admin.events import describe_filter, parse_filter
+from hookpost.admin.restart_rules import restart_refusal
+from hookpost.cli.base import actor, echo_json, open_admin, parse_when, run, shorten, table
 from hookpost.common.durations import format_age
-from hookpost.common.errors import InvalidInputError, NotFoundError
-from hookpost.common.ids import id_time_ms
-from hookpost.common.matching import validate_pattern
-from hookpost.common.models import EventStatus, WebhookEvent, utcnow
-from hookpost.common.topology import topology_from
-from hookpost.dispatcher.restart_rules import RestartReport, restart_refusal
-from hookpost.store import Store
+from hookpost.common.errors import NotFoundError
+from hookpost.common.models import WebhookEvent, utcnow
+from hookpost.common.records import EventDetail, EventPage, RestartReport, Stats
 from hookpost.store.events import EventFilter
-
-
-def _statuses(values: tuple[str, ...]) -> list[EventStatus]:
-    try:
-        return [EventStatus.parse(v) for v in values]
-    except ValueError as exc:
-        raise InvalidInputError(str(exc)) from None
 
 
 def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,13 +39,8 @@ def build_filter(statuses: tuple[str, ...] = (), event_type: str | None = None, 
                  entity_id: str | None = None, since: str | None = None, until: str | None = None,
                  search: str | None = None, before: str | None = None) -> EventFilter:
     """Turn command-line filter values into an :class:`EventFilter` (one-line errors on bad input)."""
-    if event_type:
-        validate_pattern(event_type)
-    if before is not None and id_time_ms(before) is None:
-        raise InvalidInputError(f"invalid --before {before!r}: give an event id such as evt_01J…")
-    return EventFilter(statuses=_statuses(statuses), event_type=event_type, webhook_id=webhook_id,
-                       entity_id=entity_id, since=parse_when(since) if since else None,
-                       until=parse_when(until) if until else None, search=search or None, before=before)
+    return parse_filter(statuses, event_type, webhook_id, entity_id, since, until, search, before,
+                        spell=lambda name: f"--{name}")
 
 
 def _age(created: datetime, now: datetime) -> str:
@@ -101,11 +87,12 @@ def list_(statuses: tuple[str, ...], event_type: str | None, webhook_id: str | N
     """
     flt = build_filter(statuses, event_type, webhook_id, entity_id, since, until, search, before)
 
-    async def go() -> list[WebhookEvent]:
-        async with open_store() as store:
-            return await store.events.find(flt, limit=limit)
+    async def go() -> EventPage:
+        async with open_admin() as admin:
+            return await admin.events.list(flt, limit=limit)
 
-    found = run(go())
+    page = run(go())
+    found = page.items
     if as_json:
         echo_json([event_json(e) for e in found])
     elif not found:
@@ -115,8 +102,8 @@ def list_(statuses: tuple[str, ...], event_type: str | None, webhook_id: str | N
         click.echo(table(["ID", "TYPE", "ENTITY", "WEBHOOK", "STATUS", "ATTEMPTS", "LAST", "AGE"],
                          [[e.id, e.type, f"{e.entity.kind}/{e.entity.id}", e.webhook_id, e.status.value,
                            e.attempt_count, _last(e), _age(e.created_at, now)] for e in found]))
-    if len(found) == limit:
-        click.echo(f"more: --before {found[-1].id}", err=True)
+    if page.next:
+        click.echo(f"more: --before {page.next}", err=True)
 
 
 @events.command("show")
@@ -129,14 +116,14 @@ def show(event_id: str, as_json: bool) -> None:
     Example:
       hookpost events show evt_01J9Z…
     """
-    async def go() -> tuple[WebhookEvent, list[Any]]:
-        async with open_store() as store:
-            ev = await store.events.get(event_id)
-            return ev, await store.attempts.for_event(event_id)
+    async def go() -> EventDetail:
+        async with open_admin() as admin:
+            return await admin.events.get(event_id)
 
-    ev, attempts = run(go())
+    ev = run(go())
+    attempts = ev.attempts
     if as_json:
-        echo_json({**event_json(ev), "attempts": [a.model_dump(mode="json") for a in attempts]})
+        echo_json(ev.model_dump(mode="json"))
         return
     now = utcnow()
     rows = [("id", ev.id), ("status", ev.status.value), ("type", ev.type),
@@ -157,18 +144,6 @@ def show(event_id: str, as_json: bool) -> None:
         click.echo(table(["#", "STARTED", "DURATION", "RESULT", "RESPONSE"],
                          [[a.attempt, a.started_at.isoformat(timespec="seconds"), f"{a.duration_ms:.0f}ms",
                            a.error or a.status_code, shorten(a.response_excerpt, 50)] for a in attempts]))
-
-
-async def _collect(store: Store, flt: EventFilter, cap: int = 1_000_000) -> list[WebhookEvent]:
-    out: list[WebhookEvent] = []
-    page = EventFilter(**{**flt.__dict__})
-    while len(out) < cap:
-        batch = await store.events.find(page, limit=1000)
-        out += batch
-        if len(batch) < 1000:
-            break
-        page.before = batch[-1].id
-    return out
 
 
 @events.command("restart")
@@ -200,8 +175,8 @@ def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: s
         statuses, event_type, webhook_id, entity_id, since, until, search)
 
     async def candidates() -> list[WebhookEvent]:
-        async with open_store() as store:
-            found = await _collect(store, flt)
+        async with open_admin() as admin:
+            found = await admin.events.matching(flt)
             missing = set(event_ids) - {e.id for e in found}
             if missing:
                 raise NotFoundError(f"no event {', '.join(sorted(missing))}")
@@ -218,25 +193,19 @@ def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: s
         return
     if bulk and eligible and not yes:
         click.confirm(f"restart {len(eligible)} events?", abort=True, err=True)
-    report = run(_restart(found, force))
+    report = run(_restart(found, force, {"ids": list(event_ids)} if not bulk else {"filter": describe_filter(flt)}))
     _print_report(report)
     if event_ids and report.skipped and not report.restarted:
         raise click.exceptions.Exit(1)
 
 
-async def _restart(found: list[WebhookEvent], force: bool) -> RestartReport:
-    from hookpost.dispatcher.outbox import Outbox
-    from hookpost.dispatcher.restart import restart_events
-
-    s = settings()
-    async with open_store(s) as store, open_broker(s) as conn:
-        outbox = Outbox(topology_from(s))
-        outbox.channel = await conn.channel(confirms=True)
+async def _restart(found: list[WebhookEvent], force: bool, what: dict[str, object]) -> RestartReport:
+    async with open_admin() as admin:
         if len(found) > 200:
             with click.progressbar(length=len(found), label="restarting", file=click.get_text_stream("stderr")
                                    ) as bar:
-                return await restart_events(store, outbox, found, force=force, progress=bar.update)
-        return await restart_events(store, outbox, found, force=force)
+                return await admin.events.restart(found, actor=actor(), force=force, what=what, progress=bar.update)
+        return await admin.events.restart(found, actor=actor(), force=force, what=what)
 
 
 def _print_report(report: RestartReport, *, dry_run: bool = False, would: int = 0) -> None:
@@ -258,24 +227,13 @@ def stats(since: str | None, as_json: bool) -> None:
     Example:
       hookpost events stats --since 24h
     """
-    flt = EventFilter(since=parse_when(since) if since else None)
+    when = parse_when(since) if since else None
 
-    async def go() -> dict[str, Any]:
-        async with open_store() as store:
-            query = flt.query()
-            by_status = await store.events.group_counts("status", query)
-            by_type = await store.events.group_counts("type", query)
-            by_webhook = await store.events.group_counts("webhook_id", query)
-            oldest = await store.events.find(EventFilter(statuses=[EventStatus.RETRYING], since=flt.since),
-                                             limit=1, newest_first=False)
-            return {"by_status": {s.value: by_status.get(s.value, 0) for s in EventStatus},
-                    "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
-                    "by_webhook": dict(sorted(by_webhook.items(), key=lambda kv: -kv[1])),
-                    "total": sum(by_status.values()),
-                    "oldest_retrying": ({"id": oldest[0].id, "age_seconds": round(
-                        (utcnow() - oldest[0].created_at).total_seconds())} if oldest else None)}
+    async def go() -> Stats:
+        async with open_admin() as admin:
+            return await admin.events.stats(when)
 
-    data = run(go())
+    data = run(go()).model_dump(mode="json")
     if as_json:
         echo_json(data)
         return

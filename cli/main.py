@@ -22,6 +22,9 @@ COMMANDS = {
     "janitor": "hookpost.cli.system:janitor",
     "demo": "hookpost.cli.demo:demo",
     "demo-receiver": "hookpost.cli.demo:demo_receiver",
+    "tokens": "hookpost.cli.access:tokens",
+    "audit": "hookpost.cli.access:audit",
+    "server": "hookpost.cli.server:server",
 }
 
 

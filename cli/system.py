@@ -8,14 +8,13 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
+from hookpost.cli.base import DURATION, echo_json, open_admin, open_broker, open_store, run, settings, table
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.logs import setup_logging
 from hookpost.common.models import ChangeEvent, EventStatus
 from hookpost.common.topology import topology_from
 from hookpost.dispatcher.worker import run_forever
-from hookpost.producer import Publisher
 from hookpost.store.cleanup import CleanupReport, RetentionRule, cleanup, retention_rules
 
 log = logging.getLogger("hookpost.janitor")
@@ -48,8 +47,8 @@ def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None,
                          entity={"kind": entity_kind, "id": entity_id}, data=details, source=source)
 
     async def go() -> str:
-        async with Publisher.from_settings(settings(), timeout=15) as publisher:
-            return await publisher.publish(change)
+        async with open_admin() as admin:
+            return await admin.changes.publish(change)
 
     click.echo(run(go()))
 

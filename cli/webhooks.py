@@ -5,22 +5,10 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import DURATION, echo_json, open_store, run, settings, shorten, table
+from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, shorten, table
 from hookpost.common.errors import InvalidInputError
-from hookpost.common.matching import validate_pattern
 from hookpost.common.models import Webhook
-from hookpost.common.signing import secret_key
-from hookpost.store import Store
-
-
-def check_url(url: str) -> str:
-    """Validate a webhook URL against the configured target policy (one-line error if refused)."""
-    from hookpost.dispatcher.targets import TargetPolicy  # imports aiohttp: only for the commands that take a URL
-
-    s = settings()
-    TargetPolicy(allow_private=s.allow_private_targets, allowed_networks=s.allowed_target_networks,
-                 require_https=s.require_https).check_url(url)
-    return url
+from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
 
 
 def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
@@ -34,16 +22,7 @@ def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-async def success_rate(store: Store, webhook_id: str) -> str:
-    """Return the share of 2xx answers among the webhook's last 100 attempts (``"97% of 100"``)."""
-    codes = await store.attempts.recent_outcomes(webhook_id, 100)
-    if not codes:
-        return "-"
-    ok = sum(1 for c in codes if c is not None and 200 <= c < 300)
-    return f"{round(100 * ok / len(codes))}% of {len(codes)}"
-
-
-def _status(hook: Webhook) -> str:
+def _status(hook: Webhook | WebhookView) -> str:
     return "active" if hook.active else f"disabled ({hook.disabled_reason})" if hook.disabled_reason else "disabled"
 
 
@@ -73,15 +52,12 @@ def create(url: str, events: tuple[str, ...], description: str, secret: str | No
     Example:
       hookpost webhooks create --url https://shop.example/hooks --event 'article.*' --event order.created
     """
-    check_url(url)
-    patterns = [validate_pattern(e) for e in events]
-    if secret is not None:
-        secret_key(secret)
+    spec = WebhookCreate(url=url, event_types=list(events), description=description, secret=secret,
+                         headers=parse_headers(headers))
 
     async def go() -> Webhook:
-        async with open_store() as store:
-            return await store.webhooks.create(url, patterns, description=description, secret=secret,
-                                               headers=parse_headers(headers))
+        async with open_admin() as admin:
+            return await admin.webhooks.create(spec, actor=actor())
 
     hook = run(go())
     if as_json:
@@ -101,14 +77,14 @@ def list_(as_json: bool) -> None:
     Example:
       hookpost webhooks list --json | jq '.[] | select(.active == false)'
     """
-    async def go() -> list[tuple[Webhook, str]]:
-        async with open_store() as store:
-            hooks = await store.webhooks.list()
-            return [(h, await success_rate(store, h.id)) for h in hooks]
+    async def go() -> list[WebhookView]:
+        async with open_admin() as admin:
+            return await admin.webhooks.list()
 
-    rows = run(go())
+    views = run(go())
+    rows = [(h, h.recent_success) for h in views]
     if as_json:
-        echo_json([{**h.public_dict(), "recent_success": rate} for h, rate in rows])
+        echo_json([h.model_dump(mode="json") for h in views])
         return
     if not rows:
         click.echo("no webhooks yet: create one with 'hookpost webhooks create --url URL --event TYPE'", err=True)
@@ -128,13 +104,12 @@ def show(webhook_id: str, as_json: bool) -> None:
     Example:
       hookpost webhooks show wh_01J9Z…
     """
-    async def go() -> tuple[Webhook, str]:
-        async with open_store() as store:
-            hook = await store.webhooks.get(webhook_id)
-            return hook, await success_rate(store, webhook_id)
+    async def go() -> WebhookView:
+        async with open_admin() as admin:
+            return await admin.webhooks.get(webhook_id)
 
-    hook, rate = run(go())
-    data: dict[str, Any] = {**hook.public_dict(), "recent_success": rate}
+    hook = run(go())
+    data: dict[str, Any] = hook.model_dump(mode="json")
     if as_json:
         echo_json(data)
         return
@@ -163,24 +138,14 @@ def update(webhook_id: str, url: str | None, events: tuple[str, ...], descriptio
     Example:
       hookpost webhooks update wh_01J9Z… --event 'article.*' --description "PIM sync"
     """
-    fields: dict[str, Any] = {}
-    if url is not None:
-        fields["url"] = check_url(url)
-    if events:
-        fields["event_types"] = [validate_pattern(e) for e in events]
-    if description is not None:
-        fields["description"] = description
-    if headers:
-        fields["headers"] = parse_headers(headers)
-    if active is not None:
-        fields["active"] = active
-        fields["disabled_reason"] = None if active else "disabled by operator"
-    if not fields:
+    spec = WebhookUpdate(url=url, event_types=list(events) or None, description=description,
+                         headers=parse_headers(headers) if headers else None, active=active)
+    if all(v is None for v in spec.model_dump().values()):
         raise click.UsageError("nothing to update: give --url, --event, --description, --header or --active")
 
     async def go() -> Webhook:
-        async with open_store() as store:
-            return await store.webhooks.update(webhook_id, **fields)
+        async with open_admin() as admin:
+            return await admin.webhooks.update(webhook_id, spec, actor=actor())
 
     hook = run(go())
     click.echo(f"updated {hook.id}")
@@ -188,8 +153,8 @@ def update(webhook_id: str, url: str | None, events: tuple[str, ...], descriptio
 
 def _set_active(webhook_id: str, active: bool) -> None:
     async def go() -> None:
-        async with open_store() as store:
-            await store.webhooks.set_active(webhook_id, active, None if active else "disabled by operator")
+        async with open_admin() as admin:
+            await admin.webhooks.set_active(webhook_id, active, actor=actor())
 
     run(go())
     click.echo(f"{'enabled' if active else 'disabled'} {webhook_id}")
@@ -233,8 +198,8 @@ def delete(webhook_id: str, yes: bool) -> None:
         click.confirm(f"delete webhook {webhook_id}?", abort=True, err=True)
 
     async def go() -> None:
-        async with open_store() as store:
-            await store.webhooks.delete(webhook_id)
+        async with open_admin() as admin:
+            await admin.webhooks.delete(webhook_id, actor=actor())
 
     run(go())
     click.echo(f"deleted {webhook_id}")
@@ -249,9 +214,9 @@ def secret(webhook_id: str) -> None:
     Example:
       hookpost webhooks secret wh_01J9Z…
     """
-    async def go() -> Webhook:
-        async with open_store() as store:
-            return await store.webhooks.get(webhook_id)
+    async def go() -> WebhookSecret:
+        async with open_admin() as admin:
+            return await admin.webhooks.reveal_secret(webhook_id, actor=actor())
 
     hook = run(go())
     click.echo(hook.secret)
@@ -271,9 +236,9 @@ def rotate_secret(webhook_id: str, grace: float) -> None:
     Example:
       hookpost webhooks rotate-secret wh_01J9Z… --grace 1h
     """
-    async def go() -> Webhook:
-        async with open_store() as store:
-            return await store.webhooks.rotate_secret(webhook_id, grace)
+    async def go() -> WebhookSecret:
+        async with open_admin() as admin:
+            return await admin.webhooks.rotate_secret(webhook_id, grace, actor=actor())
 
     hook = run(go())
     click.echo(hook.secret)

@@ -5,6 +5,7 @@
 (10.0, 60.0)
 """
 
+import ipaddress
 import os
 import re
 from typing import Annotated, Any, Literal
@@ -86,6 +87,13 @@ class Settings(BaseSettings):
     ops_host: str = Field("0.0.0.0", description="address of the /healthz, /readyz, /metrics server")
     ops_port: int = Field(9000, ge=0, le=65535, description="port of the ops server (0 = pick a free one)")
 
+    server_host: str = Field("127.0.0.1", description="address 'hookpost server' (the HTTP API) listens on")
+    server_port: int = Field(8000, ge=0, le=65535, description="port of 'hookpost server' (0 = pick a free one)")
+    trusted_proxies: Annotated[list[str], NoDecode, BeforeValidator(_str_list)] = Field(
+        default_factory=list, description="CIDRs of proxies whose X-Forwarded-For the server trusts, comma-separated")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="largest request body the server accepts")
+    header_timeout: Duration = Field("10s", description="time a client has to send its request headers")
+
     janitor_interval: Duration = Field("1h", description="time between janitor passes")
     janitor_batch: int = Field(500, ge=1, le=10000, description="events deleted per janitor batch")
     retention_finished: Duration = Field("7d", description="age after which Finished events are deleted")
@@ -118,11 +126,18 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("defer_delay", "endpoint_hang_after", "http_timeout", "http_connect_timeout", "reconcile_interval",
-                     "reconcile_grace", "janitor_interval")
+                     "reconcile_grace", "janitor_interval", "header_timeout")
     @classmethod
     def _more_than_zero(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be greater than zero")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
         return value
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ straight to the defer ladder) → ack the change. A crash anywhere replays safel
 import logging
 
 from hookpost.common.amqp import IncomingMessage
+from hookpost.common.deliveries import first_delivery
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
     ChangeEvent,
@@ -49,13 +50,6 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
             next_attempt_at=now, next_attempt_ms=now_ms, last_status_code=None, last_error=None, created_at=now,
             created_ms=now_ms, updated_at=now, updated_ms=now_ms, finished_at=None))
     return events
-
-
-def first_delivery(event: WebhookEvent) -> DeliveryMessage:
-    """Return the delivery message for the next attempt of ``event``."""
-    return DeliveryMessage.model_construct(event_id=event.id, webhook_id=event.webhook_id,
-                                           attempt=event.attempt_count + 1, budget_start=event.budget_start,
-                                           deferrals=0, payload=event.payload, due_ms=event.next_attempt_ms)
 
 
 class FanOut:

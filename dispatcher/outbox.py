@@ -7,7 +7,8 @@ from typing import Any
 
 from hookpost.common.amqp import AmqpChannel, ConnectionLostError, IncomingMessage
 from hookpost.common.models import DeliveryMessage, FailedNotice
-from hookpost.common.topology import ATTEMPT_HEADER, ERROR_HEADERS, Topology
+from hookpost.common.topology import ERROR_HEADERS, Topology
+from hookpost.producer.deliveries import publish_delivery
 
 
 class Outbox:
@@ -28,9 +29,7 @@ class Outbox:
         return self.channel
 
     def _delivery(self, msg: DeliveryMessage, exchange: str, routing_key: str) -> asyncio.Future[None]:
-        return self._ch().publish_nowait(exchange, routing_key, msg.model_dump_json().encode(),
-                                         message_id=f"{msg.event_id}/{msg.attempt}",
-                                         headers={ATTEMPT_HEADER: msg.attempt})
+        return publish_delivery(self._ch(), msg, exchange, routing_key)
 
     async def deliveries(self, msgs: Sequence[DeliveryMessage],
                          deferred: Sequence[tuple[DeliveryMessage, int]] = ()) -> None:

@@ -11,8 +11,8 @@ since overdue events are then most likely merely waiting in it.
 import asyncio
 import logging
 
+from hookpost.common.deliveries import first_delivery
 from hookpost.common.models import utcnow
-from hookpost.dispatcher.fanout import first_delivery
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.store import Store

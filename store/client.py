@@ -16,11 +16,12 @@ from pymongo.monitoring import CommandListener
 
 from hookpost.store.attempts import AttemptRepo
 from hookpost.store.events import EventRepo
+from hookpost.store.records import AuditRepo, JobRepo, TokenRepo
 from hookpost.store.webhooks import WebhookRepo
 
 
 class Store:
-    """Hookpost's MongoDB database: ``webhooks``, ``events`` and ``attempts``."""
+    """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, and ``tokens``, ``audit``, ``jobs``."""
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
         self.client = client
@@ -28,6 +29,9 @@ class Store:
         self.webhooks = WebhookRepo(self.db["webhooks"])
         self.attempts = AttemptRepo(self.db["attempts"])
         self.events = EventRepo(self.db["events"], self.attempts)
+        self.tokens = TokenRepo(self.db["tokens"])
+        self.audit = AuditRepo(self.db["audit"])
+        self.jobs = JobRepo(self.db["jobs"])
 
     @classmethod
     def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000,
@@ -47,6 +51,8 @@ class Store:
         await self.webhooks.ensure_indexes()
         await self.events.ensure_indexes()
         await self.attempts.ensure_indexes()
+        await self.tokens.ensure_indexes()
+        await self.audit.ensure_indexes()
 
     async def ping(self) -> bool:
         """Tell whether the store answers right now."""

@@ -6,11 +6,11 @@ import socket
 
 from aiohttp import web
 
+from hookpost.admin.restart import restart_events
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.models import ChangeEvent, Entity, EventStatus
 from hookpost.common.topology import topology_from
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.restart import restart_events
 from hookpost.producer import Publisher
 from hookpost.store import Store
 from tests.helpers import drain_queue, running_worker, wait_until

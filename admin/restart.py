@@ -3,19 +3,27 @@
 A ``Failed`` event (or a ``Finished`` one with ``force``) goes back to ``New`` with ``budget_start`` = its
 attempt count, so it gets ``HOOKPOST_MAX_ATTEMPTS`` more attempts; its earlier attempts stay in its history.
 An event that is already ``New``/``Retrying`` is skipped: it has a delivery in flight, and a second one would
-send twice. (If that delivery was lost, the reconciler re-publishes it.)
+send twice. (If that delivery was lost, the dispatcher's reconciler re-publishes it.)
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from hookpost.common.models import EventStatus, WebhookEvent, now_ms
-from hookpost.dispatcher.fanout import first_delivery
-from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.restart_rules import RestartReport, restart_refusal
+from hookpost.admin.restart_rules import restart_refusal
+from hookpost.common.deliveries import first_delivery
+from hookpost.common.models import DeliveryMessage, EventStatus, WebhookEvent, now_ms
+from hookpost.common.records import RestartReport
 from hookpost.store import Store
 
 
-async def restart_events(store: Store, outbox: Outbox, events: list[WebhookEvent], *, force: bool = False,
+class DeliverySink(Protocol):
+    """Anything that publishes delivery messages with confirms (the dispatcher's outbox, a DeliveryPublisher)."""
+
+    async def deliveries(self, msgs: Sequence[DeliveryMessage]) -> None:
+        """Publish ``msgs``; return once the broker confirmed them all."""
+
+
+async def restart_events(store: Store, outbox: DeliverySink, events: list[WebhookEvent], *, force: bool = False,
                          progress: Callable[[int], None] | None = None, window: int = 200) -> RestartReport:
     """Restart ``events`` (see the module doc); publish their deliveries in confirmed windows."""
     report = RestartReport()
