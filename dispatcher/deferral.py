@@ -14,7 +14,7 @@ endpoint hanging for longer than the grace keeps deferring. The delivery message
 
 Example::
 
-    deferrer = Deferrer(store, outbox, limiter, guard, metrics, grace=300.0, request_time=15.0)
+    deferrer = Deferrer(store, outbox, limiter, metrics, grace=300.0, request_time=15.0)
     if limiter.should_defer(endpoint):
         await deferrer.defer(message, endpoint)
 """
@@ -25,47 +25,59 @@ from hookpost.common.models import DeliveryMessage, now_ms
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.storeguard import StoreGuard
-from hookpost.store import Store
+from hookpost.dispatcher.storeguard import GuardedStore
 
 
 class Deferrer:
-    """Publishes deliveries now or into the defer ladder, and keeps deferred events clear of the reconciler."""
+    """Publishes deliveries now or into the defer ladder, and keeps deferred events clear of the reconciler.
 
-    def __init__(self, store: Store, outbox: Outbox, limiter: EndpointLimiter, guard: StoreGuard, metrics: Metrics,
+    ``grace`` is the reconciler's (``HOOKPOST_RECONCILE_GRACE``), ``request_time`` the longest an attempt takes
+    once it is back (``HOOKPOST_HTTP_TIMEOUT``).
+    """
+
+    def __init__(self, store: GuardedStore, outbox: Outbox, limiter: EndpointLimiter, metrics: Metrics,
                  *, grace: float, request_time: float) -> None:
         self.store = store
         self.outbox = outbox
         self.limiter = limiter
-        self.guard = guard
         self.metrics = metrics
         self.grace_ms = round(grace * 1000)
         self.request_ms = round(request_time * 1000)
 
     async def defer(self, msg: DeliveryMessage, endpoint: str) -> None:
-        """Park ``msg`` (its endpoint is busy) in the defer ladder."""
+        """Park ``msg`` (see :meth:`EndpointLimiter.should_defer`) in the defer ladder."""
         await self.publish([], [(msg, endpoint)])
 
     async def publish(self, now: Sequence[DeliveryMessage], later: Sequence[tuple[DeliveryMessage, str]]) -> None:
-        """Publish ``now`` to the deliver queue and defer ``later`` (message, endpoint), as one confirmed window.
+        """Publish ``now`` to the deliver queue and park ``later`` (message, endpoint), as one confirmed window.
 
-        How long each waits: see the module docstring.
+        How long each waits: see the module docstring. Each parked message counts one more deferral in a row.
         """
-        topology = self.outbox.topology
-        deferred, delays = [], []
+        parked, delays = [], []
         for msg, endpoint in later:
-            wait = self.limiter.expected_wait(endpoint)
-            level = (topology.defer_level(msg.deferrals + 1, wait) if self.limiter.hanging(endpoint)
-                     else topology.defer_level_within(wait))
-            delays.append(topology.defer_delays[level])
-            back_ms = now_ms() + round(delays[-1] * 1000)
-            if msg.due_ms is None or back_ms + self.request_ms > msg.due_ms + self.grace_ms // 2:
-                until = back_ms + self.grace_ms // 2
-                await self.guard.run(lambda m=msg, u=until: self.store.events.postpone(m.event_id, m.attempt, u))
-                msg = msg.model_copy(update={"due_ms": until})
-            deferred.append((msg, level))
-        await self.outbox.deliveries(now, deferred)
+            level = self.level(msg, endpoint)
+            delays.append(self.outbox.topology.defer_delays[level])
+            parked.append((await self.keep_clear(msg, delays[-1]), level))
+        await self.outbox.deliveries(now, parked)
         for (_, endpoint), delay in zip(later, delays, strict=True):
             self.limiter.park(endpoint, delay)
         if later:
             self.metrics.deferred.inc(len(later))
+
+    def level(self, msg: DeliveryMessage, endpoint: str) -> int:
+        """The defer ladder level for ``msg``: see the module docstring."""
+        topology = self.outbox.topology
+        wait = self.limiter.expected_wait(endpoint)
+        if self.limiter.hanging(endpoint):
+            return topology.defer_level(msg.deferrals + 1, wait)
+        return topology.defer_level_within(wait)
+
+    async def keep_clear(self, msg: DeliveryMessage, delay: float) -> DeliveryMessage:
+        """Return ``msg`` with one more deferral; first move its event's due time along if the delivery, back
+        after ``delay`` seconds and one request, could look lost to the reconciler."""
+        back_ms = now_ms() + round(delay * 1000)
+        due_ms = msg.due_ms
+        if due_ms is None or back_ms + self.request_ms > due_ms + self.grace_ms // 2:
+            due_ms = back_ms + self.grace_ms // 2
+            await self.store.events.postpone(msg.event_id, msg.attempt, due_ms)
+        return msg.model_copy(update={"deferrals": msg.deferrals + 1, "due_ms": due_ms})

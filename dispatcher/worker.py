@@ -14,7 +14,7 @@ Example::
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
@@ -24,6 +24,7 @@ from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishE
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
 from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.consumer import Handler, settle_after
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
@@ -33,13 +34,11 @@ from hookpost.dispatcher.ops import OpsServer
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.reconciler import Reconciler
 from hookpost.dispatcher.sender import Sender
-from hookpost.dispatcher.storeguard import StoreGuard
+from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
 from hookpost.dispatcher.targets import TargetPolicy
 from hookpost.store import Store
 
 log = logging.getLogger("hookpost.worker")
-
-Handler = Callable[[IncomingMessage], Awaitable[None]]
 
 
 class Worker:
@@ -54,7 +53,8 @@ class Worker:
         self.store = Store.connect(settings.mongodb_url, settings.mongodb_db,
                                    listeners=[StoreOpCounter(self.metrics)])
         self.guard = StoreGuard(self.metrics, self.stopping)
-        self.cache = WebhookCache(self.store.webhooks, settings.webhook_cache_ttl)
+        guarded = GuardedStore(self.store, self.guard)
+        self.cache = WebhookCache(guarded.webhooks, settings.webhook_cache_ttl)
         self.outbox = Outbox(self.topology)
         self.sender = Sender(
             TargetPolicy(allow_private=settings.allow_private_targets,
@@ -66,14 +66,14 @@ class Worker:
                                        hang_after=settings.endpoint_hang_after,
                                        max_hold=max(0.1, settings.reconcile_grace / 2 - settings.http_timeout))
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
-        self.deferrer = Deferrer(self.store, self.outbox, self.limiter, self.guard, self.metrics,
+        self.deferrer = Deferrer(guarded, self.outbox, self.limiter, self.metrics,
                                  grace=settings.reconcile_grace, request_time=settings.http_timeout)
-        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, self.deferrer,
-                             settings.max_change_bytes, batch=settings.store_batch)
-        self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
-                                        self.metrics, self.deferrer, delays=settings.retry_delays,
+        self.fanout = FanOut(guarded, self.cache, self.outbox, self.deferrer, self.metrics,
+                             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
+        self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,
+                                        self.metrics, delays=settings.retry_delays,
                                         max_attempts=settings.max_attempts, batch=settings.store_batch)
-        self.reconciler = Reconciler(self.store, self.outbox, self.metrics, grace=settings.reconcile_grace)
+        self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,12 +131,11 @@ class Worker:
         """Every ``interval`` seconds, export queue depths and the oldest Retrying event's age as gauges."""
         t = self.topology
         while not self.stopping.is_set():
-            ch = self.outbox.channel
             try:
-                if ch is not None and ch.is_open:
+                if self.outbox.ready:
                     for label, queue in (("changes", t.changes_queue), ("deliver", t.deliver_queue),
                                          ("failed", t.failed_queue), ("invalid", t.invalid_queue)):
-                        self.metrics.queue_depth.labels(label).set(await ch.queue_depth(queue))
+                        self.metrics.queue_depth.labels(label).set(await self.outbox.queue_depth(queue))
                 age = await self.store.events.oldest_retrying_age()
                 self.metrics.oldest_retrying.set(age if age is not None else 0)
             except Exception as exc:  # a gauge is not worth a crash; the next sample tries again
@@ -190,7 +189,7 @@ class Worker:
             log.warning("lost the broker connection; reconnecting", extra={"reason": str(reason)[:300]})
             self.reconnects += 1
             lost_logged = True
-            self.outbox.channel = None
+            await self.outbox.drop()
             await conn.close()
             await self._sleep(backoff)
 
@@ -204,9 +203,7 @@ class Worker:
             raise ConfigError(f"the broker refused our credentials: {text[:300]}") from None
 
     async def _open(self, conn: AmqpConnection) -> list[AmqpChannel]:
-        pub = await conn.channel(confirms=True)
-        await pub.declare(self.topology)
-        self.outbox.channel = pub
+        pub = await self.outbox.open(conn, declare=True)
         changes = await conn.channel(prefetch=self.settings.prefetch)
         deliver = await conn.channel(prefetch=self.settings.prefetch)
         self._consumers = [
@@ -217,29 +214,10 @@ class Worker:
 
     def _spawn(self, handler: Handler) -> Callable[[IncomingMessage], None]:
         def on_message(msg: IncomingMessage) -> None:
-            task = asyncio.create_task(self._guarded(handler, msg))
+            task = asyncio.create_task(settle_after(handler, msg, on_nack=self.outbox.drop))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return on_message
-
-    async def _guarded(self, handler: Handler, msg: IncomingMessage) -> None:
-        try:
-            await handler(msg)
-        except asyncio.CancelledError:
-            raise
-        except (ConnectionLostError, PublishError) as exc:
-            # the channel is gone (nothing can be acked) or the broker refused a publish: give the message back
-            log.warning("could not finish a message; it will be redelivered", extra={"error": str(exc)[:300]})
-            if not isinstance(exc, ConnectionLostError) and self.outbox.channel is not None:
-                # a nack. RabbitMQ 3.10 nacks every later publish of a channel whose first publish to a quorum
-                # queue hit a leader election: drop the channel so the supervisor reconnects with fresh ones.
-                await self.outbox.channel.close()
-            await asyncio.sleep(0.5)
-            msg.reject(requeue=True)
-        except Exception:
-            log.exception("unexpected error handling a message; requeueing it")
-            await asyncio.sleep(1.0)
-            msg.reject(requeue=True)
 
     async def _drain(self, conn: AmqpConnection, channels: list[AmqpChannel]) -> None:
         for ch, tag in self._consumers:
@@ -257,7 +235,7 @@ class Worker:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
                 log.warning("stopping: gave back unfinished work (unacked)", extra={"count": len(late)})
-        self.outbox.channel = None
+        await self.outbox.drop()
         await conn.close()
         log.info("stopped")
 
