@@ -136,8 +136,14 @@ class DeliveryHandler:
             return None
 
     async def give_up(self, dm: DeliveryMessage, hook: Webhook | None) -> Verdict:
-        """End the event ``Failed`` without a request: its webhook was deleted or disabled."""
-        reason = "webhook deleted" if hook is None else f"webhook disabled: {hook.disabled_reason or 'by operator'}"
+        """End the event ``Failed`` without a request: its webhook was deleted or disabled (or its stored
+        document no longer validates)."""
+        if hook is not None:
+            reason = f"webhook disabled: {hook.disabled_reason or 'by operator'}"
+        elif problem := self.cache.problem(dm.webhook_id):
+            reason = f"webhook document does not validate: {problem}"
+        else:
+            reason = "webhook deleted"
         decision = Decision(EventStatus.FAILED, reason=reason)
         changes = {**event_changes(decision, None, utcnow()), "attempt_count": dm.attempt - 1}  # count stays
         if await self.record(Outcome(dm.event_id, dm.attempt, changes)):

@@ -54,7 +54,7 @@ class Worker:
                                    listeners=[StoreOpCounter(self.metrics)])
         self.guard = StoreGuard(self.metrics, self.stopping)
         guarded = GuardedStore(self.store, self.guard)
-        self.cache = WebhookCache(guarded.webhooks, settings.webhook_cache_ttl)
+        self.cache = WebhookCache(guarded.webhooks, settings.webhook_cache_ttl, self.metrics)
         self.outbox = Outbox(self.topology)
         self.sender = Sender(
             TargetPolicy(allow_private=settings.allow_private_targets,
