@@ -8,6 +8,7 @@
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
@@ -167,6 +168,26 @@ class Settings(BaseSettings):
                 value = list(value)
             out[name] = value
         return out
+
+
+def settings_env(values: Mapping[str, Any]) -> dict[str, str]:
+    """Return settings as the ``HOOKPOST_*`` environment variables that set them (for a child process).
+
+    Durations are given in seconds, lists comma-separated, booleans as ``true``/``false``; None is left out.
+
+    >>> settings_env({"prefix": "hp", "retry_delays": (0.1, 2.0), "allow_private_targets": True, "ops_port": None})
+    {'HOOKPOST_PREFIX': 'hp', 'HOOKPOST_RETRY_DELAYS': '0.1,2.0', 'HOOKPOST_ALLOW_PRIVATE_TARGETS': 'true'}
+    """
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list | tuple):
+            return ",".join(text(v) for v in value)
+        if isinstance(value, float):
+            return repr(value)  # a bare number of seconds is a duration
+        return str(value)
+
+    return {f"HOOKPOST_{name.upper()}": text(value) for name, value in values.items() if value is not None}
 
 
 def mask_url(url: str) -> str:

@@ -19,7 +19,6 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import id_time_ms, new_id
 from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
-from hookpost.store.attempts import AttemptRepo
 from hookpost.store.docs import from_doc, to_doc
 
 FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_error")
@@ -81,9 +80,8 @@ class EventFilter:
 class EventRepo:
     """Webhook event documents, keyed by ``evt_`` ids."""
 
-    def __init__(self, coll: AsyncCollection[dict[str, Any]], attempts: AttemptRepo) -> None:
+    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
         self.coll = coll
-        self.attempts = attempts
 
     async def ensure_indexes(self) -> None:
         """Create the unique (change, webhook) index and single-field indexes for every filter."""

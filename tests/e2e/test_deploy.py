@@ -1,4 +1,4 @@
-"""Issue 9: the deployment files agree with the code, and the image's pip commands build a working ``hookpost``.
+"""The deployment files agree with the code, and the image's pip commands build a working ``hookpost``.
 
 Docker does not run here, so (1) the compose file and the Kubernetes manifests are read with PyYAML and every
 ``hookpost`` command line, ``HOOKPOST_*`` variable, probe and grace period in them is checked against the CLI,

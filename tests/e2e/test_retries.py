@@ -1,4 +1,4 @@
-"""Issue 3: delayed-retry queues, ten attempts, dead-lettering to Failed, 410, Retry-After, restart."""
+"""Delayed-retry queues, ten attempts, dead-lettering to Failed, 410, Retry-After, restart."""
 
 import asyncio
 import json
