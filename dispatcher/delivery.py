@@ -127,6 +127,13 @@ class DeliveryHandler:
         await self.schedule_next(dm, decision, result, hook, changes["next_attempt_ms"])
         return Verdict.ACK
 
+    async def poisoned(self, msg: IncomingMessage, reason: str) -> Verdict:
+        """End a delivery that fails every time it is handled: its event ``Failed`` with ``reason``."""
+        dm = self.receive(msg)
+        if dm is None:
+            return Verdict.DEAD_LETTER
+        return await self.give_up(dm, None, f"delivery {reason}")
+
     def receive(self, msg: IncomingMessage) -> DeliveryMessage | None:
         """Parse the message; None (logged) if it is not a delivery message."""
         try:
@@ -135,20 +142,22 @@ class DeliveryHandler:
             log.error("malformed delivery message dead-lettered", extra={"error": str(exc)[:300]})
             return None
 
-    async def give_up(self, dm: DeliveryMessage, hook: Webhook | None) -> Verdict:
+    async def give_up(self, dm: DeliveryMessage, hook: Webhook | None, reason: str | None = None) -> Verdict:
         """End the event ``Failed`` without a request: its webhook was deleted or disabled (or its stored
-        document no longer validates)."""
-        if hook is not None:
-            reason = f"webhook disabled: {hook.disabled_reason or 'by operator'}"
-        elif problem := self.cache.problem(dm.webhook_id):
-            reason = f"webhook document does not validate: {problem}"
-        else:
-            reason = "webhook deleted"
-        decision = Decision(EventStatus.FAILED, reason=reason)
+        document no longer validates), or ``reason``."""
+        decision = Decision(EventStatus.FAILED, reason=reason or self.unserved(dm, hook))
         changes = {**event_changes(decision, None, utcnow()), "attempt_count": dm.attempt - 1}  # count stays
         if await self.record(Outcome(dm.event_id, dm.attempt, changes)):
             await self.schedule_next(dm, decision, None, hook, None)
         return Verdict.ACK
+
+    def unserved(self, dm: DeliveryMessage, hook: Webhook | None) -> str:
+        """Why the webhook of ``dm`` cannot be served."""
+        if hook is not None:
+            return f"webhook disabled: {hook.disabled_reason or 'by operator'}"
+        if problem := self.cache.problem(dm.webhook_id):
+            return f"webhook document does not validate: {problem}"
+        return "webhook deleted"
 
     async def take_slot(self, dm: DeliveryMessage, endpoint: str) -> int | None:
         """Wait for a slot of ``endpoint`` and return its token; or park the delivery and return None."""

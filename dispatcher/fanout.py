@@ -85,6 +85,11 @@ class FanOut:
         log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})
         return Verdict.ACK
 
+    async def poisoned(self, msg: IncomingMessage, reason: str) -> Verdict:
+        """Set aside a change whose fan-out fails every time, with ``reason`` (``hookpost invalid replay`` puts
+        it back once the cause is fixed)."""
+        return await self.set_aside(msg, f"fan-out {reason}")
+
     def receive(self, msg: IncomingMessage) -> ChangeEvent:
         """Decode and validate the change; raise :class:`InvalidChangeError` with the reason."""
         props = msg.properties

@@ -24,7 +24,7 @@ from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishE
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
 from hookpost.dispatcher.cache import WebhookCache
-from hookpost.dispatcher.consumer import Handler, settle_after
+from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
@@ -207,14 +207,16 @@ class Worker:
         changes = await conn.channel(prefetch=self.settings.prefetch)
         deliver = await conn.channel(prefetch=self.settings.prefetch)
         self._consumers = [
-            (changes, await changes.consume(self.topology.changes_queue, self._spawn(self.fanout.handle))),
-            (deliver, await deliver.consume(self.topology.deliver_queue, self._spawn(self.delivery.handle))),
+            (changes, await changes.consume(self.topology.changes_queue, self._spawn(self.fanout))),
+            (deliver, await deliver.consume(self.topology.deliver_queue, self._spawn(self.delivery))),
         ]
         return [pub, changes, deliver]
 
-    def _spawn(self, handler: Handler) -> Callable[[IncomingMessage], None]:
+    def _spawn(self, stage: Stage) -> Callable[[IncomingMessage], None]:
+        failures = FailureCount(poison_after=min(self.settings.delivery_limit, 5))
+
         def on_message(msg: IncomingMessage) -> None:
-            task = asyncio.create_task(settle_after(handler, msg, on_nack=self.outbox.drop))
+            task = asyncio.create_task(settle_after(stage, msg, failures=failures, on_nack=self.outbox.drop))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return on_message
