@@ -224,3 +224,20 @@ async def test_poison_soak(settings_factory, new_receiver):
     settings = settings_factory(max_change_bytes=MAX_BYTES, prefetch=100)
     summary = await run_poison(settings, int(os.environ["HOOKPOST_POISON_SOAK_EVENTS"]), receiver)
     print(json.dumps(summary))
+
+
+async def test_set_aside_copy_does_not_expire(settings, dispatcher):
+    """A producer's per-message TTL must not make the set-aside copy vanish from the invalid queue."""
+    topo = topology_from(settings)
+    conn = await AmqpConnection.connect(settings.rabbitmq_urls)
+    try:
+        ch = await conn.channel(confirms=True)
+        await ch.publish(topo.changes_exchange, "a.b", b"{not json", properties=pika.BasicProperties(
+            delivery_mode=2, message_id="ttl-1", expiration="300", content_type="application/json"))
+    finally:
+        await conn.close()
+    got: dict[str, tuple[dict[str, object], bytes]] = {}
+    await wait_until(lambda: _count(settings, got, 1), 10, message="the set-aside copy")
+    headers, body = got["ttl-1"]
+    assert body == b"{not json" and "not JSON" in str(headers["x-hookpost-error"])
+    assert headers["hookpost-expiration"] == "300"
