@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 not found or a failed operation, 2 bad usage or bad inp
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from hookpost.common.amqp import AmqpConnection
 
 T = TypeVar("T")
+
+# a short command reports failures as one line itself: without logging set up (the dispatcher and janitor set it
+# up), library warnings would otherwise reach stderr through logging's last-resort handler
+logging.getLogger("hookpost").addHandler(logging.NullHandler())
 
 
 def fail(message: str, code: int = 1) -> "click.exceptions.Exit":

@@ -28,9 +28,14 @@ log = logging.getLogger("hookpost.janitor")
 @click.option("--data", default=None, help="Optional small JSON object with details.")
 @click.option("--id", "change_id", default=None, help="Change id (generated if omitted; reuse it to replay).")
 @click.option("--source", default="hookpost-cli", show_default=True, help="Producer name.")
+@click.option("--timeout", type=DURATION, default="15s", show_default=True,
+              help="How long to wait for the broker's confirm (also while it blocks publishes).")
 def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None, change_id: str | None,
-            source: str) -> None:
+            source: str, timeout: float) -> None:
     """Publish one change event (with publisher confirms) and print its change id.
+
+    Exits 1 with one line if the broker does not confirm within --timeout (e.g. while a memory or disk alarm
+    blocks publishes).
 
     \b
     Example:
@@ -48,7 +53,7 @@ def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None,
                          entity={"kind": entity_kind, "id": entity_id}, data=details, source=source)
 
     async def go() -> str:
-        async with Publisher.from_settings(settings(), timeout=15) as publisher:
+        async with Publisher.from_settings(settings(), timeout=timeout) as publisher:
             return await publisher.publish(change)
 
     click.echo(run(go()))
