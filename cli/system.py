@@ -14,6 +14,7 @@ from hookpost.common.ids import new_id
 from hookpost.common.logs import setup_logging
 from hookpost.common.models import ChangeEvent, EventStatus
 from hookpost.common.topology import topology_from
+from hookpost.common.wire import InvalidChangeError, loads_strict
 from hookpost.dispatcher.worker import run_forever
 from hookpost.producer import Publisher
 from hookpost.store.cleanup import CleanupReport, RetentionRule, cleanup, retention_rules
@@ -44,9 +45,10 @@ def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None,
     details: dict[str, Any] | None = None
     if data is not None:
         try:
-            details = json.loads(data)
-        except ValueError as exc:
-            raise InvalidInputError(f"--data is not JSON: {exc}") from None
+            details = loads_strict(data)
+        except InvalidChangeError as exc:
+            why = str(exc)
+            raise InvalidInputError(f"--data is {why}" if why.startswith("not JSON") else f"--data: {why}") from None
         if not isinstance(details, dict):
             raise InvalidInputError("--data must be a JSON object")
     change = ChangeEvent(id=change_id or new_id("chg"), type=event_type,

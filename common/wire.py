@@ -79,6 +79,21 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_float, parse
                             parse_constant=_constant)
 
 
+def loads_strict(text: str) -> Any:
+    """Parse ``text`` as strict JSON by the door's rules (no NaN/Infinity, no repeated keys, 64-bit integers, at
+    most :data:`MAX_DEPTH` levels); raise :class:`InvalidChangeError` with the reason otherwise."""
+    try:
+        value = _DECODER.decode(text)
+    except _Refused as exc:
+        raise InvalidChangeError(str(exc)) from None
+    except RecursionError:
+        raise InvalidChangeError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidChangeError(f"not JSON: {exc}"[:300]) from None
+    check_value(value)
+    return value
+
+
 def check_value(value: Any) -> None:
     """Raise :class:`InvalidChangeError` if ``value`` (parsed JSON) cannot travel or be stored as it is.
 
