@@ -1,7 +1,7 @@
 """Issue 15: hostile receivers. Real raw-socket servers on 127.0.0.1 that answer with decompression bombs, trickle
 a body, never finish their headers, redirect forever, stream without end, stall the TLS handshake or never read.
 Every attempt ends within ``HOOKPOST_HTTP_TIMEOUT`` with the right error class, and the dispatcher's memory stays
-bounded over 60 such deliveries."""
+bounded over 66 such deliveries."""
 
 import asyncio
 import contextlib
@@ -100,6 +100,14 @@ async def fast_endless_headers(reader: asyncio.StreamReader, writer: asyncio.Str
         await writer.drain()
 
 
+async def one_endless_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+    while True:
+        writer.write(b"z" * 65536)
+        await writer.drain()
+
+
 async def redirect_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     writer.write(b"HTTP/1.1 302 Found\r\nLocation: /hook\r\nContent-Length: 0\r\n\r\n")
@@ -169,6 +177,7 @@ KINDS: dict[str, tuple[Behaviour, str, EventStatus, str | None, str | None]] = {
     "trickle": (trickle, "http", EventStatus.FAILED, "Timeout: no complete response", None),
     "slow-headers": (slow_endless_headers, "http", EventStatus.FAILED, "Timeout: no complete response", None),
     "fast-headers": (fast_endless_headers, "http", EventStatus.FAILED, "ProtocolError: invalid HTTP response", None),
+    "long-header": (one_endless_header, "http", EventStatus.FAILED, "ProtocolError: invalid HTTP response", None),
     "redirect": (redirect_forever, "http", EventStatus.FAILED, "Redirect: 302", None),
     "huge": (huge, "http", EventStatus.FINISHED, None, "y" * EXCERPT),
     "tls-stall": (silent, "https", EventStatus.FAILED, "Timeout: no connection within 1s", None),
