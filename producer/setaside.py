@@ -223,6 +223,8 @@ class SetAsideQueues:
                 except PublishError as exc:
                     report.failed.append((item.key, str(exc)[:300]))
                     keep.append(msg)
+                    if not self.channel.is_open:  # e.g. no changes exchange: the broker closed the channel
+                        break                       # (and gives back everything it had handed out)
                     continue
                 msg.ack()
                 report.replayed.append(item.key)

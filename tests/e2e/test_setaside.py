@@ -167,3 +167,25 @@ async def test_failed_list_and_bad_input(settings):
         _, err = await proc.communicate()
         lines = err.decode().strip().splitlines()
         assert proc.returncode == code and len(lines) == 1 and text in lines[0], (args, proc.returncode, lines)
+
+
+async def test_replay_without_a_changes_exchange_removes_nothing(settings):
+    topo = topology_from(settings)
+    conn = await AmqpConnection.connect(settings.rabbitmq_urls)
+    try:
+        ch = await conn.channel(confirms=True)
+        await ch.declare(topo)
+        for cid in ("r-1", "r-2"):
+            await ch.publish(topo.dead_exchange, "invalid", change(cid), message_id=cid,
+                             headers={"x-hookpost-error": "too large", "hookpost-routing-key": "article.updated"})
+        await ch._rpc(ch._ch.exchange_delete, exchange=topo.changes_exchange)
+        res = await run_cli(settings, "invalid", "replay", "--all")
+        assert res.exit_code == 1 and "kept r-1: not confirmed" in res.stderr and "NOT_FOUND" in res.stderr
+        await wait_until(lambda: _depth(settings, 2), 10, message="both still set aside")
+        await ch.declare(topo)
+        res = await run_cli(settings, "invalid", "replay", "--all")
+        assert res.exit_code == 0 and "replayed 2, kept 0" in res.stdout
+        assert await queue_depth(settings, topo.invalid_queue) == 0
+        assert await queue_depth(settings, topo.changes_queue) == 2
+    finally:
+        await conn.close()
