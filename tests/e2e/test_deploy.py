@@ -436,6 +436,6 @@ def test_image_build_steps_install_a_working_cli(tmp_path):
     proc = subprocess.run([hookpost, "janitor", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "--once" in proc.stdout
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import hookpost.cli as cli; print(cli.__file__)"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import hookpost.cli as cli; print(cli.__file__)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and Path(proc.stdout.strip()).is_relative_to(venv), proc.stdout
