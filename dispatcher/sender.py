@@ -94,7 +94,7 @@ def error_text(exc: BaseException, timeout: float, connect_timeout: float | None
         return "ConnectError: server disconnected without a response"
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400 and not getattr(exc, "history", None):
         # raised by the response parser: a status line or headers that are not HTTP (or too long, too many)
-        return f"ProtocolError: invalid HTTP response: {exc.message}"
+        return f"ProtocolError: invalid HTTP response: {' '.join(str(exc.message).split())[:300]}"
     if isinstance(exc, aiohttp.ClientError):
         return f"HTTPError: {type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"

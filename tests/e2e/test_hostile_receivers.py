@@ -1,7 +1,8 @@
 """Issue 15: hostile receivers. Real raw-socket servers on 127.0.0.1 that answer with decompression bombs, trickle
-a body, never finish their headers, redirect forever, stream without end, stall the TLS handshake or never read.
+a body, never finish their headers, redirect forever, stream without end, stall the TLS handshake, never read,
+send 1xx answers without end, a broken chunked body or something that is not HTTP.
 Every attempt ends within ``HOOKPOST_HTTP_TIMEOUT`` with the right error class, and the dispatcher's memory stays
-bounded over 66 such deliveries."""
+bounded over 84 such deliveries."""
 
 import asyncio
 import contextlib
@@ -108,6 +109,29 @@ async def one_endless_header(reader: asyncio.StreamReader, writer: asyncio.Strea
         await writer.drain()
 
 
+async def endless_1xx(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    while True:
+        writer.write(b"HTTP/1.1 102 Processing\r\n\r\n" * 100)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+
+
+async def bad_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 100 + b"\r\n")
+    while True:
+        writer.write(b"q" * 65536)
+        await writer.drain()
+
+
+async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n" + os.urandom(1000))
+    await writer.drain()
+    await asyncio.Event().wait()
+
+
 async def redirect_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     writer.write(b"HTTP/1.1 302 Found\r\nLocation: /hook\r\nContent-Length: 0\r\n\r\n")
@@ -178,6 +202,9 @@ KINDS: dict[str, tuple[Behaviour, str, EventStatus, str | None, str | None]] = {
     "slow-headers": (slow_endless_headers, "http", EventStatus.FAILED, "Timeout: no complete response", None),
     "fast-headers": (fast_endless_headers, "http", EventStatus.FAILED, "ProtocolError: invalid HTTP response", None),
     "long-header": (one_endless_header, "http", EventStatus.FAILED, "ProtocolError: invalid HTTP response", None),
+    "endless-1xx": (endless_1xx, "http", EventStatus.FAILED, "Timeout: no complete response", None),
+    "bad-chunks": (bad_chunks, "http", EventStatus.FAILED, "ProtocolError: invalid HTTP response: Chunk size", None),
+    "not-http": (not_http, "http", EventStatus.FAILED, "ProtocolError: invalid HTTP response: Bad status line", None),
     "redirect": (redirect_forever, "http", EventStatus.FAILED, "Redirect: 302", None),
     "huge": (huge, "http", EventStatus.FINISHED, None, "y" * EXCERPT),
     "tls-stall": (silent, "https", EventStatus.FAILED, "Timeout: no connection within 1s", None),
@@ -250,9 +277,12 @@ async def test_hostile_receivers_end_in_time_with_bounded_memory(settings_factor
                   and (excerpt is None or (attempt.response_excerpt or "").startswith(excerpt)))
             if excerpt and excerpt.startswith(("A", "y")):
                 ok = ok and attempt.response_excerpt == excerpt
+            ok = ok and "\n" not in (attempt.error or "")
             if not ok:
                 wrong.append((kind, ev.status, attempt.duration_ms, attempt.error,
                               (attempt.response_excerpt or "")[:60]))
+        for w in wrong:
+            print("WRONG", w)
         assert not wrong, wrong
         print(f"{len(ids)} hostile deliveries in {took:.1f}s; RSS {before:.0f} MB → peak {peak[0]:.0f} MB "
               f"(+{grown:.1f} MB)")
