@@ -21,6 +21,8 @@ import json
 import math
 from typing import Any
 
+from pydantic import ValidationError
+
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import ChangeEvent
 
@@ -179,8 +181,6 @@ def decode_change(body: bytes, content_type: str | None, *, max_bytes: int = 655
 
 
 def _validate(data: dict[str, Any]) -> ChangeEvent:
-    from pydantic import ValidationError
-
     try:
         return ChangeEvent.model_validate(data)
     except ValidationError as exc:
