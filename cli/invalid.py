@@ -11,6 +11,9 @@ from hookpost.common.errors import InvalidInputError, NotFoundError
 from hookpost.common.models import utcnow
 from hookpost.producer.setaside import ReplayReport, SetAside, SetAsideQueues
 
+TRUNCATED = ("note: only the head of the queue was looked at (10,000 messages or 64 MiB at a time); "
+             "the order of a quorum queue's messages changed")
+
 
 def _limit(value: int) -> int:
     if value < 1:
@@ -56,15 +59,17 @@ def invalid_list(limit: int, as_json: bool) -> None:
     s = settings()
     _limit(limit)
 
-    async def go() -> tuple[list[SetAside], int]:
+    async def go() -> tuple[list[SetAside], int, bool]:
         async with await SetAsideQueues.connect(s) as queues:
-            return await queues.list_invalid(limit)
+            return *(await queues.list_invalid(limit)), queues.truncated
 
-    items, total = run(go())
+    items, total, truncated = run(go())
     if as_json:
         echo_json([i.as_dict() for i in items])
-        return
-    _print_items(items, total, f"{s.prefix}.invalid")
+    else:
+        _print_items(items, total, f"{s.prefix}.invalid")
+    if truncated:
+        click.echo(TRUNCATED, err=True)
 
 
 @invalid.command("replay")
@@ -104,6 +109,8 @@ def invalid_replay(ids: tuple[str, ...], everything: bool, dry_run: bool, force:
         for key, error in report.failed:
             click.echo(f"kept {key}: not confirmed: {error}", err=True)
         click.echo(f"{verb} {len(report.replayed)}, kept {report.kept}")
+    if report.truncated:
+        click.echo(TRUNCATED.replace("was looked at", "was looked at; run again for the rest"), err=True)
     if report.not_found:
         raise NotFoundError(f"not in {s.prefix}.invalid: {', '.join(report.not_found)}")
     if report.failed or (report.still_invalid and not report.replayed):

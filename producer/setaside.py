@@ -5,9 +5,11 @@ Nothing leaves a queue before the broker confirmed its replacement: each message
 (unacked), a chosen one is re-published to ``PREFIX.changes`` with publisher confirms and ``mandatory``, and only
 then acked; every other message is rejected with ``requeue=True`` (in the order taken) when the scan ends, and a
 lost connection gives every unacked message back. A quorum queue appends a returned message behind those still
-waiting, so a list checks out the whole queue (up to ``scan_limit`` messages) before giving any back, which keeps
-the order; a replay takes the messages that were there when it began (so an event set aside again after its
-replay is not taken round again), and messages that arrived meanwhile end up ahead of the ones it gives back.
+waiting, so a list checks out the whole queue before giving any back, which keeps the order; a replay takes the
+messages that were there when it began (so an event set aside again after its replay is not taken round again),
+and messages that arrived meanwhile end up ahead of the ones it gives back. A scan holds at most ``scan_limit``
+messages (10,000) and ``scan_bytes`` of bodies (64 MiB) at once; a longer queue is scanned from its head only
+(``truncated``), and on a quorum queue the scanned head then moves behind the rest.
 
 Example::
 
@@ -110,24 +112,36 @@ class ReplayReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
     kept: int = 0
+    truncated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for ``--json``)."""
         return {"dry_run": self.dry_run, "replayed": self.replayed,
                 "still_invalid": [{"id": k, "reason": r} for k, r in self.still_invalid],
                 "failed": [{"id": k, "error": e} for k, e in self.failed], "not_found": self.not_found,
-                "kept": self.kept}
+                "kept": self.kept, "truncated": self.truncated}
 
 
 class SetAsideQueues:
     """Operator access to the invalid and failed queues over one connection with a confirmed channel."""
 
     def __init__(self, conn: AmqpConnection, channel: AmqpChannel, topology: Topology,
-                 scan_limit: int = 100_000) -> None:
+                 scan_limit: int = 10_000, scan_bytes: int = 64 << 20) -> None:
         self.conn = conn
         self.channel = channel
         self.topology = topology
         self.scan_limit = scan_limit
+        self.scan_bytes = scan_bytes
+        self.truncated = False
+        """True after a scan that stopped at ``scan_limit`` messages or ``scan_bytes`` of bodies."""
+
+    def _room(self, count: int, size: int) -> bool:
+        """True while a scan that holds ``count`` messages of ``size`` bytes may take one more (else it is
+        ``truncated``)."""
+        if count < self.scan_limit and size < self.scan_bytes:
+            return True
+        self.truncated = True
+        return False
 
     @classmethod
     async def connect(cls, settings: Settings) -> "SetAsideQueues":
@@ -164,8 +178,10 @@ class SetAsideQueues:
         try:
             # take everything (up to the cap), not just `limit`: a quorum queue puts a returned message behind
             # the ones still waiting, so only a queue checked out completely keeps its order
-            while len(taken) < self.scan_limit and (msg := await self.channel.get(queue)) is not None:
+            size = 0
+            while self._room(len(taken), size) and (msg := await self.channel.get(queue)) is not None:
                 taken.append(msg)
+                size += len(msg.body)
             return [SetAside.from_message(m) for m in taken[:limit]], max(total, len(taken))
         finally:
             await self._give_back(queue, taken)
@@ -198,12 +214,16 @@ class SetAsideQueues:
         keep: list[IncomingMessage] = []
         # only what was there when the replay began: a replayed event the dispatcher sets aside again (or any
         # newcomer) waits for the next command instead of being taken round again
-        todo = min(await self.channel.queue_depth(queue), self.scan_limit)
+        todo = await self.channel.queue_depth(queue)
+        size = 0
         try:
             for _ in range(todo):
+                if not self._room(len(keep), size):
+                    break
                 msg = await self.channel.get(queue)
                 if msg is None:
                     break
+                size += len(msg.body)
                 item = SetAside.from_message(msg)
                 seen.add(item.key)
                 if not (everything or item.key in wanted):
@@ -232,6 +252,7 @@ class SetAsideQueues:
             await self._give_back(queue, keep)
         report.kept = len(keep) - (len(report.replayed) if dry_run else 0)
         report.not_found = sorted(wanted - seen)
+        report.truncated = self.truncated
         return report
 
     async def _republish(self, item: SetAside) -> None:

@@ -189,3 +189,30 @@ async def test_replay_without_a_changes_exchange_removes_nothing(settings):
         assert await queue_depth(settings, topo.changes_queue) == 2
     finally:
         await conn.close()
+
+
+async def test_scans_are_capped(settings):
+    from hookpost.producer.setaside import SetAsideQueues
+
+    topo = topology_from(settings)
+    conn = await AmqpConnection.connect(settings.rabbitmq_urls)
+    try:
+        ch = await conn.channel(confirms=True)
+        await ch.declare(topo)
+        for i in range(5):
+            await ch.publish(topo.dead_exchange, "invalid", change(f"cap-{i}"), message_id=f"cap-{i}",
+                             headers={"x-hookpost-error": "too large"})
+    finally:
+        await conn.close()
+    queues = await SetAsideQueues.connect(settings)
+    try:
+        queues.scan_limit = 3
+        items, total = await queues.list_invalid(limit=10)
+        assert [i.key for i in items] == ["cap-0", "cap-1", "cap-2"] and total == 5 and queues.truncated
+        queues.truncated = False
+        queues.scan_limit, queues.scan_bytes = 100, len(change("cap-0")) * 2  # bytes: stops after two
+        report = await queues.replay(everything=True, dry_run=True)
+        assert report.replayed == ["cap-3", "cap-4"] and report.truncated  # the scanned head moved behind
+        assert await queue_depth(settings, topo.invalid_queue) == 5
+    finally:
+        await queues.close()
