@@ -193,13 +193,14 @@ class FakeEventRepo(_Repo):
         return [self._model(d) for d in docs[:limit]]
 
     @_op("events.claim_overdue")
-    async def claim_overdue(self, event: WebhookEvent, until_ms: int) -> bool:
-        """Push the due time to ``until_ms`` if attempt count and due time are still as read."""
+    async def claim_overdue(self, event: WebhookEvent, until_ms: int, token: str) -> bool:
+        """Push the due time to ``until_ms`` if attempt count and due time are still as read; else tell whether
+        the claim written with ``token`` holds it (a retry after a lost reply)."""
         doc = self.docs.get(event.id)
         if (doc is None or doc["attempt_count"] != event.attempt_count
                 or doc["next_attempt_ms"] != event.next_attempt_ms):
-            return False
-        doc.update(due_fields(until_ms))
+            return doc is not None and doc.get("writer") == token
+        doc.update({**due_fields(until_ms), "writer": token})
         return True
 
     @_op("events.oldest_retrying_age")

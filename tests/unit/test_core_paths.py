@@ -600,13 +600,9 @@ async def test_a_poison_change_is_set_aside_with_the_reason(consumer_sleep, monk
     assert p.headers["x-hookpost-error"].startswith("fan-out could not be handled")
 
 
-# ---- gaps in the product code ---------------------------------------------------------------------------------------
+# ---- replays after a lost broker or a lost store reply ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DeliveryHandler.on_duplicate re-schedules only a Retrying event: when the broker is lost between recording "
-    "the last attempt (Failed) and publishing its failure notice, the redelivered attempt is taken for a "
-    "duplicate and the notice is never published, though docs promise one per Failed event"))
 async def test_a_redelivered_final_attempt_recorded_failed_publishes_its_failure_notice():
     d = await build_dispatcher(FakeSender(500, 500))
     hook = d.store.add_webhook()
@@ -623,10 +619,6 @@ async def test_a_redelivered_final_attempt_recorded_failed_publishes_its_failure
     assert [p.notice().event_id for p in d.published_to(d.topology.dead_exchange, "failed")] == [event.id]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "schedule_next disables a webhook on 410 only after the failure notice is confirmed; if the broker is lost "
-    "in between, the event is recorded Failed and the redelivered attempt is ignored as a duplicate, so the "
-    "webhook stays active"))
 async def test_a_redelivered_410_recorded_failed_still_disables_the_webhook():
     d = await build_dispatcher(FakeSender(410, 410))
     hook = d.store.add_webhook()
@@ -643,11 +635,6 @@ async def test_a_redelivered_410_recorded_failed_still_disables_the_webhook():
     assert not d.store.webhook(hook.id).active
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Reconciler.sweep: when the reply of a claim_overdue that was applied is lost, the store guard retries it, the "
-    "retry finds the due time already moved and returns False, so the sweep publishes nothing while the event is "
-    "claimed: the delivery waits one more grace for the next sweep (claim_overdue has no writer token, unlike "
-    "record_attempts)"))
 async def test_a_sweep_whose_claim_reply_was_lost_still_republishes_the_delivery(guard_sleep):
     d = await build_dispatcher(grace=1.0)
     hook = d.store.add_webhook()
