@@ -1,10 +1,11 @@
-"""Issue 15: a broker resource alarm (``connection.blocked``) makes publishing fail cleanly, and it resumes.
+"""A broker resource alarm (``connection.blocked``) makes publishing fail cleanly, and it resumes.
 
 On a private one-node RabbitMQ (never the machine's shared broker): a memory alarm is raised with
 ``rabbitmqctl set_vm_memory_high_watermark 0.0000001``. ``Publisher.publish`` must raise
 :class:`BrokerBlockedError` within its timeout instead of hanging, ``hookpost publish`` must exit 1 with one
 line saying the broker is blocking publishes, the connection must expose ``blocked``; once the watermark is back,
-the same publisher publishes again.
+the same publisher publishes again. A dispatcher on that node says so in ``/readyz``, holds its work unacked
+and delivers everything once the alarm clears.
 """
 
 import asyncio
@@ -19,10 +20,11 @@ import pytest
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.errors import BrokerBlockedError
 from hookpost.common.models import ChangeEvent, Entity
-from hookpost.common.topology import Topology
+from hookpost.common.topology import Topology, topology_from
 from hookpost.producer import Publisher
+from hookpost.store import Store
 from tests.cluster.rabbit_cluster import ClusterError, RabbitCluster, missing_binaries
-from tests.helpers import wait_until
+from tests.helpers import running_worker, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -106,3 +108,40 @@ async def test_blocked_publish_fails_within_timeout_and_resumes(rabbit_node: Rab
         finally:
             await conn.close()
         await publisher.close()
+
+
+async def test_dispatcher_reports_the_alarm_and_delivers_everything_once_it_clears(rabbit_node: RabbitCluster,
+                                                                                   settings_factory, new_receiver):
+    url = rabbit_node.nodes[0].url
+    s = settings_factory(rabbitmq_url=url, queue_type="classic")
+    receiver = await new_receiver([200])
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(receiver.url, ["article.*"])
+    try:
+        async with Publisher.from_settings(s, declare=True) as p:
+            await p.publish_many([change(i) for i in range(100, 130)])
+        await set_alarm(rabbit_node, True)  # the dispatcher starts into the alarm: it can consume, not publish
+        try:
+            async with running_worker(s) as worker:
+                await wait_until(lambda: worker.readiness()["broker_accepts_publishes"] is False, 30,
+                                 message="the dispatcher reports the blocked broker")
+                assert receiver.requests == []  # no delivery could be handed on, so none was made
+                await set_alarm(rabbit_node, False)
+                await wait_until(lambda: worker.readiness()["broker_accepts_publishes"] is True, 30,
+                                 message="the dispatcher reports the broker accepting publishes again")
+
+                async def all_finished():
+                    return await store.events.count({"status": "Finished"}) == 30
+
+                await wait_until(all_finished, 60, message="all 30 events delivered after the alarm")
+        finally:
+            await set_alarm(rabbit_node, False)
+        assert len({r.headers["webhook-id"] for r in receiver.requests}) == 30
+    finally:
+        conn = await AmqpConnection.connect([url])
+        try:
+            await (await conn.channel()).delete(topology_from(s))
+        finally:
+            await conn.close()
+        await store.close()
