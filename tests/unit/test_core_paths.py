@@ -645,3 +645,22 @@ async def test_a_sweep_whose_claim_reply_was_lost_still_republishes_the_delivery
 
     assert d.store.event(event.id).next_attempt_ms > now_ms()  # claimed either way
     assert republished == 1 and [p.delivery().event_id for p in d.published] == [event.id]
+
+
+async def test_a_change_the_store_refuses_fails_alone_not_the_changes_batched_with_it():
+    d = await build_dispatcher()
+    d.store.add_webhook("http://a.example/hook", ["article.*"])
+    good, bad = make_change("article.updated"), make_change("article.updated")
+    real = d.store.events.insert_flags
+
+    async def insert_flags(events):
+        if any(e.change_id == bad.id for e in events):
+            raise ValueError("document too large")  # a write refused for good, not an outage
+        return await real(events)
+
+    d.store.events.insert_flags = insert_flags
+    results = await asyncio.gather(d.fanout.handle(FakeMessage.of_change(good)),
+                                   d.fanout.handle(FakeMessage.of_change(bad)), return_exceptions=True)
+    assert results[0] is Verdict.ACK
+    assert isinstance(results[1], ValueError)
+    assert [e.change_id for e in d.store.all_events()] == [good.id]
