@@ -66,7 +66,7 @@ class WebhookRepo:
         see :meth:`load`)."""
         query: dict[str, Any] = {"active": True} if active_only else {}
         cursor = self.coll.find(query).sort("_id", ASCENDING).limit(limit)
-        hooks, _ = _split([d async for d in cursor])
+        hooks, _ = split_documents([d async for d in cursor])
         return hooks
 
     async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
@@ -78,7 +78,7 @@ class WebhookRepo:
         while True:
             query: dict[str, Any] = {} if last is None else {"_id": {"$gt": last}}
             docs = await self.coll.find(query).sort("_id", ASCENDING).limit(page).to_list()
-            good, bad = _split(docs)
+            good, bad = split_documents(docs)
             hooks += good
             broken += bad
             if len(docs) < page:
@@ -112,7 +112,7 @@ class WebhookRepo:
             raise NotFoundError(f"no webhook {webhook_id!r}")
 
 
-def _split(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
+def split_documents(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
     """Validate documents: the webhooks, and the broken ones with what is wrong."""
     hooks, broken = [], []
     for doc in docs:
