@@ -152,7 +152,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="hookpost-pace-"))
     mongo = LocalMongo(workdir / "mongo")
     mongo.start()
-    receivers = Receivers(0, 0, workdir / "receivers.log").start()
+    receivers = Receivers(3, 1, workdir / "receivers.log").start()  # the isolation runs: 2 + 1 healthy, 1 hanging
     try:
         await receivers.wait_ready()
         bench = Bench(workdir, mongo, receivers, args.rabbitmq_url, broker_pid())
