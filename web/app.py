@@ -9,11 +9,13 @@ failed-auth limit is per process. The web console adds its routes to the same ap
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pymongo.errors import PyMongoError
 
 from hookpost.admin import Admin
 from hookpost.admin.events import InvalidFieldError
@@ -28,6 +30,7 @@ TRUSTED_KEY = web.AppKey("hookpost_trusted", list)
 METRICS_KEY = web.AppKey("hookpost_metrics", "ServerMetrics")
 SPEC_KEY = web.AppKey("hookpost_openapi", dict)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+log = logging.getLogger("hookpost.web")
 
 
 class ServerMetrics:
@@ -155,7 +158,10 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
         app.router.add_route(route.method, PREFIX + route.path, guarded(route))
 
     async def startup(app: web.Application) -> None:
-        await app[ADMIN_KEY].store.ensure_indexes()
+        try:  # the store may be down at start: serve anyway (/readyz says so) and try again at the next start
+            await app[ADMIN_KEY].store.ensure_indexes()
+        except PyMongoError as exc:
+            log.warning("could not ensure the store's indexes", extra={"error": str(exc)[:300]})
 
     async def shutdown(app: web.Application) -> None:
         await app[ADMIN_KEY].jobs.wait()
