@@ -49,7 +49,7 @@ CONSOLE_LIMITER_KEY = web.AppKey("hookpost_console_limiter", FailureLimiter)
 SESSION_KEY = web.RequestKey("hookpost_console_session", Session)
 
 NOT_CONSOLE = ("/api/", "/healthz", "/readyz", "/metrics")
-PUBLIC = ("/sign-in", "/static/")
+PUBLIC = ("/sign-in", "/static/", "/favicon.ico")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {
@@ -248,7 +248,7 @@ async def sign_in_page(request: web.Request, error: str | None = None, status: i
     if request.get(SESSION_KEY) is not None and error is None:
         raise web.HTTPSeeOther(safe_next(request.query.get("next")))
     codec = request.app[CODEC_KEY]
-    cookie, form_token = codec.presign()
+    cookie, form_token = codec.presign(request.cookies.get(PRESIGN_COOKIE))
     resp = await render(request, "sign_in.html", {"error": error, "presign": form_token,
                                                   "next": safe_next(request.query.get("next"))}, status=status)
     set_cookie(request, resp, PRESIGN_COOKIE, cookie, 3600, path="/sign-in")

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -101,9 +102,10 @@ class SessionCodec:
         """Tell whether ``presented`` is the CSRF token of ``session``."""
         return bool(presented) and hmac.compare_digest(presented or "", self.csrf(session))
 
-    def presign(self) -> tuple[str, str]:
-        """Return ``(cookie value, form value)`` for the sign-in form's double-submit CSRF check."""
-        nonce = secrets.token_urlsafe(16)
+    def presign(self, cookie: str | None = None) -> tuple[str, str]:
+        """Return ``(cookie value, form value)`` for the sign-in form's double-submit CSRF check (keeping the
+        browser's current cookie, so two open sign-in forms both work)."""
+        nonce = cookie if cookie and re.fullmatch(r"[A-Za-z0-9_-]{16,64}", cookie) else secrets.token_urlsafe(16)
         return nonce, self._mac("signin", nonce)
 
     def check_presign(self, cookie: str | None, presented: str | None) -> bool:

@@ -7,6 +7,7 @@ that is a failure: ``.ci/run`` installs Chromium.
 
 import os
 import re
+from urllib.parse import urlencode
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ class Console:
 
     async def sign_in(self, page, role: str = "admin", path: str = "/"):  # type: ignore[no-untyped-def]
         """Sign in through the form, then open ``path``."""
-        await page.goto(self.url + "/sign-in?next=" + path)
+        await page.goto(self.url + "/sign-in?" + urlencode({"next": path}))
         await page.get_by_label("API token").fill(self.tokens[role])
         await page.get_by_role("button", name="Sign in").click()
         await page.wait_for_url(re.compile(re.escape(self.url + path) + r"(\?.*)?$"))
