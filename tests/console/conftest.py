@@ -7,9 +7,9 @@ that is a failure: ``.ci/run`` installs Chromium.
 
 import os
 import re
-from urllib.parse import urlencode
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 import pytest
 
