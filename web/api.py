@@ -305,9 +305,9 @@ async def list_audit(request: web.Request) -> web.Response:
 
 # --- the table -----------------------------------------------------------------------------------------------
 
-_STR = {"type": "string", "maxLength": 200}
+_STR = {"type": "string", "maxLength": 100}
 FILTER_PARAMS = (
-    Param("status", {"type": "string", "enum": ["New", "Retrying", "Failed", "Finished"]},
+    Param("status", {"type": "string", "maxLength": 20},
           "New, Retrying, Failed or Finished (any case; repeat for several)", repeat=True),
     Param("type", _STR, "event type, exact or a pattern like article.*"),
     Param("webhook", _STR, "webhook id"),

@@ -9,13 +9,16 @@ failed-auth limit is per process. The web console adds its routes to the same ap
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pymongo.errors import PyMongoError
 
 from hookpost.admin import Admin
+from hookpost.admin.events import InvalidFieldError
 from hookpost.common.settings import Settings
 from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
@@ -27,6 +30,7 @@ TRUSTED_KEY = web.AppKey("hookpost_trusted", list)
 METRICS_KEY = web.AppKey("hookpost_metrics", "ServerMetrics")
 SPEC_KEY = web.AppKey("hookpost_openapi", dict)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+log = logging.getLogger("hookpost.web")
 
 
 class ServerMetrics:
@@ -72,10 +76,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def check_query(route: Route, request: web.Request) -> None:
+    """Refuse unknown query parameters and values that break the route's documented limits (repeats, length)."""
+    known = {p.name for p in route.query}
+    if any(part.startswith("=") for part in request.query_string.split("&")):
+        raise InvalidFieldError("", "a query parameter without a name")
+    for name in request.query:
+        if name not in known:
+            raise InvalidFieldError(name[:50], f"unknown query parameter {name[:50]!r}")
+    for param in route.query:
+        values = request.query.getall(param.name, [])
+        if len(values) > (4 if param.repeat else 1):
+            raise InvalidFieldError(param.name, f"{param.name} given too many times")
+        longest = param.schema.get("maxLength")
+        if longest is not None and any(len(v) > longest for v in values):
+            raise InvalidFieldError(param.name, f"{param.name} is longer than {longest} characters")
+
+
 def guarded(route: Route) -> Handler:
-    """Wrap a route's handler with its role check."""
+    """Wrap a route's handler with its role check and its query limits."""
     async def handle(request: web.Request) -> web.StreamResponse:
         require(request[TOKEN_KEY], route.role)
+        check_query(route, request)
         return await route.handler(request)
 
     handle.__name__ = route.handler.__name__
@@ -136,7 +158,10 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
         app.router.add_route(route.method, PREFIX + route.path, guarded(route))
 
     async def startup(app: web.Application) -> None:
-        await app[ADMIN_KEY].store.ensure_indexes()
+        try:  # the store may be down at start: serve anyway (/readyz says so) and try again at the next start
+            await app[ADMIN_KEY].store.ensure_indexes()
+        except PyMongoError as exc:
+            log.warning("could not ensure the store's indexes", extra={"error": str(exc)[:300]})
 
     async def shutdown(app: web.Application) -> None:
         await app[ADMIN_KEY].jobs.wait()

@@ -69,7 +69,9 @@ class ApiServer:
         self.host = host or settings.server_host
         self.port = settings.server_port if port is None else port
         self.app = create_app(settings, plugins=plugins, **app_kwargs)
-        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=15, shutdown_timeout=5)
+        # a request line of every filter at its longest, percent-encoded, is ~12 KiB: allow 64 KiB
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=15, shutdown_timeout=5,
+                                     max_line_size=65536, max_field_size=16384)
         self._server: asyncio.base_events.Server | None = None
 
     @property
