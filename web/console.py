@@ -114,7 +114,7 @@ def url_with(path: str, params: Mapping[str, Any]) -> str:
     pairs: list[tuple[str, str]] = []
     for key, value in params.items():
         for v in value if isinstance(value, list | tuple) else [value]:
-            if v not in (None, "", False):
+            if v is not None and v is not False and v != "":
                 pairs.append((key, str(v)))
     return path + ("?" + urlencode(pairs) if pairs else "")
 
@@ -323,6 +323,5 @@ def utc_offset_label(minutes: int | None) -> str:
     """Name a browser's UTC offset (JavaScript's ``getTimezoneOffset()``, minutes *behind* UTC): ``UTC+01:00``."""
     if not minutes:
         return "UTC"
-    ahead = timedelta(minutes=-minutes)
-    return "UTC" + datetime.now(timezone(ahead)).strftime("%z")[:3] + ":" + datetime.now(timezone(ahead)).strftime(
-        "%z")[3:]
+    offset = datetime.now(timezone(timedelta(minutes=-minutes))).strftime("%z")
+    return f"UTC{offset[:3]}:{offset[3:]}"
