@@ -95,7 +95,12 @@ async def shoot(base: str, token: str, out: Path, failed_id: str) -> list[Path]:
                 await page.goto(base + path)
                 await page.wait_for_load_state("networkidle")
                 target = out / f"{name}-{size}.png"
-                await page.screenshot(path=str(target), full_page=False)
+                if size == "phone":  # the page's first 1700 px: the cards below the filters too
+                    height = min(1700, await page.evaluate("document.documentElement.scrollHeight"))
+                    await page.screenshot(path=str(target), full_page=True,
+                                          clip={"x": 0, "y": 0, "width": viewport["width"], "height": height})
+                else:
+                    await page.screenshot(path=str(target), full_page=False)
                 written.append(target)
             await ctx.close()
         await browser.close()

@@ -293,8 +293,13 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 
 # --- set-up -----------------------------------------------------------------------------------------------------
 
+def short_url(url: str) -> str:
+    """A URL without its ``http://`` / ``https://`` (for narrow table cells; the link keeps the whole URL)."""
+    return url.removeprefix("https://").removeprefix("http://")
+
+
 def _filters() -> dict[str, Any]:
-    return {"when": when, "duration": duration}
+    return {"when": when, "duration": duration, "short_url": short_url}
 
 
 def setup(app: web.Application) -> None:

@@ -59,8 +59,10 @@ def chart_svg(minutes: list[Minute], width: int = 720, height: int = 200) -> Mar
         parts.append(f'<g><title>{Markup.escape(title)}</title>'
                      f'<rect x="{x:.1f}" y="{top}" width="{slot:.1f}" height="{plot_h}" fill="transparent"/>'
                      + "".join(rects) + "</g>")
-        if i % 15 == 0 or i == len(minutes) - 1:
-            parts.append(f'<text x="{x + slot / 2:.1f}" y="{height - 6}" text-anchor="middle" font-size="11" '
+        last = i == len(minutes) - 1
+        if i % 15 == 0 or last:
+            anchor, tx = ("end", x + slot) if last else ("start", x) if i == 0 else ("middle", x + slot / 2)
+            parts.append(f'<text x="{tx:.1f}" y="{height - 6}" text-anchor="{anchor}" font-size="11" '
                          f'fill="#57606a">{minute.start:%H:%M}</text>')
     total = sum(m.total for m in minutes)
     label = f"Webhook events per minute over the last hour: {total} in all, at most {peak} in one minute"
