@@ -314,3 +314,62 @@ async def test_works_with_javascript_off(console, store, new_page):
     assert await rows(page) == [e.id for e in events if e.status == EventStatus.FAILED]
     await page.get_by_role("button", name="Restart all 1 matching…").click()
     await expect(page.locator("[data-dry-run]")).to_have_text("1")
+
+
+async def test_webhook_actions_test_event_edit_disable_secret_delete(console, dispatcher, new_receiver, new_page):
+    receiver = await new_receiver([200])
+    hook = await console.admin.webhooks.create(WebhookCreate(url=receiver.url, event_types=["article.*"]),
+                                               actor="test")
+    dispatcher.cache.invalidate()
+    page, watch = await new_page()
+    await console.sign_in(page, "admin", f"/webhooks/{hook.id}")
+
+    # send a test event: its page shows it delivered
+    await page.get_by_role("button", name="Send test event").click()
+    await page.wait_for_url(re.compile(r"/events/evt_"))
+    await expect(page.locator("[data-status] .status")).to_have_text("Finished", timeout=20000)
+    await expect(page.get_by_text("hookpost.test", exact=True)).to_be_visible()
+
+    # the edit form: a bad value is named beside its field; a good one is saved
+    await page.goto(console.url + f"/webhooks/{hook.id}")
+    await page.get_by_label("Custom headers").fill("no colon here")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("#headers-error")).to_contain_text("Name: value")
+    await page.get_by_label("Custom headers").fill("X-Env: staging")
+    await page.get_by_label("Event types").fill("article.*\norder.created")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_text("Changes saved.")).to_be_visible()
+    saved = await console.admin.webhooks.get(hook.id)
+    assert saved.event_types == ["article.*", "order.created"] and saved.headers == {"X-Env": "staging"}
+
+    # disable: the overview shows why; enable again
+    await page.get_by_role("button", name="Disable").click()
+    await page.goto(console.url + "/webhooks")
+    await expect(page.locator(f"tr[data-webhook='{hook.id}']")).to_contain_text("disabled by operator")
+    await page.goto(console.url + f"/webhooks/{hook.id}")
+    await page.get_by_role("button", name="Enable").click()
+    await expect(page.get_by_text("Webhook enabled")).to_be_visible()
+
+    # reveal and rotate the secret: shown only then, and audited
+    await page.get_by_role("button", name="Reveal secret").click()
+    secret = (await console.admin.store.webhooks.get(hook.id)).secret
+    await expect(page.locator("code.secret").first).to_have_text(secret)
+    await page.goto(console.url + f"/webhooks/{hook.id}")
+    await page.get_by_label("The old secret keeps signing for").select_option("1h")
+    await page.get_by_role("button", name="Rotate secret").click()
+    rotated = await console.admin.store.webhooks.get(hook.id)
+    assert rotated.secret != secret and rotated.previous_secret == secret
+    await expect(page.locator("code.secret").first).to_have_text(rotated.secret)
+    actions = [(e.actor, e.action) for e in await console.admin.audit.list()]
+    for action in ("webhook.secret_revealed", "webhook.secret_rotated", "webhook.updated", "webhook.test_sent",
+                   "webhook.disabled", "webhook.enabled"):
+        assert ("token:console-admin", action) in actions, action
+
+    # delete, after a confirmation page
+    await page.goto(console.url + f"/webhooks/{hook.id}")
+    await page.get_by_role("link", name="Delete…").click()
+    await expect(page.get_by_role("heading", name="Delete this webhook?")).to_be_visible()
+    await page.get_by_role("button", name="Yes, delete it").click()
+    await expect(page.get_by_text("Webhook deleted.")).to_be_visible()
+    assert await console.admin.webhooks.list() == []
+    assert not watch.errors and not watch.dialogs
