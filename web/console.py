@@ -14,6 +14,7 @@ middleware that, for console paths only:
 Each page checks the role it needs (:func:`need`); buttons a role may not use are not shown.
 """
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -146,11 +147,8 @@ def is_https(request: web.Request) -> bool:
     """Tell whether the browser reached us over HTTPS (directly, or through a trusted proxy that says so)."""
     if request.scheme == "https":
         return True
-    from hookpost.web.app import TRUSTED_KEY
-
-    trusted = request.app[TRUSTED_KEY]
-    if not trusted or client_address(request, []) == client_address(request, trusted):
-        return False  # the peer is not a trusted proxy
+    if not _behind_trusted_proxy(request):
+        return False
     return request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
 
 
@@ -173,11 +171,28 @@ async def _session(request: web.Request) -> Session | None:
     return session
 
 
+def _behind_trusted_proxy(request: web.Request) -> bool:
+    """Tell whether the peer is one of ``HOOKPOST_TRUSTED_PROXIES`` (whose forwarded headers count)."""
+    from hookpost.web.app import TRUSTED_KEY
+
+    try:
+        peer = ipaddress.ip_address((request.remote or "").strip())
+    except ValueError:
+        return False
+    return any(peer in net for net in request.app[TRUSTED_KEY])
+
+
 def _same_origin(request: web.Request) -> bool:
+    """Tell whether a POST's ``Origin`` is this console (the host the browser used: ``Host``, or a trusted
+    proxy's ``X-Forwarded-Host``)."""
     origin = request.headers.get("Origin")
     if origin is None:  # older browsers; the CSRF token still has to match
         return True
-    return urlsplit(origin).netloc == request.host
+    hosts = {request.host}
+    forwarded = request.headers.get("X-Forwarded-Host")
+    if forwarded and _behind_trusted_proxy(request):
+        hosts.add(forwarded.split(",")[0].strip())
+    return urlsplit(origin).netloc in hosts
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
