@@ -74,6 +74,7 @@ class InsightOps:
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
         self.queries = InsightQueries(admin.store)
+        self._dashboard: Dashboard | None = None
 
     async def status_counts(self, flt: EventFilter) -> dict[str, int]:
         """Return the count of each status among events matching ``flt`` apart from its status condition and
@@ -81,10 +82,22 @@ class InsightOps:
         other = EventFilter(**{**flt.__dict__, "statuses": (), "before": None})
         return _by_status(await self.queries.counts_by("status", other.query()))
 
-    async def dashboard(self, *, max_events: int = 100_000, queue_timeout: float = 2.0) -> Dashboard:
+    async def dashboard(self, *, max_events: int = 100_000, queue_timeout: float = 2.0,
+                        max_age: float = 0.0) -> Dashboard:
         """Return the dashboard: totals per status for the last hour and day, events per minute over the last
         hour (by current status), the oldest Retrying event, the webhooks failing most, and queue depths (None
-        when the broker does not answer within ``queue_timeout`` seconds)."""
+        when the broker does not answer within ``queue_timeout`` seconds).
+
+        With ``max_age`` a dashboard computed less than that many seconds ago is returned again (several people
+        watching it cost the store one computation).
+        """
+        cached = self._dashboard
+        if cached is not None and max_age > 0 and (utcnow() - cached.at).total_seconds() < max_age:
+            return cached
+        self._dashboard = await self._compute_dashboard(max_events, queue_timeout)
+        return self._dashboard
+
+    async def _compute_dashboard(self, max_events: int, queue_timeout: float) -> Dashboard:
         now = utcnow()
         hour_ago = now - timedelta(hours=1)
         day_ago = now - timedelta(days=1)
@@ -98,11 +111,14 @@ class InsightOps:
             idx = (ms - first_ms) // 60_000
             if 0 <= idx < 60 and status in minutes[idx].by_status:
                 minutes[idx].by_status[status] += 1
-        stats = await self.admin.events.stats(None)
+        oldest = await self.admin.store.events.find(EventFilter(statuses=[EventStatus.RETRYING]), limit=1,
+                                                    newest_first=False)
+        oldest_retrying = OldestRetrying(id=oldest[0].id, age_seconds=round(
+            (now - oldest[0].created_at).total_seconds())) if oldest else None
         failing = await self.failing_webhooks(day_ago)
         queues = await self.queue_depths(queue_timeout)
         return Dashboard(at=now, last_hour=last_hour, last_day=last_day, per_minute=minutes,
-                         per_minute_capped=len(created) >= max_events, oldest_retrying=stats.oldest_retrying,
+                         per_minute_capped=len(created) >= max_events, oldest_retrying=oldest_retrying,
                          failing=failing, queues=queues)
 
     async def failing_webhooks(self, since: datetime, limit: int = 5) -> list[FailingWebhook]:

@@ -13,6 +13,7 @@ from hookpost.web.console import insights_of, need, render, url_with
 # colours of the status labels (static/console.css keeps the same ones)
 COLOURS = {"Finished": "#1a7f37", "New": "#0969da", "Retrying": "#9a6700", "Failed": "#cf222e"}
 STACK = ("Finished", "New", "Retrying", "Failed")
+DASHBOARD_MAX_AGE = 3.0  # seconds a computed dashboard is shown again (several viewers cost one computation)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _nice(n: int) -> int:
 async def dashboard_page(request: web.Request) -> web.Response:
     """The dashboard."""
     need(request, Role.VIEWER)
-    dash = await insights_of(request).dashboard()
+    dash = await insights_of(request).dashboard(max_age=DASHBOARD_MAX_AGE)
     links = {(window, s): url_with("/events", {"status": [s], "since": window}) for window in ("1h", "24h")
              for s in COLOURS}
     return await render(request, "dashboard.html", {

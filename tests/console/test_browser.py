@@ -311,6 +311,7 @@ async def test_works_with_javascript_off(console, store, new_page):
     await expect(page.locator("time").first).to_contain_text("UTC")       # UTC when no script converts it
     await page.get_by_label("Failed").check()
     await page.get_by_role("button", name="Apply filters").click()
+    await page.wait_for_url(re.compile(r"status=Failed"))
     assert await rows(page) == [e.id for e in events if e.status == EventStatus.FAILED]
     await page.get_by_role("button", name="Restart all 1 matching…").click()
     await expect(page.locator("[data-dry-run]")).to_have_text("1")
@@ -344,6 +345,7 @@ async def test_webhook_actions_test_event_edit_disable_secret_delete(console, di
 
     # disable: the overview shows why; enable again
     await page.get_by_role("button", name="Disable").click()
+    await expect(page.get_by_text("Webhook disabled")).to_be_visible()
     await page.goto(console.url + "/webhooks")
     await expect(page.locator(f"tr[data-webhook='{hook.id}']")).to_contain_text("disabled by operator")
     await page.goto(console.url + f"/webhooks/{hook.id}")
@@ -357,6 +359,7 @@ async def test_webhook_actions_test_event_edit_disable_secret_delete(console, di
     await page.goto(console.url + f"/webhooks/{hook.id}")
     await page.get_by_label("The old secret keeps signing for").select_option("1h")
     await page.get_by_role("button", name="Rotate secret").click()
+    await expect(page.get_by_role("heading", name="New signing secret")).to_be_visible()
     rotated = await console.admin.store.webhooks.get(hook.id)
     assert rotated.secret != secret and rotated.previous_secret == secret
     await expect(page.locator("code.secret").first).to_have_text(rotated.secret)
