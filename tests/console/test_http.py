@@ -1,13 +1,21 @@
 """The console over plain HTTP (no browser): every page renders, cookie flags behind a proxy, origin and CSRF
 checks, the sign-in limit, a publisher's token, and the API left to bearer tokens."""
 
+import asyncio
+import os
 import re
+import signal
+import sys
+from pathlib import Path
 
 import aiohttp
 
+from hookpost.admin import Admin
 from hookpost.common.records import Role, WebhookCreate
+from hookpost.store.localserver import free_port
 from hookpost.web.api import ADMIN_KEY
 from hookpost.web.server import ApiServer
+from tests.helpers import wait_until
 
 
 def client() -> aiohttp.ClientSession:
@@ -125,3 +133,47 @@ async def test_a_publisher_signs_in_but_sees_nothing_and_failed_sign_ins_are_lim
     async with client() as http:
         statuses = [(await sign_in(http, console.url, "hp_wrong")).status for _ in range(11)]
         assert statuses[:10] == [401] * 10 and statuses[10] == 429
+
+
+async def test_two_server_processes_share_sessions_through_the_secret(settings, store):
+    """``hookpost server`` as operators run it, twice: a sign-in on one instance works on the other; the static
+    script is served from the installed package; text searches are listed but not counted."""
+    async with Admin.open(settings) as admin:
+        token = (await admin.tokens.create("twice", Role.OPERATOR, actor="test")).token
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKPOST_")}
+    env.update(HOOKPOST_RABBITMQ_URL=settings.rabbitmq_url, HOOKPOST_MONGODB_URL=settings.mongodb_url,
+               HOOKPOST_MONGODB_DB=settings.mongodb_db, HOOKPOST_PREFIX=settings.prefix, HOOKPOST_LOG_FORMAT="json",
+               HOOKPOST_SESSION_SECRET="shared-secret-of-every-instance-0123456789")
+    ports = [free_port(), free_port()]
+    procs = [await asyncio.create_subprocess_exec(Path(sys.executable).parent / "hookpost", "server", "--port",
+                                                  str(p), env=env, stdout=asyncio.subprocess.PIPE,
+                                                  stderr=asyncio.subprocess.PIPE) for p in ports]
+    a, b = (f"http://127.0.0.1:{p}" for p in ports)
+    try:
+        async with client() as http:
+            async def up(base: str) -> bool:
+                try:
+                    async with http.get(base + "/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    assert all(p.returncode is None for p in procs), "a server exited"
+                    return False
+
+            for base in (a, b):
+                await wait_until(lambda base=base: up(base), 30, message=f"{base} answers")
+            resp = await sign_in(http, a, token)
+            assert resp.status == 303
+            cookie = resp.cookies["hookpost_session"].value
+        async with aiohttp.ClientSession(headers={"Cookie": f"hookpost_session={cookie}"}) as other:
+            async with other.get(b + "/events?q=A-1&status=Failed", allow_redirects=False) as resp:
+                body = await resp.text()
+                assert resp.status == 200, body[:300]
+                assert "Not counted for a text search" in body and "Restart all matching…" in body
+            async with other.get(b + "/static/console.js") as resp:
+                assert resp.status == 200 and "data-refresh" in await resp.text()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            await asyncio.wait_for(p.communicate(), 30)
+    assert all(p.returncode == 0 for p in procs)
