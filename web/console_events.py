@@ -108,8 +108,8 @@ async def events_page(request: web.Request) -> web.Response:
     base = filters.params()
     status_links = {s: url_with("/events", {**base, "status": [s]}) for s in STATUSES}
     context = {
-        "filters": filters, "errors": errors, "events": events, "counts": counts, "counted": counted, "selected": selected,
-        "matching": matching, "statuses": STATUSES, "status_links": status_links,
+        "filters": filters, "errors": errors, "events": events, "counts": counts, "counted": counted,
+        "selected": selected, "matching": matching, "statuses": STATUSES, "status_links": status_links,
         "hook_urls": hook_urls, "before": before, "live": live, "live_seconds": LIVE_SECONDS,
         "older": url_with("/events", {**base, "before": next_cursor}) if next_cursor else None,
         "newest": url_with("/events", base),
