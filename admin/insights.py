@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from hookpost.common.amqp import AmqpConnection
-from hookpost.common.models import EventStatus, utcnow
+from hookpost.common.models import EventStatus, WebhookEvent, utcnow
 from hookpost.common.records import OldestRetrying
 from hookpost.common.topology import topology_from
 from hookpost.store.events import EventFilter
@@ -135,6 +135,10 @@ class InsightOps:
         for row in rows:
             row.url = urls.get(row.webhook_id)
         return rows
+
+    async def events_of_change(self, change_id: str, limit: int = 50) -> list[WebhookEvent]:
+        """Return the events fanned out from one change (one per subscribed webhook; indexed)."""
+        return (await self.admin.store.events.find_for_change(change_id))[:limit]
 
     async def webhook_names(self) -> dict[str, str]:
         """Return ``{webhook id: URL}`` of every webhook, oldest first (for pickers and labels)."""

@@ -174,6 +174,8 @@ async def event_page(request: web.Request) -> web.Response:
     except NotFoundError:
         hook = None
     in_flight = event.status in (EventStatus.NEW, EventStatus.RETRYING)
+    siblings = [e for e in await insights_of(request).events_of_change(event.change_id) if e.id != event.id]
+    hook_urls = await insights_of(request).webhook_names() if siblings else {}
     notice = {"restarted": "Restarted: the event has a fresh budget of attempts and is on its way again.",
               "skipped": "Not restarted: " + request.query.get("why", "")[:200]}.get(request.query.get("notice", ""))
     return await render(request, "event.html", {
@@ -183,7 +185,7 @@ async def event_page(request: web.Request) -> web.Response:
         "same_change": url_with("/events", {"q": event.change_id}),
         "same_entity": url_with("/events", {"entity": event.entity.id}),
         "same_webhook": url_with("/events", {"webhook": event.webhook_id}),
-        "attempts": list(reversed(event.attempts)),
+        "attempts": list(reversed(event.attempts)), "siblings": siblings, "hook_urls": hook_urls,
     })
 
 

@@ -129,7 +129,8 @@ async def test_open_a_failed_event_read_its_attempts_and_restart_it(console, dis
     await expect(attempts.first).to_contain_text("HTTP 500")
     await expect(attempts.first.locator(".excerpt")).to_contain_text("answer 3: 500")
     await expect(page.locator("#payload")).to_contain_text('"type": "order.created"')
-    await expect(page.get_by_role("link", name="Other events of this change")).to_be_visible()
+    await expect(page.get_by_role("link", name="Search events of this change")).to_be_visible()
+    await expect(page.get_by_text("None: this change had one subscribed webhook.")).to_be_visible()
     assert hook.id in await page.get_by_role("link", name=receiver.url).get_attribute("href")
 
     await page.get_by_role("button", name="Restart").click()

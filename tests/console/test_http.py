@@ -6,15 +6,18 @@ import os
 import re
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 
 from hookpost.admin import Admin
+from hookpost.common.models import EventStatus
 from hookpost.common.records import Role, WebhookCreate
 from hookpost.store.localserver import free_port
 from hookpost.web.api import ADMIN_KEY
 from hookpost.web.server import ApiServer
+from tests.console.test_browser import seeded_event
 from tests.helpers import wait_until
 
 
@@ -177,3 +180,19 @@ async def test_two_server_processes_share_sessions_through_the_secret(settings, 
         for p in procs:
             await asyncio.wait_for(p.communicate(), 30)
     assert all(p.returncode == 0 for p in procs)
+
+
+async def test_event_detail_lists_the_other_events_of_its_change(console, store):
+    hooks = [await console.admin.webhooks.create(WebhookCreate(url=f"http://127.0.0.1:9/{n}", event_types=["*"]),
+                                                 actor="test") for n in ("a", "b")]
+    first = seeded_event(hooks[0].id, EventStatus.FINISHED, datetime.now(UTC))
+    second = seeded_event(hooks[1].id, EventStatus.FAILED, datetime.now(UTC)).model_copy(
+        update={"change_id": first.change_id})
+    await store.events.insert_new([first, second])
+    async with client() as http:
+        await sign_in(http, console.url, console.tokens["viewer"])
+        async with http.get(console.url + f"/events/{first.id}") as resp:
+            body = await resp.text()
+    siblings = body.split("Other events of this change")[1].split("</section>")[0]
+    assert f'href="/events/{second.id}"' in siblings and "http://127.0.0.1:9/b" in siblings
+    assert first.id not in siblings
