@@ -81,6 +81,10 @@ def check_form(request: web.Request, values: dict[str, str], *, creating: bool) 
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "url"
             errors.setdefault(name, str(err["msg"]).removeprefix("Value error, "))
+    if not data["url"]:
+        errors["url"] = "Give the receiver's URL, e.g. https://example.com/webhooks"
+    if not data["event_types"]:
+        errors["event_types"] = "Give at least one event type, e.g. article.updated or article.*"
     if "url" not in errors:
         try:
             admin_of(request).webhooks.check_url(data["url"])
