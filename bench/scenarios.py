@@ -441,7 +441,7 @@ class Bench:
         "status=failed&webhook=<id>": {"status": "failed", "webhook": "<webhook>"},
         "entity=E-7": {"entity": "E-7"},
         "type=article.updated": {"type": "article.updated"},
-        "(no filter), second page": {"before": "<page2>"},
+        "before=<id> (no filter, page 2)": {"before": "<page2>"},
     }
 
     async def run_api(self, n: int, requests: int = 200) -> dict[str, Any]:

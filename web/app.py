@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 
 from hookpost.admin import Admin
 from hookpost.admin.events import InvalidFieldError
+from hookpost.common.records import ApiToken
 from hookpost.common.settings import Settings
 from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
@@ -66,13 +67,19 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             metrics.auth_failures.inc()
 
 
+async def request_token(request: web.Request) -> ApiToken:
+    """Return the token record of ``request`` using this app's store, failed-auth limit and trusted proxies
+    (raise 401/429 as problem errors); for the console's handlers as much as the API's."""
+    app = request.app
+    client = client_address(request, app[TRUSTED_KEY])
+    return await authenticate(request, app[ADMIN_KEY], app[LIMITER_KEY], client)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every ``/api/…`` request (401/429); the routes check roles."""
     if request.path.startswith("/api/"):
-        app = request.app
-        client = client_address(request, app[TRUSTED_KEY])
-        request[TOKEN_KEY] = await authenticate(request, app[ADMIN_KEY], app[LIMITER_KEY], client)
+        request[TOKEN_KEY] = await request_token(request)
     return await handler(request)
 
 
