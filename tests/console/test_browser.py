@@ -95,6 +95,10 @@ async def test_filter_two_statuses_and_a_time_range(console, store, new_page):
     await page.wait_for_url(re.compile(r"status=Failed"))
     assert sorted(await rows(page)) == sorted(expected)
     assert "tz=-60" in page.url  # the filter is in the URL: shareable
+    first = page.locator("tr[data-event] time").first                  # shown in Berlin time, UTC on hover
+    title, text = await first.get_attribute("title"), await first.inner_text()
+    utc = datetime.strptime(title, "%Y-%m-%d %H:%M:%S UTC")
+    assert text == (utc + berlin).strftime("%Y-%m-%d %H:%M:%S")
     await expect(page.locator("[data-matching]")).to_have_text("3")
 
     # the URL alone reproduces it (shared link), and the back button returns to the unfiltered list
@@ -377,3 +381,31 @@ async def test_webhook_actions_test_event_edit_disable_secret_delete(console, di
     await expect(page.get_by_text("Webhook deleted.")).to_be_visible()
     assert await console.admin.webhooks.list() == []
     assert not watch.errors and not watch.dialogs
+
+
+async def test_keyboard_only_sign_in_and_filter(console, store, new_page):
+    hook = await console.admin.webhooks.create(WebhookCreate(url="http://127.0.0.1:9/x", event_types=["*"]),
+                                               actor="test")
+    events = [seeded_event(hook.id, s, datetime.now(UTC) - timedelta(minutes=i)) for i, s in enumerate(EventStatus)]
+    await store.events.insert_new(events)
+    page, _ = await new_page()
+    await page.goto(console.url + "/events")                     # sent to sign in, then back here
+    await page.keyboard.type(console.tokens["viewer"])          # the token field has the focus
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(console.url + "/events")
+
+    async def tab_to(name: str) -> None:
+        for _ in range(40):
+            await page.keyboard.press("Tab")
+            label = await page.evaluate("document.activeElement.labels?.[0]?.innerText || "
+                                        "document.activeElement.innerText || ''")
+            if label.strip().startswith(name):
+                return
+        raise AssertionError(f"Tab never reached {name!r}")
+
+    await tab_to("Retrying")
+    await page.keyboard.press("Space")
+    await tab_to("Apply filters")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(re.compile(r"status=Retrying"))
+    assert await rows(page) == [e.id for e in events if e.status == EventStatus.RETRYING]
