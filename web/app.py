@@ -2,9 +2,8 @@
 OpenAPI at ``/api/v1/openapi.json``), and ``/healthz``, ``/readyz``, ``/metrics`` at the root.
 
 The server is stateless (everything lives in the store), so several can run behind a load balancer; only the
-failed-auth limit is per process. The web console adds its routes to the same app::
-
-    app = create_app(settings, plugins=[console.setup])
+failed-auth limit is per process. The web console (:mod:`hookpost.web.console`) adds its routes and its
+middleware to the same app: ``create_app`` calls ``console.setup(app)`` unless ``console=False``.
 """
 
 import asyncio
