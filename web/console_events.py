@@ -66,9 +66,18 @@ class Filters:
 
     def to_filter(self, before: str | None = None) -> EventFilter:
         """Parse into the admin's :class:`EventFilter` (raise :class:`InvalidFieldError` naming the field)."""
+        times: dict[str, str | None] = {}
+        for name in ("since", "until"):
+            try:
+                times[name] = self.as_utc_text(getattr(self, name)) or None
+            except ValueError:
+                raise InvalidFieldError(name, f"not a time: {getattr(self, name)!r}") from None
         return parse_filter(self.status, self.type or None, self.webhook or None, self.entity or None,
-                            self.as_utc_text(self.since) or None, self.as_utc_text(self.until) or None,
-                            self.q or None, before or None)
+                            times["since"], times["until"], self.q or None, before or None)
+
+    def any_set(self) -> bool:
+        """Tell whether any filter is set (the browser's UTC offset alone is none)."""
+        return bool(self.status or self.type or self.webhook or self.entity or self.since or self.until or self.q)
 
 
 def result_text(code: int | None, error: str | None) -> str:
@@ -94,8 +103,6 @@ async def events_page(request: web.Request) -> web.Response:
         flt = filters.to_filter(before)
     except InvalidFieldError as exc:
         errors[exc.field] = str(exc)
-    except ValueError as exc:
-        errors["since"] = str(exc)
     if flt is not None:
         page = await admin_of(request).events.list(flt, limit=PAGE_SIZE)
         events, next_cursor = page.items, page.next
@@ -119,7 +126,7 @@ async def events_page(request: web.Request) -> web.Response:
                                 session.allows(Role.OPERATOR)),
         "filter_hidden": [(k, v) for k, vs in base.items() for v in (vs if isinstance(vs, list) else [vs])
                           if v not in (None, "")],
-        "result_text": result_text,
+        "result_text": result_text, "filtered": filters.any_set() or bool(before),
     }
     return await render(request, "events.html", context)
 

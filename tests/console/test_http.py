@@ -56,6 +56,11 @@ async def test_every_page_renders_with_the_security_headers(console, new_receive
             assert resp.status == 200 and "X-Frame-Options" in resp.headers
         async with http.get(console.url + "/events?since=bad") as resp:
             assert "not a time" in await resp.text()
+        async with http.get(console.url + "/events?until=2026-13-45T10:00&tz=-60") as resp:
+            body = await resp.text()
+            assert 'id="until-error"' in body and 'id="since-error"' not in body
+        async with http.get(console.url + "/events?tz=-60") as resp:  # only the browser's offset: no filter
+            assert "No webhook events yet" in await resp.text()
 
 
 async def test_signed_out_visitors_are_sent_to_sign_in_and_the_api_keeps_bearer_tokens(console):
