@@ -409,3 +409,20 @@ async def test_keyboard_only_sign_in_and_filter(console, store, new_page):
     await page.keyboard.press("Enter")
     await page.wait_for_url(re.compile(r"status=Retrying"))
     assert await rows(page) == [e.id for e in events if e.status == EventStatus.RETRYING]
+
+
+async def test_every_control_has_a_label(console, store, new_page):
+    hook = await console.admin.webhooks.create(WebhookCreate(url="http://127.0.0.1:9/x", event_types=["*"]),
+                                               actor="test")
+    event = seeded_event(hook.id, EventStatus.FAILED, datetime.now(UTC))
+    await store.events.insert_new([event])
+    page, _ = await new_page()
+    await console.sign_in(page, "admin", "/")
+    unlabelled_js = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+        .filter(el => !el.hidden && !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !(el.tagName === 'BUTTON' && el.innerText.trim()))
+        .map(el => el.outerHTML.slice(0, 120))"""
+    for path in ("/", "/events", f"/events/{event.id}", "/webhooks", "/webhooks/new", f"/webhooks/{hook.id}",
+                 f"/webhooks/{hook.id}/delete"):
+        await page.goto(console.url + path)
+        assert await page.evaluate(unlabelled_js) == [], path
