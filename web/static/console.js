@@ -41,6 +41,10 @@
     var seconds = parseInt(el.getAttribute("data-refresh"), 10);
     if (!seconds || !el.id) { return; }
     var timer = window.setTimeout(function tick() {
+      if (el.contains(document.activeElement)) {  // someone is using a control in it: don't pull it away
+        timer = window.setTimeout(tick, seconds * 1000);
+        return;
+      }
       fetch(window.location.href, { headers: { "X-Hookpost-Refresh": el.id }, credentials: "same-origin" })
         .then(function (resp) { return resp.ok ? resp.text() : Promise.reject(resp.status); })
         .then(function (html) {
