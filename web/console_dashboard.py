@@ -2,6 +2,7 @@
 a server-rendered SVG chart, the oldest Retrying event, the webhooks failing most, and queue depths."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from aiohttp import web
 from markupsafe import Markup
@@ -87,8 +88,10 @@ async def dashboard_page(request: web.Request) -> web.Response:
     """The dashboard."""
     need(request, Role.VIEWER)
     dash = await insights_of(request).dashboard(max_age=DASHBOARD_MAX_AGE)
-    links = {(window, s): url_with("/events", {"status": [s], "since": window}) for window in ("1h", "24h")
-             for s in COLOURS}
+    # the same windows as the totals, as times the filter form can show (UTC: tz=0)
+    starts = {"1h": dash.at - timedelta(hours=1), "24h": dash.at - timedelta(days=1)}
+    links = {(window, s): url_with("/events", {"status": [s], "since": f"{start:%Y-%m-%dT%H:%M:%S}", "tz": 0})
+             for window, start in starts.items() for s in COLOURS}
     return await render(request, "dashboard.html", {
         "dash": dash, "chart": chart_svg(dash.per_minute), "colours": COLOURS, "links": links,
         "stack": STACK, "total_hour": sum(dash.last_hour.values()), "total_day": sum(dash.last_day.values()),

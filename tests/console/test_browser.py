@@ -254,6 +254,11 @@ async def test_dashboard_totals_match_the_store(console, store, new_page):
         await expect(page.locator(f"[data-day='{status.value}']")).to_have_text(str(day))
     assert await page.locator("svg.chart rect[fill='#cf222e']").count() >= 1  # the Failed bars of the chart
     await expect(page.get_by_text("Oldest Retrying:")).to_be_visible()
+    # a total links to exactly those events, with the window in the filter form (UTC)
+    await page.locator("[data-hour='Failed']").click()
+    await expect(page.locator("[data-matching]")).to_have_text(str(plan[EventStatus.FAILED][0]))
+    assert await page.get_by_label("From").input_value() != ""
+    await expect(page.locator("[data-tz-label]").first).to_have_text("(UTC)")
 
 
 async def test_events_overview_has_no_horizontal_scroll_on_a_phone(console, store, new_page):
