@@ -22,10 +22,11 @@ from typing import Any
 
 import aiohttp
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from hookpost.common.process import stop_process
+from hookpost.common.settings import settings_env
 from hookpost.store.localserver import free_port
+from tests.metrics_text import Samples, parse_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,27 +152,6 @@ async def http_get(url: str, timeout: float = 5.0) -> tuple[int | None, str]:
         return None, ""
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Flatten Prometheus text into ``{"name{label=value}": value}`` (labels sorted; no labels: just the name)."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
-    return out
-
-
-def metric_sum(metrics: Mapping[str, float], name: str) -> float:
-    """Sum every sample of ``name`` over all its labels."""
-    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
-
-
-def metric_by_label(metrics: Mapping[str, float], name: str) -> dict[str, float]:
-    """Return ``{label values: value}`` of every labelled sample of ``name``."""
-    prefix = name + "{"
-    return {k[len(prefix):-1]: v for k, v in metrics.items() if k.startswith(prefix)}
-
-
 class Subprocess:
     """A child process in its own session, with its output in a log file; stopped with SIGTERM then SIGKILL."""
 
@@ -225,7 +205,7 @@ class Dispatcher(Subprocess):
     def __init__(self, settings: Mapping[str, str], log_path: Path) -> None:
         self.ops_port = free_port()
         env = base_env()
-        env.update({f"HOOKPOST_{k.upper()}": v for k, v in settings.items()})
+        env.update(settings_env(settings))
         env.update(HOOKPOST_OPS_PORT=str(self.ops_port), HOOKPOST_OPS_HOST="127.0.0.1",
                    HOOKPOST_LOG_FORMAT="json")
         env.setdefault("HOOKPOST_LOG_LEVEL", "WARNING")
@@ -250,7 +230,7 @@ class Dispatcher(Subprocess):
             return 0
         return self.log_path.read_text(errors="replace").count("lost the broker connection")
 
-    async def metrics(self) -> dict[str, float]:
+    async def metrics(self) -> Samples:
         """Scrape ``/metrics`` (empty if it does not answer)."""
         status, text = await http_get(f"http://127.0.0.1:{self.ops_port}/metrics")
         return parse_metrics(text) if status == 200 else {}

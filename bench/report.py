@@ -393,7 +393,7 @@ batches of 1,000: {cli['seed_s']['events_s']:.0f} s), every status and type mixe
         slow = [(label, q) for label, q in cli["queries"].items() if q["wall_s"]["median"] >= CLI_MAX_S]
         if slow:
             why = (" A `--search` is an `$or` of five case-insensitive `$regex` conditions, which no index serves; "
-                   "the stand-in serves no other client while it runs (MONGO_COMPAT.md)."
+                   "the stand-in serves no other client while it runs ([platform-notes.md](platform-notes.md))."
                    if any("--search" in label for label, _ in slow) else "")
             out.append("\n\nOver the target: " + "; ".join(
                 f"`{label}` spends {q['query_s']['median']:.2f} s of {q['wall_s']['median']:.2f} s in the store query"
@@ -590,5 +590,35 @@ def write_docs(results: dict[str, Any], docs: Path) -> tuple[Path, Path]:
     docs.mkdir(parents=True, exist_ok=True)
     md, png = docs / "benchmarks.md", docs / "benchmarks.png"
     chart(results, png)
-    md.write_text(render(results))
+    kept = kept_sections(md.read_text()) if md.exists() else ""
+    md.write_text(render(results) + kept)
     return md, png
+
+
+SECTION_START, SECTION_END = "<!-- section:", "<!-- /section -->"
+
+
+def kept_sections(text: str) -> str:
+    """Return the sections other benchmark scripts wrote into the page (between section markers), to keep."""
+    out, pos = [], 0
+    while (start := text.find(SECTION_START, pos)) >= 0:
+        end = text.find(SECTION_END, start)
+        if end < 0:
+            break
+        out.append("\n" + text[start:end + len(SECTION_END)] + "\n")
+        pos = end
+    return "".join(out)
+
+
+def replace_section(md: Path, name: str, body: str) -> None:
+    """Put ``body`` into the page as section ``name`` (replacing an earlier one of that name, else appended)."""
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    marker = f"{SECTION_START}{name} -->"
+    block = f"{marker}\n{body.strip()}\n{SECTION_END}"
+    start = text.find(marker)
+    if start >= 0:
+        end = text.find(SECTION_END, start) + len(SECTION_END)
+        text = text[:start] + block + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    md.write_text(text)

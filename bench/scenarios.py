@@ -1,4 +1,4 @@
-"""The measurements of issue 8 (throughput, latency, memory, isolation, limits) and issues 4/5 (CLI, janitor).
+"""The benchmark's measurements: throughput, latency, memory, isolation, bare limits, the CLI and the janitor.
 
 Each ``run_*`` method of :class:`Bench` makes one run on a fresh topology prefix and database, removes them
 afterwards and returns plain JSON-ready data; :mod:`bench.run` repeats runs and summarizes them.
@@ -25,20 +25,19 @@ from bench.procs import (
     Receivers,
     RssSampler,
     base_env,
-    metric_by_label,
-    metric_sum,
     venv_script,
 )
 from bench.profile import Profiler
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.errors import BrokerUnavailableError
 from hookpost.common.models import Attempt, ChangeEvent, Entity, EventStatus
-from hookpost.common.settings import load_settings
+from hookpost.common.settings import load_settings, settings_env
 from hookpost.common.topology import Topology, topology_from
 from hookpost.producer import Publisher
 from hookpost.store import Store
 from hookpost.store.attempts import attempt_id
 from hookpost.store.localserver import LocalMongo
+from tests.metrics_text import Samples, metric_by_label, metric_sum
 from tests.seed import make_events
 
 EVENT_TYPE = "article.updated"
@@ -184,7 +183,7 @@ class Bench:
             await asyncio.sleep(0.2)
 
     @staticmethod
-    async def wait_metric(disp: Dispatcher, name: str, target: float, timeout: float) -> dict[str, float]:
+    async def wait_metric(disp: Dispatcher, name: str, target: float, timeout: float) -> Samples:
         """Wait until the dispatcher's counter ``name`` (summed over labels) reaches ``target``; return metrics."""
         deadline = time.monotonic() + timeout
         while True:
@@ -391,7 +390,7 @@ class Bench:
     def cli(self, trial: Trial, *args: str) -> tuple[float, int, str]:
         """Run ``hookpost ARGS`` against the trial's store; return wall seconds, exit code and stdout."""
         env = base_env()
-        env.update({f"HOOKPOST_{k.upper()}": v for k, v in trial.settings.items()})
+        env.update(settings_env(trial.settings))
         t0 = time.perf_counter()
         proc = subprocess.run([venv_script("hookpost"), *args], env=env, capture_output=True, text=True,
                               timeout=300)
@@ -518,7 +517,7 @@ class Bench:
                     trickle = asyncio.create_task(self.steady_publish(pub, trial.tag, trickle_per_s, 3600, stop))
                     await asyncio.sleep(warmup)  # the trickle's latency before the pass, for comparison
                     env = base_env()
-                    env.update({f"HOOKPOST_{k_.upper()}": v for k_, v in trial.settings.items()})
+                    env.update(settings_env(trial.settings))
                     env["HOOKPOST_LOG_LEVEL"] = "WARNING"
                     c0, j0 = meter.snapshot(), time.time()
                     proc = await asyncio.create_subprocess_exec(

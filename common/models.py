@@ -47,6 +47,26 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def to_ms(value: datetime) -> int:
+    """Return ``value`` in epoch milliseconds."""
+    return int(value.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    """Return epoch milliseconds as a tz-aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def due_fields(ms: int | None) -> dict[str, Any]:
+    """Return an event's paired next-attempt fields for ``ms`` (None: no attempt due): ``next_attempt_ms`` is
+    what is queried and compared, ``next_attempt_at`` what people see; every write sets both from here.
+
+    >>> due_fields(0)
+    {'next_attempt_ms': 0, 'next_attempt_at': datetime.datetime(1970, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)}
+    """
+    return {"next_attempt_ms": ms, "next_attempt_at": None if ms is None else from_ms(ms)}
+
+
 # A datetime read back as UTC. (The local stand-in returns a datetime written by ``$set`` as a naive string;
 # times that are queried are therefore also stored as epoch-ms integers, and only displayed from these.)
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
@@ -89,7 +109,10 @@ class ChangeEvent(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return as_utc(value)
+        try:
+            return as_utc(value)
+        except OverflowError:  # 9999-12-31T23:59-01:00 and the like: no such time in UTC
+            raise ValueError("out of range once converted to UTC") from None
 
 
 class Webhook(BaseModel):

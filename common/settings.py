@@ -8,6 +8,7 @@
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -72,9 +73,12 @@ class Settings(BaseSettings):
 
     prefetch: int = Field(200, ge=1, description="unacked messages per consumer channel")
     concurrency: int = Field(200, ge=1, description="deliveries in flight per process")
-    endpoint_concurrency: int = Field(10, ge=1, description="deliveries in flight per receiver endpoint")
-    defer_delay: Duration = Field("1s", description="longest in-memory wait for a busy endpoint, and the first "
-                                                    "rung of the defer ladder (no attempt is counted)")
+    endpoint_concurrency: int = Field(10, ge=1, description="most deliveries in flight per receiver endpoint (the "
+                                                            "adaptive limit moves below it)")
+    endpoint_hang_after: Duration = Field("3s", description="request time after which an endpoint counts as "
+                                                            "hanging and its waiting deliveries are parked")
+    defer_delay: Duration = Field("1s", description="first rung of the defer ladder, where deliveries of a hanging "
+                                                    "endpoint are parked (no attempt is counted)")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
     webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
@@ -126,8 +130,8 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("defer_delay", "http_timeout", "http_connect_timeout", "reconcile_interval", "reconcile_grace",
-                     "janitor_interval", "header_timeout", "session_ttl")
+    @field_validator("defer_delay", "endpoint_hang_after", "http_timeout", "http_connect_timeout", "reconcile_interval",
+                     "reconcile_grace", "janitor_interval", "header_timeout", "session_ttl")
     @classmethod
     def _more_than_zero(cls, value: float) -> float:
         if value <= 0:
@@ -180,6 +184,26 @@ class Settings(BaseSettings):
                 value = list(value)
             out[name] = value
         return out
+
+
+def settings_env(values: Mapping[str, Any]) -> dict[str, str]:
+    """Return settings as the ``HOOKPOST_*`` environment variables that set them (for a child process).
+
+    Durations are given in seconds, lists comma-separated, booleans as ``true``/``false``; None is left out.
+
+    >>> settings_env({"prefix": "hp", "retry_delays": (0.1, 2.0), "allow_private_targets": True, "ops_port": None})
+    {'HOOKPOST_PREFIX': 'hp', 'HOOKPOST_RETRY_DELAYS': '0.1,2.0', 'HOOKPOST_ALLOW_PRIVATE_TARGETS': 'true'}
+    """
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list | tuple):
+            return ",".join(text(v) for v in value)
+        if isinstance(value, float):
+            return repr(value)  # a bare number of seconds is a duration
+        return str(value)
+
+    return {f"HOOKPOST_{name.upper()}": text(value) for name, value in values.items() if value is not None}
 
 
 def mask_url(url: str) -> str:

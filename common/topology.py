@@ -14,6 +14,9 @@ from hookpost.common.durations import format_duration
 
 ATTEMPT_HEADER = "hookpost-attempt"
 ERROR_HEADERS = ("x-hookpost-error", "hookpost-error")
+ROUTING_KEY_HEADER = "hookpost-routing-key"  # the routing key a change event set aside was published with
+SET_ASIDE_AT_HEADER = "hookpost-set-aside-at"  # epoch milliseconds when it was set aside
+REPLAYS_HEADER = "hookpost-replays"  # how many times an operator replayed it
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,11 @@ class Topology:
 
     def retry_queue(self, level: int) -> str:
         """Name of the delay queue for retry ``level`` (0 = the delay before the second attempt)."""
-        return f"{self.prefix}.retry.{format_duration(self.retry_delays[level])}"
+        return f"{self.prefix}.retry.{self.retry_label(level)}"
+
+    def retry_label(self, level: int) -> str:
+        """The delay of retry ``level`` as people read it (``10s``): the queue's suffix and a metric label."""
+        return format_duration(self.retry_delays[level])
 
     DEFER_LEVELS = 6
 
@@ -102,6 +109,19 @@ class Topology:
         level = min(max(deferrals, 1), self.DEFER_LEVELS) - 1
         delays = self.defer_delays
         while level < self.DEFER_LEVELS - 1 and delays[level] < wait:
+            level += 1
+        return level
+
+    def defer_level_within(self, wait: float) -> int:
+        """Level of the defer ladder with the longest wait not longer than ``wait`` (the shortest level if none
+        is): for a delivery that must not come back later than its turn.
+
+        >>> Topology("hookpost").defer_level_within(0.2), Topology("hookpost").defer_level_within(5.0)
+        (0, 2)
+        """
+        delays = self.defer_delays
+        level = 0
+        while level < self.DEFER_LEVELS - 1 and delays[level + 1] <= wait:
             level += 1
         return level
 

@@ -1,45 +1,66 @@
-"""One delivery, top to bottom: receive → load the webhook (cache) → send → decide → record → next step → ack.
+"""One delivery, top to bottom: the consumer of ``PREFIX.deliver``.
 
-The attempt number comes with the message. Recording is guarded on the event's previous attempt count, so a
-duplicate message (after a crash) sends at most one extra request and never records or schedules twice.
-Records of concurrent deliveries share store round trips (:class:`dispatcher.batcher.Batcher`): one
-``insert_many`` of attempts and one ``bulk_write`` of event updates per batch.
+:meth:`DeliveryHandler.handle` reads like the path a delivery takes, one step per method:
 
-When a delivery would wait longer than ``HOOKPOST_DEFER_DELAY`` for one of its endpoint's
-``HOOKPOST_ENDPOINT_CONCURRENCY`` slots (judged up front from the endpoint's recent request time and its oldest
-running request, and in any case after waiting that long), it is parked unchanged in the defer queue (no attempt
-counted) instead of holding a prefetch slot, so one slow endpoint cannot starve the others, while a fast endpoint's
-burst simply waits its turn in memory.
+1. :meth:`~DeliveryHandler.receive` — parse the message (a malformed one is dead-lettered);
+2. look up the webhook in the in-memory cache (:class:`~hookpost.dispatcher.cache.WebhookCache`); a deleted or
+   disabled webhook ends the event ``Failed`` without a request (:meth:`~DeliveryHandler.give_up`);
+3. :meth:`~DeliveryHandler.take_slot` — wait for a slot of the receiver's endpoint, or park the delivery in the
+   defer ladder (:mod:`~hookpost.dispatcher.limits` decides, :mod:`~hookpost.dispatcher.deferral` parks);
+4. :meth:`~DeliveryHandler.send` — the signed POST (:mod:`~hookpost.dispatcher.sender`), whose outcome teaches
+   the endpoint's limit;
+5. decide — Finished, Retrying at level k, or Failed (:func:`~hookpost.dispatcher.policy.decide`, pure);
+6. :meth:`~DeliveryHandler.record` — the attempt and the event's new state, batched with concurrent deliveries
+   (one ``insert_many`` + one ``bulk_write`` per batch), guarded on the event's previous attempt count, so a
+   duplicate message records nothing;
+7. :meth:`~DeliveryHandler.schedule_next` — publish the next attempt to its retry queue, or the failure notice;
+8. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer settles the message (acks it).
+
+A crash anywhere replays safely: the message is redelivered, a recorded attempt is not recorded again, and a
+redelivered attempt whose successor may not have been published yet is scheduled again
+(:meth:`~DeliveryHandler.on_duplicate`).
 """
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from hookpost.common.amqp import IncomingMessage
+from hookpost.common.deliveries import next_delivery
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
-from hookpost.common.models import DeliveryMessage, EventStatus, FailedNotice, Webhook, utcnow
+from hookpost.common.models import (
+    Attempt,
+    DeliveryMessage,
+    EventStatus,
+    FailedNotice,
+    Webhook,
+    WebhookEvent,
+    due_fields,
+    now_ms,
+    to_ms,
+    utcnow,
+)
 from hookpost.dispatcher.batcher import Batcher
 from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
 from hookpost.dispatcher.metrics import Metrics, status_class
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.policy import AttemptResult, Decision, decide
+from hookpost.dispatcher.policy import AttemptResult, Decision, decide, retry_level
 from hookpost.dispatcher.sender import Sender
-from hookpost.dispatcher.storeguard import StoreGuard
-from hookpost.store import Store
-from hookpost.store.attempts import attempt_doc
+from hookpost.dispatcher.storeguard import GuardedStore
+from hookpost.store.attempts import attempt_id
 
 log = logging.getLogger("hookpost.delivery")
 
 
 def event_changes(decision: Decision, result: AttemptResult | None, now: datetime) -> dict[str, Any]:
     """Return the fields an event gets after an attempt (or after being given up without one) at ``now``."""
-    now_ms = int(now.timestamp() * 1000)
     changes: dict[str, Any] = {"status": decision.status.value, "updated_at": now}
     if result is not None:
         changes["last_status_code"] = result.status_code
@@ -47,146 +68,203 @@ def event_changes(decision: Decision, result: AttemptResult | None, now: datetim
     elif decision.reason:
         changes["last_error"] = decision.reason
     if decision.status == EventStatus.RETRYING and decision.delay is not None:
-        due_ms = now_ms + round(decision.delay * 1000)
-        changes["next_attempt_ms"] = due_ms
-        changes["next_attempt_at"] = now + timedelta(milliseconds=round(decision.delay * 1000))
+        changes.update(due_fields(to_ms(now) + round(decision.delay * 1000)))
     else:
-        changes["next_attempt_ms"] = None
-        changes["next_attempt_at"] = None
+        changes.update(due_fields(None))
         changes["finished_at"] = now
     return changes
 
 
-Record = tuple[dict[str, Any] | None, str, int, dict[str, Any]]
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery writes to the store: the attempt made (None when given up without one) and the event's
+    new fields, guarded on the attempt number (``attempt_count`` becomes ``attempt``)."""
+
+    event_id: str
+    attempt: int
+    changes: dict[str, Any]
+    made: Attempt | None = None
 
 
 class DeliveryHandler:
-    """Consumes ``PREFIX.deliver``."""
+    """Consumes ``PREFIX.deliver``: one message, one attempt (see the module docstring)."""
 
-    def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
-                 guard: StoreGuard, metrics: Metrics, deferrer: Deferrer, *, delays: tuple[float, ...],
+    def __init__(self, store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender,
+                 limiter: EndpointLimiter, deferrer: Deferrer, metrics: Metrics, *, delays: tuple[float, ...],
                  max_attempts: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
         self.sender = sender
         self.limiter = limiter
-        self.guard = guard
+        self.deferrer = deferrer
         self.metrics = metrics
         self.delays = delays
         self.max_attempts = max_attempts
-        self.deferrer = deferrer
-        self.records: Batcher[Record, bool] = Batcher(self._write_records, max_batch=batch)
-        self._attempt_counters: dict[int | None, Any] = {}
+        self.records: Batcher[Outcome, bool] = Batcher(self._write, max_batch=batch)
 
-    async def _write_records(self, records: list[Record]) -> list[bool]:
-        attempts = [a for a, *_ in records if a is not None]
-        await self.guard.run(lambda: self.store.attempts.insert(attempts))
-        updates = [r[1:] for r in records]
-        # tokens made once, outside the retry: a retry after a lost reply then recognises its own writes
-        tokens = [new_id("w") for _ in records]
-        return await self.guard.run(lambda: self.store.events.record_attempts(updates, tokens))
+    async def handle(self, msg: IncomingMessage) -> Verdict:
+        """Make the attempt a delivery message asks for, record it and schedule what follows."""
+        dm = self.receive(msg)
+        if dm is None:
+            return Verdict.DEAD_LETTER
+        hook = await self.cache.get(dm.webhook_id)
+        if hook is None or not hook.active:
+            return await self.give_up(dm, hook)
+        endpoint = endpoint_key(hook.url)
+        token = await self.take_slot(dm, endpoint)
+        if token is None:
+            return Verdict.ACK  # parked in the defer ladder, no attempt counted
+        started, result = await self.send(hook, dm, endpoint, token)
+        decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
+        done = started + timedelta(milliseconds=result.duration_ms)
+        made = Attempt(id=attempt_id(dm.event_id, dm.attempt), event_id=dm.event_id, webhook_id=hook.id,
+                       attempt=dm.attempt, started_at=started, duration_ms=result.duration_ms,
+                       status_code=result.status_code, error=None if result.ok else result.error,
+                       response_excerpt=result.excerpt)
+        changes = event_changes(decision, result, done)
+        if not await self.record(Outcome(dm.event_id, dm.attempt, changes, made)):
+            return await self.on_duplicate(msg, dm)
+        await self.schedule_next(dm, decision, result, changes["next_attempt_ms"])
+        return Verdict.ACK
 
-    async def handle(self, msg: IncomingMessage) -> None:
-        """Make the attempt a delivery message asks for, record it, schedule what follows, ack."""
+    async def poisoned(self, msg: IncomingMessage, reason: str) -> Verdict:
+        """End a delivery that fails every time it is handled: its event ``Failed`` with ``reason``."""
+        dm = self.receive(msg)
+        if dm is None:
+            return Verdict.DEAD_LETTER
+        return await self.give_up(dm, None, f"delivery {reason}")
+
+    def receive(self, msg: IncomingMessage) -> DeliveryMessage | None:
+        """Parse the message; None (logged) if it is not a delivery message."""
         try:
-            dm = DeliveryMessage.model_validate_json(msg.body)
+            return DeliveryMessage.model_validate_json(msg.body)
         except ValidationError as exc:
             log.error("malformed delivery message dead-lettered", extra={"error": str(exc)[:300]})
-            msg.reject(requeue=False)
-            return
+            return None
 
-        hook = self.cache.peek(dm.webhook_id) or await self.guard.run(lambda: self.cache.get(dm.webhook_id))
-        if hook is None or not hook.active:
-            reason = "webhook deleted" if hook is None else f"webhook disabled: {hook.disabled_reason or 'by operator'}"
-            await self._finish(msg, dm, Decision(EventStatus.FAILED, reason=reason), None, None, utcnow())
-            return
+    async def give_up(self, dm: DeliveryMessage, hook: Webhook | None, reason: str | None = None) -> Verdict:
+        """End the event ``Failed`` without a request: its webhook was deleted or disabled (or its stored
+        document no longer validates), or ``reason``."""
+        decision = Decision(EventStatus.FAILED, reason=reason or self.unserved(dm, hook))
+        changes = {**event_changes(decision, None, utcnow()), "attempt_count": dm.attempt - 1}  # count stays
+        if await self.record(Outcome(dm.event_id, dm.attempt, changes)):
+            await self.schedule_next(dm, decision, None, None)
+        return Verdict.ACK
 
-        endpoint = endpoint_key(hook.url)
-        limiter = self.limiter
+    def unserved(self, dm: DeliveryMessage, hook: Webhook | None) -> str:
+        """Why the webhook of ``dm`` cannot be served."""
+        if hook is not None:
+            return f"webhook disabled: {hook.disabled_reason or 'by operator'}"
+        if problem := self.cache.problem(dm.webhook_id):
+            return f"webhook document does not validate: {problem}"
+        return "webhook deleted"
+
+    async def take_slot(self, dm: DeliveryMessage, endpoint: str) -> int | None:
+        """Wait for a slot of ``endpoint`` and return its token; or park the delivery and return None."""
         try:
-            if self.deferrer.should_defer(endpoint):
+            if self.limiter.should_defer(endpoint):
                 raise EndpointBusyError(endpoint)
-            token = await limiter.acquire(endpoint, max_wait=self.deferrer.defer_after)
+            return await self.limiter.acquire(endpoint)
         except EndpointBusyError:
             await self.deferrer.defer(dm, endpoint)
-            msg.ack()
-            return
+            return None
+
+    async def send(self, hook: Webhook, dm: DeliveryMessage, endpoint: str,
+                   token: int) -> tuple[datetime, AttemptResult]:
+        """POST the payload in the slot ``token``; return when it started and what came back."""
         started = utcnow()
+        result = AttemptResult(error="Cancelled")
         try:
             result = await self.sender.send(hook, dm.event_id, dm.payload)
         finally:
-            limiter.release(endpoint, token)
-        code = result.status_code
-        counter = self._attempt_counters.get(code)
-        if counter is None:
-            counter = self._attempt_counters[code] = self.metrics.attempts.labels(status_class(code))
-        counter.inc()
+            self.limiter.release(endpoint, token, overloaded=result.overloaded, timed_out=result.timed_out)
+        self.metrics.attempts.labels(status_class(result.status_code)).inc()
         self.metrics.duration.observe(result.duration_ms / 1000)
+        return started, result
 
-        decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
-        attempt = attempt_doc(dm.event_id, hook.id, dm.attempt, started, result.duration_ms, code,
-                              None if result.ok else result.error, result.excerpt)
-        await self._finish(msg, dm, decision, result, attempt, started + timedelta(milliseconds=result.duration_ms),
-                           hook)
+    async def record(self, outcome: Outcome) -> bool:
+        """Record ``outcome`` (batched with concurrent deliveries); False if the event was already past this
+        attempt (a duplicate message)."""
+        return await self.records.submit(outcome)
 
-    async def _reschedule_next(self, dm: DeliveryMessage) -> bool:
-        """For a redelivered attempt that is on record as the event's latest and left it Retrying: the first try
-        may have lost the broker between recording and publishing the next attempt, so publish it (the next
-        attempt's own guard makes a duplicate harmless). Return whether it did."""
-        try:
-            ev = await self.guard.run(lambda: self.store.events.get(dm.event_id))
-        except NotFoundError:
-            return False
-        if ev.status != EventStatus.RETRYING or ev.attempt_count != dm.attempt:
-            return False
-        level = min(max(dm.attempt - ev.budget_start - 1, 0), len(self.delays) - 1)
-        await self.outbox.retry(dm.model_copy(update={"attempt": dm.attempt + 1, "due_ms": ev.next_attempt_ms}), level)
-        return True
+    async def _write(self, outcomes: list[Outcome]) -> list[bool]:
+        """Write a batch of outcomes: the attempts in one round trip, then the event updates in one."""
+        await self.store.attempts.insert([o.made for o in outcomes if o.made is not None])
+        # tokens made once, outside the store's retry: a retry after a lost reply recognises its own writes
+        tokens = [new_id("w") for _ in outcomes]
+        return await self.store.events.record_attempts([(o.event_id, o.attempt, o.changes) for o in outcomes],
+                                                       tokens)
 
-    async def _finish(self, msg: IncomingMessage, dm: DeliveryMessage, decision: Decision,
-                      result: AttemptResult | None, attempt: dict[str, Any] | None, now: datetime,
-                      hook: Webhook | None = None) -> None:
-        changes = event_changes(decision, result, now)
-        if attempt is None:  # given up without an attempt: the count stays
-            changes["attempt_count"] = dm.attempt - 1
-        recorded = await self.records.submit((attempt, dm.event_id, dm.attempt, changes))
-        if recorded and decision.status == EventStatus.FINISHED:  # the common case: no log record below INFO
-            msg.ack()
-            self.metrics.events_finished.inc()
-            if log.isEnabledFor(logging.INFO):
-                log.info("delivered", extra=_log_extra(dm, decision, result))
-            return
+    async def schedule_next(self, dm: DeliveryMessage, decision: Decision, result: AttemptResult | None,
+                            due_ms: int | None) -> None:
+        """Publish what follows a recorded outcome: the next attempt (due at ``due_ms``, as recorded), or the
+        failure notice."""
         extra = _log_extra(dm, decision, result)
-        if not recorded:
-            if msg.redelivered and await self._reschedule_next(dm):
-                log.info("redelivered attempt was already recorded; next attempt scheduled again", extra=extra)
-            else:
-                log.info("duplicate delivery ignored (event already past this attempt)", extra=extra)
-            msg.ack()
-            return
-
-        if decision.status == EventStatus.RETRYING and decision.retry_level is not None:
-            nxt = dm.model_copy(update={"attempt": dm.attempt + 1, "due_ms": changes["next_attempt_ms"]})
-            await self.outbox.retry(nxt, decision.retry_level)
-            self.metrics.retries.labels(self.outbox.topology.retry_queue(decision.retry_level).rsplit(".", 1)[-1]).inc()
-            log.info("attempt failed; retry scheduled", extra={**extra, "error": changes.get("last_error"),
-                                                              "retry_in_s": decision.delay})
+        if decision.status == EventStatus.FINISHED:
+            self.metrics.events_finished.inc()
+            log.info("delivered", extra=extra)
+        elif decision.status == EventStatus.RETRYING and decision.retry_level is not None:
+            await self.outbox.retry(next_delivery(dm, due_ms), decision.retry_level)
+            self.metrics.retries.labels(self.outbox.topology.retry_label(decision.retry_level)).inc()
+            log.info("attempt failed; retry scheduled", extra={**extra, "retry_in_s": decision.delay})
         elif decision.status == EventStatus.FAILED:
-            await self.outbox.failed(FailedNotice(
-                event_id=dm.event_id, webhook_id=dm.webhook_id, type=str(dm.payload.get("type", "")),
-                attempts=dm.attempt if attempt else dm.attempt - 1,
-                last_status_code=result.status_code if result else None, last_error=changes.get("last_error")))
+            error = decision.reason or (result.summary() if result else None)
+            await self.announce_failure(dm, attempts=dm.attempt if result is not None else dm.attempt - 1,
+                                        status_code=result.status_code if result else None, error=error,
+                                        disable=decision.disable_webhook)
             self.metrics.events_failed.inc()
-            log.warning("event failed", extra={**extra, "error": changes.get("last_error")})
-            if decision.disable_webhook and hook is not None:
-                await self.guard.run(lambda: self.store.webhooks.set_active(hook.id, False, decision.reason))
-                self.cache.invalidate()
-                log.warning("webhook disabled: receiver answered 410 Gone", extra={"webhook_id": hook.id})
-        msg.ack()
+            log.warning("event failed", extra={**extra, "error": error})
+
+    async def announce_failure(self, dm: DeliveryMessage, *, attempts: int, status_code: int | None,
+                               error: str | None, disable: bool) -> None:
+        """Publish the failure notice of ``dm``'s event; and disable its webhook if the receiver asked to stop."""
+        await self.outbox.failed(FailedNotice(
+            event_id=dm.event_id, webhook_id=dm.webhook_id, type=str(dm.payload.get("type", "")),
+            attempts=attempts, last_status_code=status_code, last_error=error))
+        if disable:
+            await self.store.webhooks.set_active(dm.webhook_id, False, error)
+            self.cache.invalidate()
+            log.warning("webhook disabled: receiver answered 410 Gone", extra={"webhook_id": dm.webhook_id})
+
+    async def on_duplicate(self, msg: IncomingMessage, dm: DeliveryMessage) -> Verdict:
+        """The event was already past this attempt. If this message was redelivered and its outcome is the
+        event's latest, the first try may have lost the broker between recording the outcome and publishing what
+        follows it: publish that again — the next attempt (its own guard makes a duplicate harmless), or the
+        failure notice (and the webhook disabled after a 410)."""
+        ev = await self._latest(dm) if msg.redelivered else None
+        if ev is not None and ev.status == EventStatus.RETRYING:
+            wait = None if ev.next_attempt_ms is None else (ev.next_attempt_ms - now_ms()) / 1000
+            level = retry_level(self.delays, dm.attempt - ev.budget_start, wait)  # no sooner than on record
+            await self.outbox.retry(next_delivery(dm, ev.next_attempt_ms), level)
+            log.info("redelivered attempt was already recorded; next attempt scheduled again",
+                     extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        elif ev is not None and ev.status == EventStatus.FAILED:
+            await self.announce_failure(dm, attempts=ev.attempt_count, status_code=ev.last_status_code,
+                                        error=ev.last_error, disable=ev.last_status_code == 410)
+            log.info("redelivered attempt was already recorded Failed; failure notice published again",
+                     extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        else:
+            log.info("duplicate delivery ignored (event already past this attempt)",
+                     extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        return Verdict.ACK
+
+    async def _latest(self, dm: DeliveryMessage) -> WebhookEvent | None:
+        """The event of ``dm`` if ``dm``'s outcome is its latest: Retrying after this attempt, or Failed at this
+        attempt (or given up before it)."""
+        try:
+            ev = await self.store.events.get(dm.event_id)
+        except NotFoundError:
+            return None
+        if ev.status == EventStatus.RETRYING and ev.attempt_count == dm.attempt:
+            return ev
+        if ev.status == EventStatus.FAILED and ev.attempt_count in (dm.attempt, dm.attempt - 1):
+            return ev
+        return None
 
 
 def _log_extra(dm: DeliveryMessage, decision: Decision, result: AttemptResult | None) -> dict[str, Any]:
     return {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
             "status": decision.status.value, "status_code": result.status_code if result else None,
-            "duration_ms": result.duration_ms if result else None}
+            "duration_ms": result.duration_ms if result else None,
+            "error": None if result is None or result.ok else (decision.reason or result.summary())}

@@ -1,8 +1,18 @@
-"""Fan-out: one change event → one ``New`` webhook event per subscribed webhook, and one delivery each.
+"""One change, top to bottom: the consumer of ``PREFIX.changes``.
 
-Order: validate → match webhooks → insert the events (one round trip; the unique (change, webhook) index makes
-a replay insert nothing) → publish the deliveries (confirmed; a delivery to an endpoint that is saturated goes
-straight to the defer ladder) → ack the change. A crash anywhere replays safely.
+:meth:`FanOut.handle` reads like the path a change takes:
+
+1. :meth:`~FanOut.receive` — decode and validate the change (:func:`~hookpost.common.wire.decode_change`); an
+   invalid one is copied to ``PREFIX.invalid`` with its reason (:meth:`~FanOut.set_aside`);
+2. match the active webhooks subscribed to its type (the in-memory :class:`~hookpost.dispatcher.cache.WebhookCache`);
+3. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook, batched with concurrent changes (the
+   unique (change, webhook) index makes a replay insert nothing);
+4. :meth:`~FanOut.publish_deliveries` — publish each event's first delivery, confirmed (one for an endpoint known
+   to hang goes straight to the defer ladder);
+5. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
+
+A crash anywhere replays safely: a redelivered change whose events exist already publishes the deliveries of
+those still waiting for their first attempt (the first try may have stored them without publishing).
 """
 
 import logging
@@ -17,105 +27,128 @@ from hookpost.common.models import (
     Webhook,
     WebhookEvent,
     build_payload,
+    due_fields,
+    to_ms,
     utcnow,
 )
 from hookpost.common.wire import InvalidChangeError, decode_change
-from hookpost.dispatcher.batcher import Batcher
+from hookpost.dispatcher.batcher import Batcher, Failed
 from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.limits import endpoint_key
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.storeguard import StoreGuard
-from hookpost.store import Store
+from hookpost.dispatcher.storeguard import GuardedStore
 
 log = logging.getLogger("hookpost.fanout")
 
 
 def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
-    """Build the ``New`` webhook events of ``change``, one per webhook, due now.
-
-    ``change`` is already validated, so the events are built without validating again (this runs for every
-    event); their payloads share the change's ``data`` part.
-    """
+    """Build the ``New`` webhook events of ``change``, one per webhook, due now."""
     now = utcnow()
-    now_ms = int(now.timestamp() * 1000)
-    shared = build_payload("", change)
+    now_ms = to_ms(now)
     events = []
     for webhook_id in webhook_ids:
         event_id = new_id("evt", now_ms)
-        events.append(WebhookEvent.model_construct(
+        events.append(WebhookEvent(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
-            payload={**shared, "id": event_id}, status=EventStatus.NEW, attempt_count=0, budget_start=0,
-            next_attempt_at=now, next_attempt_ms=now_ms, last_status_code=None, last_error=None, created_at=now,
-            created_ms=now_ms, updated_at=now, updated_ms=now_ms, finished_at=None))
+            payload=build_payload(event_id, change), status=EventStatus.NEW, **due_fields(now_ms),
+            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms))
     return events
 
 
 class FanOut:
-    """Consumes ``PREFIX.changes``."""
+    """Consumes ``PREFIX.changes``: one change, one event and one delivery per subscribed webhook."""
 
-    def __init__(self, store: Store, cache: WebhookCache, outbox: Outbox, guard: StoreGuard, metrics: Metrics,
-                 deferrer: Deferrer, max_change_bytes: int, batch: int = 500) -> None:
+    def __init__(self, store: GuardedStore, cache: WebhookCache, outbox: Outbox, deferrer: Deferrer,
+                 metrics: Metrics, *, max_change_bytes: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
-        self.guard = guard
-        self.metrics = metrics
         self.deferrer = deferrer
+        self.metrics = metrics
         self.max_change_bytes = max_change_bytes
         self.inserts: Batcher[list[WebhookEvent], list[bool]] = Batcher(self._insert, max_batch=batch)
 
-    async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool]]:
-        """Insert the events of several changes in one round trip; return per change which were new."""
-        flat = [e for g in groups for e in g]
-        flags = await self.guard.run(lambda: self.store.events.insert_flags(flat))
-        out, i = [], 0
+    async def handle(self, msg: IncomingMessage) -> Verdict:
+        """Fan one change message out (or set it aside with its reason)."""
+        try:
+            change = self.receive(msg)
+        except InvalidChangeError as exc:
+            return await self.set_aside(msg, str(exc))
+        hooks = await self.cache.subscribers(change.type)
+        events = new_events(change, [h.id for h in hooks])
+        to_send = await self.store_events(change, events, replay=msg.redelivered)
+        await self.publish_deliveries(to_send, {h.id: h for h in hooks})
+        self.metrics.changes_consumed.labels("ok").inc()
+        log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})
+        return Verdict.ACK
+
+    async def poisoned(self, msg: IncomingMessage, reason: str) -> Verdict:
+        """Set aside a change whose fan-out fails every time, with ``reason`` (``hookpost invalid replay`` puts
+        it back once the cause is fixed)."""
+        return await self.set_aside(msg, f"fan-out {reason}")
+
+    def receive(self, msg: IncomingMessage) -> ChangeEvent:
+        """Decode and validate the change; raise :class:`InvalidChangeError` with the reason."""
+        props = msg.properties
+        return decode_change(msg.body, props.content_type, max_bytes=self.max_change_bytes,
+                             content_encoding=props.content_encoding)
+
+    async def set_aside(self, msg: IncomingMessage, reason: str) -> Verdict:
+        """Copy an invalid change to ``PREFIX.invalid`` with ``reason``; then it is done with here."""
+        await self.outbox.invalid(msg, reason)
+        self.metrics.changes_consumed.labels("invalid").inc()
+        log.warning("invalid change event moved to the invalid queue",
+                    extra={"message_id": msg.properties.message_id, "reason": reason})
+        return Verdict.ACK
+
+    async def store_events(self, change: ChangeEvent, events: list[WebhookEvent], *,
+                           replay: bool) -> list[WebhookEvent]:
+        """Insert ``events``; return those whose first delivery is to be published: the new ones, and on a
+        ``replay`` (a redelivered change) also those stored before that still wait for their first attempt."""
+        flags = await self.inserts.submit(events) if events else []
+        created = [e for e, new in zip(events, flags, strict=True) if new]
+        self.metrics.events_created.inc(len(created))
+        if len(created) == len(events) or not replay:
+            return created
+        existing = await self.store.events.find_for_change(change.id)
+        return [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0]
+
+    async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool] | Failed]:
+        """Insert the events of several changes in one round trip; return per change which were new. If the
+        store refuses the batch, each change is inserted on its own, so only a change that fails itself fails."""
+        try:
+            flags = await self.store.events.insert_flags([e for g in groups for e in g])
+        except Exception:
+            if len(groups) == 1:
+                raise
+            return [await self._insert_one(g) for g in groups]
+        out: list[list[bool] | Failed] = []
+        i = 0
         for g in groups:
             out.append(flags[i:i + len(g)])
             i += len(g)
         return out
 
-    async def _publish(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
+    async def _insert_one(self, events: list[WebhookEvent]) -> list[bool] | Failed:
+        try:
+            return await self.store.events.insert_flags(events)
+        except Exception as exc:
+            return Failed(exc)
+
+    async def publish_deliveries(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
         """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process
-        already knows to be saturated, straight to the defer ladder (saving it a trip through the deliver queue
-        only to be deferred there)."""
+        knows to be hanging, straight to the defer ladder (saving it a trip through the deliver queue only to be
+        parked there)."""
         now: list[DeliveryMessage] = []
         later: list[tuple[DeliveryMessage, str]] = []
         for e in events:
             hook = hooks.get(e.webhook_id)
             endpoint = endpoint_key(hook.url) if hook is not None else None
-            if endpoint is not None and self.deferrer.should_defer(endpoint):
+            if endpoint is not None and self.deferrer.limiter.hanging(endpoint):
                 later.append((first_delivery(e), endpoint))
             else:
                 now.append(first_delivery(e))
         await self.deferrer.publish(now, later)
-
-    async def handle(self, msg: IncomingMessage) -> None:
-        """Fan one change message out, then ack it (or move it to the invalid queue with the reason)."""
-        props = msg.properties
-        try:
-            change = decode_change(msg.body, props.content_type, max_bytes=self.max_change_bytes,
-                                   content_encoding=props.content_encoding)
-        except InvalidChangeError as exc:
-            await self.outbox.invalid(msg, str(exc))
-            msg.ack()
-            self.metrics.changes_consumed.labels("invalid").inc()
-            log.warning("invalid change event moved to the invalid queue",
-                        extra={"message_id": props.message_id, "reason": str(exc)})
-            return
-        hooks = await self.guard.run(lambda: self.cache.subscribers(change.type))
-        events = new_events(change, [h.id for h in hooks])
-        flags = await self.inserts.submit(events) if events else []
-        created = [e for e, new in zip(events, flags, strict=True) if new]
-        to_send = created
-        if len(created) < len(events) and msg.redelivered:
-            # a replay after a crash: the first try may have stored events without publishing their deliveries
-            existing = await self.guard.run(lambda: self.store.events.find_for_change(change.id))
-            to_send = [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0]
-        await self._publish(to_send, {h.id: h for h in hooks})
-        msg.ack()
-        self.metrics.changes_consumed.labels("ok").inc()
-        self.metrics.events_created.inc(len(created))
-        log.debug("change fanned out", extra={"change_id": change.id, "type": change.type,
-                                              "events": len(created), "matched": len(hooks)})

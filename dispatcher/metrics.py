@@ -38,6 +38,8 @@ class Metrics:
                                  ["command"], registry=r)
         self.oldest_retrying = Gauge("hookpost_oldest_retrying_age_seconds",
                                      "Age of the oldest Retrying event (0 if none; sampled)", registry=r)
+        self.webhooks_invalid = Gauge("hookpost_webhooks_invalid",
+                                      "Stored webhook documents that do not validate (not served)", registry=r)
         self.queue_depth = Gauge("hookpost_queue_messages", "Ready messages per queue (sampled)", ["queue"],
                                  registry=r)
 

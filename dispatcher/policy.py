@@ -31,6 +31,16 @@ class AttemptResult:
         """True for a 2xx answer (the only success)."""
         return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
 
+    @property
+    def timed_out(self) -> bool:
+        """True when no complete answer came in time (connect or total timeout)."""
+        return self.error is not None and self.error.startswith("Timeout")
+
+    @property
+    def overloaded(self) -> bool:
+        """True when the receiver said it is overloaded (429 Too Many Requests, 503 Service Unavailable)."""
+        return self.status_code in RETRY_AFTER_CODES
+
     def summary(self) -> str:
         """A short description for ``last_error`` and logs: the error, or ``HTTP 500``."""
         return self.error or f"HTTP {self.status_code}"
@@ -66,10 +76,20 @@ def decide(result: AttemptResult, attempt: int, budget_start: int, delays: tuple
     used = attempt - budget_start
     if used >= max_attempts or not delays:
         return Decision(EventStatus.FAILED, reason=f"gave up after {used} attempts: {result.summary()}")
-    level = min(used - 1, len(delays) - 1)
-    if result.retry_after is not None and result.status_code in RETRY_AFTER_CODES:
-        level = level_for_wait(delays, level, result.retry_after)
+    wait = result.retry_after if result.status_code in RETRY_AFTER_CODES else None
+    level = retry_level(delays, used, wait)
     return Decision(EventStatus.RETRYING, retry_level=level, delay=delays[level])
+
+
+def retry_level(delays: tuple[float, ...], used: int, wait: float | None = None) -> int:
+    """Return the retry queue level after the budget's attempt ``used`` failed: the schedule's level, or a
+    longer one if the next attempt must wait at least ``wait`` seconds (the receiver's Retry-After).
+
+    >>> retry_level((10.0, 60.0, 300.0), 1), retry_level((10.0, 60.0, 300.0), 1, wait=120.0)
+    (0, 2)
+    """
+    level = min(max(used - 1, 0), len(delays) - 1)
+    return level if wait is None else level_for_wait(delays, level, wait)
 
 
 def level_for_wait(delays: tuple[float, ...], level: int, wait: float) -> int:

@@ -12,10 +12,11 @@ import asyncio
 import logging
 
 from hookpost.common.deliveries import first_delivery
-from hookpost.common.models import utcnow
+from hookpost.common.ids import new_id
+from hookpost.common.models import now_ms
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.store import Store
+from hookpost.dispatcher.storeguard import GuardedStore
 
 log = logging.getLogger("hookpost.reconciler")
 
@@ -23,7 +24,8 @@ log = logging.getLogger("hookpost.reconciler")
 class Reconciler:
     """Finds in-flight events whose delivery is overdue and publishes one for each."""
 
-    def __init__(self, store: Store, outbox: Outbox, metrics: Metrics, *, grace: float, batch: int = 500) -> None:
+    def __init__(self, store: GuardedStore, outbox: Outbox, metrics: Metrics, *, grace: float,
+                 batch: int = 500) -> None:
         self.store = store
         self.outbox = outbox
         self.metrics = metrics
@@ -32,19 +34,18 @@ class Reconciler:
 
     async def sweep(self) -> int:
         """Run one sweep; return how many deliveries were re-published."""
-        ch = self.outbox.channel
-        if ch is None or not ch.is_open:
+        if not self.outbox.ready:
             return 0
-        backlog = await ch.queue_depth(self.outbox.topology.deliver_queue)
+        backlog = await self.outbox.queue_depth(self.outbox.topology.deliver_queue)
         self.metrics.queue_depth.labels("deliver").set(backlog)
         if backlog > 0:
             return 0
-        now_ms = int(utcnow().timestamp() * 1000)
-        overdue = await self.store.events.overdue(now_ms - round(self.grace * 1000), self.batch)
+        now = now_ms()
+        overdue = await self.store.events.overdue(now - round(self.grace * 1000), self.batch)
         republished = []
         for event in overdue:
-            until = now_ms + round(self.grace * 1000)
-            if await self.store.events.claim_overdue(event, until):
+            until = now + round(self.grace * 1000)
+            if await self.store.events.claim_overdue(event, until, new_id("w")):
                 republished.append(first_delivery(event.model_copy(update={"next_attempt_ms": until})))
         await self.outbox.deliveries(republished)
         if republished:

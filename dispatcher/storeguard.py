@@ -1,16 +1,27 @@
 """Store outages: hold work (unacked) until MongoDB answers again, instead of failing or acking it.
 
->>> # await guard.run(lambda: store.events.insert_new(events))   # retries while the store is unreachable
+The dispatcher reaches the store only through a :class:`GuardedStore`: every repository method it calls retries
+through an outage (capped backoff) and raises ``asyncio.CancelledError`` if the worker stops meanwhile.
+
+Example::
+
+    store = GuardedStore(Store.connect(url, db), StoreGuard(metrics, stopping))
+    await store.events.insert_new(events)       # waits out an outage instead of raising
 """
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from pymongo.errors import ConnectionFailure
 
 from hookpost.dispatcher.metrics import Metrics
+from hookpost.store import Store
+from hookpost.store.attempts import AttemptRepo
+from hookpost.store.events import EventRepo
+from hookpost.store.webhooks import WebhookRepo
 
 T = TypeVar("T")
 log = logging.getLogger("hookpost.store")
@@ -57,3 +68,39 @@ class StoreGuard:
                 continue
             self.mark(True)
             return result
+
+
+R = TypeVar("R")
+
+
+class _GuardedRepo:
+    """A repository whose coroutine methods run through :meth:`StoreGuard.run`."""
+
+    def __init__(self, repo: object, guard: StoreGuard) -> None:
+        self._repo = repo
+        self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._repo, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await self._guard.run(lambda: attr(*args, **kwargs))
+        return guarded
+
+
+def guarded(repo: R, guard: StoreGuard) -> R:
+    """Return ``repo`` with every coroutine method guarded (same interface)."""
+    return cast(R, _GuardedRepo(repo, guard))
+
+
+class GuardedStore:
+    """The store as the dispatcher sees it: the repositories it uses, each guarded against outages."""
+
+    def __init__(self, store: Store, guard: StoreGuard) -> None:
+        self.raw = store
+        self.guard = guard
+        self.events: EventRepo = guarded(store.events, guard)
+        self.attempts: AttemptRepo = guarded(store.attempts, guard)
+        self.webhooks: WebhookRepo = guarded(store.webhooks, guard)

@@ -14,7 +14,7 @@ Example::
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
@@ -24,6 +24,7 @@ from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishE
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
 from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
@@ -33,13 +34,11 @@ from hookpost.dispatcher.ops import OpsServer
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.reconciler import Reconciler
 from hookpost.dispatcher.sender import Sender
-from hookpost.dispatcher.storeguard import StoreGuard
+from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
 from hookpost.dispatcher.targets import TargetPolicy
 from hookpost.store import Store
 
 log = logging.getLogger("hookpost.worker")
-
-Handler = Callable[[IncomingMessage], Awaitable[None]]
 
 
 class Worker:
@@ -54,7 +53,8 @@ class Worker:
         self.store = Store.connect(settings.mongodb_url, settings.mongodb_db,
                                    listeners=[StoreOpCounter(self.metrics)])
         self.guard = StoreGuard(self.metrics, self.stopping)
-        self.cache = WebhookCache(self.store.webhooks, settings.webhook_cache_ttl)
+        guarded = GuardedStore(self.store, self.guard)
+        self.cache = WebhookCache(guarded.webhooks, settings.webhook_cache_ttl, self.metrics)
         self.outbox = Outbox(self.topology)
         self.sender = Sender(
             TargetPolicy(allow_private=settings.allow_private_targets,
@@ -62,25 +62,31 @@ class Worker:
             timeout=settings.http_timeout, connect_timeout=settings.http_connect_timeout,
             excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
             max_connections=settings.concurrency)
-        self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency)
+        self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency, window=settings.prefetch,
+                                       hang_after=settings.endpoint_hang_after,
+                                       max_hold=max(0.1, settings.reconcile_grace / 2 - settings.http_timeout))
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
-        self.deferrer = Deferrer(self.store, self.outbox, self.limiter, self.guard, self.metrics,
-                                 defer_after=settings.defer_delay, grace=settings.reconcile_grace)
-        self.fanout = FanOut(self.store, self.cache, self.outbox, self.guard, self.metrics, self.deferrer,
-                             settings.max_change_bytes, batch=settings.store_batch)
-        self.delivery = DeliveryHandler(self.store, self.cache, self.outbox, self.sender, self.limiter, self.guard,
-                                        self.metrics, self.deferrer, delays=settings.retry_delays,
+        self.deferrer = Deferrer(guarded, self.outbox, self.limiter, self.metrics,
+                                 grace=settings.reconcile_grace, request_time=settings.http_timeout)
+        self.fanout = FanOut(guarded, self.cache, self.outbox, self.deferrer, self.metrics,
+                             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
+        self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,
+                                        self.metrics, delays=settings.retry_delays,
                                         max_attempts=settings.max_attempts, batch=settings.store_batch)
-        self.reconciler = Reconciler(self.store, self.outbox, self.metrics, grace=settings.reconcile_grace)
+        self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AmqpChannel, str]] = []
         self.reconnects = 0
+        self._conn: AmqpConnection | None = None
 
     def readiness(self) -> dict[str, bool]:
-        """Return the readiness checks: broker connected, store reachable."""
-        return {"broker": self.outbox.ready, "store": self.guard.up}
+        """Return the readiness checks: broker connected, store reachable, and the broker accepting our publishes
+        (false during a memory or disk alarm: work then waits, unacked, until the alarm clears)."""
+        conn = self._conn
+        return {"broker": self.outbox.ready, "store": self.guard.up,
+                "broker_accepts_publishes": conn is None or not conn.blocked.is_set()}
 
     def stop(self) -> None:
         """Ask the worker to stop gracefully (safe to call from a signal handler)."""
@@ -129,12 +135,11 @@ class Worker:
         """Every ``interval`` seconds, export queue depths and the oldest Retrying event's age as gauges."""
         t = self.topology
         while not self.stopping.is_set():
-            ch = self.outbox.channel
             try:
-                if ch is not None and ch.is_open:
+                if self.outbox.ready:
                     for label, queue in (("changes", t.changes_queue), ("deliver", t.deliver_queue),
                                          ("failed", t.failed_queue), ("invalid", t.invalid_queue)):
-                        self.metrics.queue_depth.labels(label).set(await ch.queue_depth(queue))
+                        self.metrics.queue_depth.labels(label).set(await self.outbox.queue_depth(queue))
                 age = await self.store.events.oldest_retrying_age()
                 self.metrics.oldest_retrying.set(age if age is not None else 0)
             except Exception as exc:  # a gauge is not worth a crash; the next sample tries again
@@ -155,6 +160,7 @@ class Worker:
             conn: AmqpConnection | None = None
             try:
                 conn = await AmqpConnection.connect(urls, name=self.name)
+                self._conn = conn
                 channels = await self._open(conn)
             except (BrokerUnavailableError, ConnectionLostError, PublishError, OSError, TimeoutError,
                     pika.exceptions.AMQPError) as exc:
@@ -188,7 +194,7 @@ class Worker:
             log.warning("lost the broker connection; reconnecting", extra={"reason": str(reason)[:300]})
             self.reconnects += 1
             lost_logged = True
-            self.outbox.channel = None
+            await self.outbox.drop()
             await conn.close()
             await self._sleep(backoff)
 
@@ -202,42 +208,23 @@ class Worker:
             raise ConfigError(f"the broker refused our credentials: {text[:300]}") from None
 
     async def _open(self, conn: AmqpConnection) -> list[AmqpChannel]:
-        pub = await conn.channel(confirms=True)
-        await pub.declare(self.topology)
-        self.outbox.channel = pub
+        pub = await self.outbox.open(conn, declare=True)
         changes = await conn.channel(prefetch=self.settings.prefetch)
         deliver = await conn.channel(prefetch=self.settings.prefetch)
         self._consumers = [
-            (changes, await changes.consume(self.topology.changes_queue, self._spawn(self.fanout.handle))),
-            (deliver, await deliver.consume(self.topology.deliver_queue, self._spawn(self.delivery.handle))),
+            (changes, await changes.consume(self.topology.changes_queue, self._spawn(self.fanout))),
+            (deliver, await deliver.consume(self.topology.deliver_queue, self._spawn(self.delivery))),
         ]
         return [pub, changes, deliver]
 
-    def _spawn(self, handler: Handler) -> Callable[[IncomingMessage], None]:
+    def _spawn(self, stage: Stage) -> Callable[[IncomingMessage], None]:
+        failures = FailureCount(poison_after=min(self.settings.delivery_limit, 5))
+
         def on_message(msg: IncomingMessage) -> None:
-            task = asyncio.create_task(self._guarded(handler, msg))
+            task = asyncio.create_task(settle_after(stage, msg, failures=failures, on_nack=self.outbox.drop))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return on_message
-
-    async def _guarded(self, handler: Handler, msg: IncomingMessage) -> None:
-        try:
-            await handler(msg)
-        except asyncio.CancelledError:
-            raise
-        except (ConnectionLostError, PublishError) as exc:
-            # the channel is gone (nothing can be acked) or the broker refused a publish: give the message back
-            log.warning("could not finish a message; it will be redelivered", extra={"error": str(exc)[:300]})
-            if not isinstance(exc, ConnectionLostError) and self.outbox.channel is not None:
-                # a nack. RabbitMQ 3.10 nacks every later publish of a channel whose first publish to a quorum
-                # queue hit a leader election: drop the channel so the supervisor reconnects with fresh ones.
-                await self.outbox.channel.close()
-            await asyncio.sleep(0.5)
-            msg.reject(requeue=True)
-        except Exception:
-            log.exception("unexpected error handling a message; requeueing it")
-            await asyncio.sleep(1.0)
-            msg.reject(requeue=True)
 
     async def _drain(self, conn: AmqpConnection, channels: list[AmqpChannel]) -> None:
         for ch, tag in self._consumers:
@@ -255,7 +242,7 @@ class Worker:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
                 log.warning("stopping: gave back unfinished work (unacked)", extra={"count": len(late)})
-        self.outbox.channel = None
+        await self.outbox.drop()
         await conn.close()
         log.info("stopped")
 

@@ -4,7 +4,6 @@ The id is derived from the event and the attempt number, so recording the same a
 crash) keeps the first record instead of adding a second one.
 """
 
-from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING
@@ -20,15 +19,6 @@ def attempt_id(event_id: str, attempt: int) -> str:
     return f"{event_id}.{attempt:03d}"
 
 
-def attempt_doc(event_id: str, webhook_id: str, attempt: int, started_at: datetime, duration_ms: float,
-                status_code: int | None, error: str | None, response_excerpt: str | None) -> dict[str, Any]:
-    """Return the stored document of one attempt: what ``to_doc(Attempt(...))`` returns, built directly
-    (the delivery path makes one per request)."""
-    return {"event_id": event_id, "webhook_id": webhook_id, "attempt": attempt, "started_at": started_at,
-            "duration_ms": duration_ms, "status_code": status_code, "error": error,
-            "response_excerpt": response_excerpt, "_id": attempt_id(event_id, attempt)}
-
-
 class AttemptRepo:
     """Attempt records, read per event, written once each."""
 
@@ -40,12 +30,11 @@ class AttemptRepo:
         await self.coll.create_index([("event_id", ASCENDING)])
         await self.coll.create_index([("webhook_id", ASCENDING)])
 
-    async def insert(self, attempts: list[Attempt] | list[dict[str, Any]]) -> None:
-        """Store attempt records (models, or documents from :func:`attempt_doc`) in one round trip; records
-        that already exist are kept as they are."""
+    async def insert(self, attempts: list[Attempt]) -> None:
+        """Store attempt records in one round trip; records that already exist are kept as they are."""
         if not attempts:
             return
-        docs = [a if isinstance(a, dict) else to_doc(a) for a in attempts]
+        docs = [to_doc(a) for a in attempts]
         try:
             if len(docs) == 1:
                 await self.coll.insert_one(docs[0])

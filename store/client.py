@@ -28,7 +28,7 @@ class Store:
         self.db = client[db_name]
         self.webhooks = WebhookRepo(self.db["webhooks"])
         self.attempts = AttemptRepo(self.db["attempts"])
-        self.events = EventRepo(self.db["events"], self.attempts)
+        self.events = EventRepo(self.db["events"])
         self.tokens = TokenRepo(self.db["tokens"])
         self.audit = AuditRepo(self.db["audit"])
         self.jobs = JobRepo(self.db["jobs"])

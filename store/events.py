@@ -9,7 +9,7 @@ serve from the primary index. Lists are ordered by ``(created_ms, _id)`` and tim
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -18,8 +18,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import id_time_ms, new_id
-from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, now_ms, utcnow
-from hookpost.store.attempts import AttemptRepo
+from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
 from hookpost.store.docs import from_doc, to_doc
 
 FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_error")
@@ -81,9 +80,8 @@ class EventFilter:
 class EventRepo:
     """Webhook event documents, keyed by ``evt_`` ids."""
 
-    def __init__(self, coll: AsyncCollection[dict[str, Any]], attempts: AttemptRepo) -> None:
+    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
         self.coll = coll
-        self.attempts = attempts
 
     async def ensure_indexes(self) -> None:
         """Create the unique (change, webhook) index and single-field indexes for every filter."""
@@ -162,20 +160,13 @@ class EventRepo:
         res = await (await self.coll.aggregate(pipeline)).to_list()
         return {str(r["_id"]): int(r["n"]) for r in res if r["n"]}
 
-    async def record_attempt(self, event_id: str, attempt: int, changes: dict[str, Any]) -> bool:
-        """Write the outcome of attempt ``attempt``: ``attempt_count`` becomes ``attempt`` and ``changes`` apply.
-
-        Guarded on the previous count and an in-flight status, so a duplicate delivery of the same attempt
-        records nothing; return whether this call made the change.
-        """
-        res = await self.coll.update_one(
-            {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]}},
-            {"$set": {"attempt_count": attempt, "updated_at": utcnow(), "updated_ms": now_ms(), **changes}})
-        return res.matched_count == 1
-
     async def record_attempts(self, updates: list[tuple[str, int, dict[str, Any]]],
                               tokens: list[str] | None = None) -> list[bool]:
-        """Apply many :meth:`record_attempt` updates in one bulk write; return per update whether it applied.
+        """Write the outcomes of attempts in one bulk write; return per update whether it applied.
+
+        Each ``(event_id, attempt, changes)`` sets ``attempt_count`` to ``attempt`` and applies ``changes``,
+        guarded on the previous count and an in-flight status, so a duplicate delivery of the same attempt
+        records nothing.
 
         A bulk result only counts matches, so each update also writes a unique ``writer`` token; only when fewer
         updates matched than were sent (duplicates) are the tokens read back to tell which ones applied.
@@ -204,7 +195,7 @@ class EventRepo:
         res = await self.coll.update_one(
             {"_id": event.id, "status": event.status.value, "attempt_count": event.attempt_count},
             {"$set": {"status": EventStatus.NEW.value, "budget_start": event.attempt_count, "updated_at": now,
-                      "updated_ms": ms, "finished_at": None, "next_attempt_at": now, "next_attempt_ms": ms}})
+                      "updated_ms": ms, "finished_at": None, **due_fields(ms)}})
         return res.matched_count == 1
 
     async def postpone(self, event_id: str, attempt: int, until_ms: int) -> bool:
@@ -213,8 +204,7 @@ class EventRepo:
         res = await self.coll.update_one(
             {"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": [s.value for s in IN_FLIGHT]},
              "next_attempt_ms": {"$lt": until_ms}},  # never earlier: a reconciler's claim may already be later
-            {"$set": {"next_attempt_ms": until_ms,
-                      "next_attempt_at": datetime.fromtimestamp(until_ms / 1000, UTC)}})
+            {"$set": due_fields(until_ms)})
         return res.matched_count == 1
 
     async def oldest_retrying_age(self) -> float | None:
@@ -230,12 +220,17 @@ class EventRepo:
             "next_attempt_ms", ASCENDING).limit(limit)
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
-    async def claim_overdue(self, event: WebhookEvent, until_ms: int) -> bool:
-        """Push an overdue event's ``next_attempt_ms`` to ``until_ms`` if nobody touched it meanwhile."""
+    async def claim_overdue(self, event: WebhookEvent, until_ms: int, token: str) -> bool:
+        """Push an overdue event's next attempt to ``until_ms`` if nobody touched it meanwhile; return whether
+        this claim (writer ``token``, made by the caller once) holds it — also when a retry after a lost reply
+        finds its own earlier write."""
         res = await self.coll.update_one(
             {"_id": event.id, "attempt_count": event.attempt_count, "next_attempt_ms": event.next_attempt_ms},
-            {"$set": {"next_attempt_ms": until_ms}})
-        return res.matched_count == 1
+            {"$set": {**due_fields(until_ms), "writer": token}})
+        if res.matched_count == 1:
+            return True
+        doc = await self.coll.find_one({"_id": event.id}, {"writer": 1})
+        return doc is not None and doc.get("writer") == token
 
     async def delete_only(self, event_ids: list[str]) -> int:
         """Delete events by id (not their attempts: see :func:`store.cleanup.cleanup`); return how many."""

@@ -1,8 +1,18 @@
-"""The ``webhooks`` collection: create, read, update, enable/disable, delete, rotate secrets."""
+"""The ``webhooks`` collection: create, read, update, enable/disable, delete, rotate secrets.
 
+A document someone edited by hand may no longer validate (a ``description`` that is a number, a URL that is not
+one). Listing never fails for it: :meth:`WebhookRepo.load` returns the valid webhooks and, apart, each broken
+document's id with what is wrong, so the dispatcher serves every other webhook and says loudly which one it
+cannot serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -11,6 +21,19 @@ from hookpost.common.ids import new_id
 from hookpost.common.models import Webhook, utcnow
 from hookpost.common.signing import generate_secret
 from hookpost.store.docs import from_doc, to_doc
+
+
+@dataclass(frozen=True)
+class BrokenWebhook:
+    """A stored webhook document that does not validate: its id and what is wrong with it."""
+
+    id: str
+    error: str
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming each invalid field and why (``description: Input should be a valid string``)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}" for e in exc.errors())
 
 
 class WebhookRepo:
@@ -39,10 +62,28 @@ class WebhookRepo:
         return from_doc(Webhook, doc)
 
     async def list(self, *, active_only: bool = False, limit: int = 1000) -> list[Webhook]:
-        """Return webhooks, oldest first."""
+        """Return up to ``limit`` valid webhooks, oldest first (documents that do not validate are left out:
+        see :meth:`load`)."""
         query: dict[str, Any] = {"active": True} if active_only else {}
         cursor = self.coll.find(query).sort("_id", ASCENDING).limit(limit)
-        return [from_doc(Webhook, d) async for d in cursor]
+        hooks, _ = split_documents([d async for d in cursor])
+        return hooks
+
+    async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
+        """Return every webhook, in pages of ``page`` by id (no cap on how many), and apart every document that
+        does not validate, with the reason."""
+        hooks: list[Webhook] = []
+        broken: list[BrokenWebhook] = []
+        last: str | None = None
+        while True:
+            query: dict[str, Any] = {} if last is None else {"_id": {"$gt": last}}
+            docs = await self.coll.find(query).sort("_id", ASCENDING).limit(page).to_list()
+            good, bad = split_documents(docs)
+            hooks += good
+            broken += bad
+            if len(docs) < page:
+                return hooks, broken
+            last = str(docs[-1]["_id"])
 
     async def update(self, webhook_id: str, **fields: Any) -> Webhook:
         """Set ``fields`` on the webhook (validated through the model) and return it."""
@@ -69,3 +110,14 @@ class WebhookRepo:
         res = await self.coll.delete_one({"_id": webhook_id})
         if res.deleted_count == 0:
             raise NotFoundError(f"no webhook {webhook_id!r}")
+
+
+def split_documents(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
+    """Validate documents: the webhooks, and the broken ones with what is wrong."""
+    hooks, broken = [], []
+    for doc in docs:
+        try:
+            hooks.append(from_doc(Webhook, doc))
+        except ValidationError as exc:
+            broken.append(BrokenWebhook(str(doc.get("_id")), describe(exc)))
+    return hooks, broken

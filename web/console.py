@@ -26,6 +26,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from hookpost.admin import Admin
@@ -239,6 +240,10 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         resp = await _render_error(request, 503, f"The broker did not answer: {exc}")
     except PyMongoError:
         resp = await _render_error(request, 503, "The store did not answer; try again in a moment.")
+    except ValidationError as exc:  # forms are validated by the pages: this is a stored document
+        log.error("a stored document does not validate", extra={"path": request.path, "error": str(exc)[:300]})
+        resp = await _render_error(request, 500, f"A stored {exc.title} document does not validate; fix it in the "
+                                                 "store.")
     except Exception:
         log.exception("console error", extra={"path": request.path})
         resp = await _render_error(request, 500, "An unexpected error happened (it is logged).")

@@ -1,4 +1,4 @@
-"""Issue 10: losing a RabbitMQ node of a private three-node cluster (quorum queues) loses nothing.
+"""Losing a RabbitMQ node of a private three-node cluster (quorum queues) loses nothing.
 
 - ``test_deliver_queue_leader_killed_mid_run``: two dispatchers (competing consumers) and a publisher on a node
   that does not lead ``PREFIX.deliver``; once a third of EVENTS change events is confirmed, the leader node of

@@ -1,4 +1,4 @@
-"""Issue 4: the operator CLI against the real store and broker, through click's runner and as a subprocess."""
+"""The operator CLI against the real store and broker, through click's runner and as a subprocess."""
 
 import asyncio
 import json

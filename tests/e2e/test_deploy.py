@@ -1,4 +1,4 @@
-"""Issue 9: the deployment files agree with the code, and the image's pip commands build a working ``hookpost``.
+"""The deployment files agree with the code, and the image's pip commands build a working ``hookpost``.
 
 Docker does not run here, so (1) the compose file and the Kubernetes manifests are read with PyYAML and every
 ``hookpost`` command line, ``HOOKPOST_*`` variable, probe and grace period in them is checked against the CLI,
@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ import pytest
 import yaml
 
 from hookpost.cli.main import cli
+from hookpost.common.amqp import AmqpConnection
 from hookpost.common.durations import parse_duration
 from hookpost.common.settings import Settings, load_settings
+from hookpost.common.topology import topology_from
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.ops import OpsServer
+from hookpost.producer import Publisher
 from hookpost.web.server import ApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -477,3 +481,51 @@ def test_image_build_steps_install_a_working_cli(tmp_path):
     proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import hookpost.web.server, hookpost.admin"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+    # nothing is installed under a generic top-level name
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for name in ("common", "cli", "store", "producer", "dispatcher"):
+        assert not (site / name).exists(), f"{name}/ installed at the top level of site-packages"
+
+
+@pytest.mark.slow
+async def test_built_wheel_installs_beside_an_app_with_its_own_common_package(tmp_path, settings):
+    """An upstream application with its own ``common`` package installs the Hookpost wheel and publishes a change
+    through ``hookpost.producer.Publisher``: no module of either shadows the other."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOKPOST_", "PYTHONPATH", "VIRTUAL_ENV"))}
+    wheels, venv, app = tmp_path / "wheels", tmp_path / "venv", tmp_path / "app"
+    for argv in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
+                  str(repo)],
+                 [sys.executable, "-m", "venv", str(venv)]):
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = next(wheels.glob("hookpost-*.whl"))
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], env=env,
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (app / "common").mkdir(parents=True)
+    (app / "common" / "__init__.py").write_text("NAME = 'the app own common'\n")
+    (app / "main.py").write_text(textwrap.dedent(f"""
+        import asyncio
+        import common
+        from hookpost.producer import Publisher
+
+        async def main():
+            async with Publisher({settings.rabbitmq_url!r}, prefix={settings.prefix!r}) as publisher:
+                await publisher.publish({{"id": "chg-wheel", "type": "article.updated",
+                                          "entity": {{"kind": "article", "id": "A-1"}}}})
+            print(common.NAME)
+
+        asyncio.run(main())
+    """))
+    async with Publisher.from_settings(settings, declare=True):
+        pass  # the topology, as the dispatcher would declare it
+    proc = subprocess.run([str(venv / "bin" / "python"), "main.py"], cwd=app, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "the app own common"
+    conn = await AmqpConnection.connect([settings.rabbitmq_url], name="wheel-test")
+    try:
+        assert await (await conn.channel()).queue_depth(topology_from(settings).changes_queue) == 1
+    finally:
+        await conn.close()

@@ -1,4 +1,4 @@
-"""Issue 5: the janitor deletes exactly the events past retention, with their attempts, and nothing else."""
+"""The janitor deletes exactly the events past retention, with their attempts, and nothing else."""
 
 import asyncio
 import json

@@ -1,9 +1,8 @@
-"""Issue 9: a running dispatcher's /healthz, /readyz and /metrics tell the truth about what it did."""
+"""A running dispatcher's /healthz, /readyz and /metrics tell the truth about what it did."""
 
 import json
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.models import ChangeEvent, Entity, EventStatus
@@ -13,29 +12,14 @@ from hookpost.producer import Publisher
 from hookpost.store import Store
 from hookpost.store.events import EventFilter
 from tests.helpers import wait_until
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse(text: str) -> Samples:
-    """Return every sample of a Prometheus text exposition as ``{(name, sorted labels): value}``."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def label_values(samples: Samples, name: str, label: str) -> set[str]:
-    return {dict(lbls)[label] for (n, lbls), _ in samples.items() if n == name}
+from tests.metrics_text import Samples, label_values, parse_metrics, value
 
 
 async def scrape(http: aiohttp.ClientSession, base: str) -> Samples:
     async with http.get(f"{base}/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
-        return parse(await resp.text())
+        return parse_metrics(await resp.text())
 
 
 async def publish_invalid(settings: Settings) -> None:
@@ -59,7 +43,7 @@ async def test_probes_answer_while_running(dispatcher):
             assert await resp.json() == {"status": "ok"}
         async with http.get(f"{base}/readyz") as resp:
             assert resp.status == 200
-            assert await resp.json() == {"ready": True, "broker": True, "store": True}
+            assert await resp.json() == {"ready": True, "broker": True, "store": True, "broker_accepts_publishes": True}
         samples = await scrape(http, base)
     assert value(samples, "hookpost_broker_connected") == 1
     assert value(samples, "hookpost_store_up") == 1

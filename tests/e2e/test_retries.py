@@ -1,4 +1,4 @@
-"""Issue 3: delayed-retry queues, ten attempts, dead-lettering to Failed, 410, Retry-After, restart."""
+"""Delayed-retry queues, ten attempts, dead-lettering to Failed, 410, Retry-After, restart."""
 
 import asyncio
 import json
@@ -7,11 +7,10 @@ import socket
 from aiohttp import web
 
 from hookpost.admin.restart import restart_events
-from hookpost.common.amqp import AmqpConnection
 from hookpost.common.models import ChangeEvent, Entity, EventStatus
 from hookpost.common.topology import topology_from
-from hookpost.dispatcher.outbox import Outbox
 from hookpost.producer import Publisher
+from hookpost.producer.deliveries import DeliveryPublisher
 from hookpost.store import Store
 from tests.helpers import drain_queue, running_worker, wait_until
 
@@ -192,14 +191,11 @@ async def test_restarted_failed_event_finishes_with_eleven_attempts(settings, st
     assert ev.attempt_count == 10
     outcomes["status"] = 200  # the receiver recovered
 
-    conn = await AmqpConnection.connect(settings.rabbitmq_urls)
-    outbox = Outbox(topology_from(settings))
-    outbox.channel = await conn.channel(confirms=True)
-    report = await restart_events(store, outbox, [ev])
-    assert report.restarted == [ev.id]
-    # restarting again while it is in flight does nothing
-    again = await restart_events(store, outbox, [await store.events.get(ev.id)])
-    await conn.close()
+    async with DeliveryPublisher.from_settings(settings) as out:
+        report = await restart_events(store, out, [ev])
+        assert report.restarted == [ev.id]
+        # restarting again while it is in flight does nothing
+        again = await restart_events(store, out, [await store.events.get(ev.id)])
     done = await only_event(store, EventStatus.FINISHED)
     assert done.attempt_count == 11 and done.budget_start == 10
     attempts = await store.attempts.for_event(ev.id)

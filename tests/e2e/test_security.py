@@ -1,4 +1,4 @@
-"""Issue 6: signed deliveries (verified independently), safe targets, hostile producers and receivers."""
+"""Signed deliveries (verified independently), safe targets, hostile producers and receivers."""
 
 import asyncio
 import base64

@@ -1,9 +1,12 @@
-"""Issue 8 semantics (not speed): batched store writes, and a hanging endpoint that cannot starve the others."""
+"""Throughput semantics (not speed): batched store writes, a hanging endpoint that cannot starve the others, and
+a backlog that drains at an ordinary receiver's pace."""
 
 import asyncio
+import threading
 
 from aiohttp import web
 
+from bench.kinds import Record, stdlib_server
 from hookpost.common.models import ChangeEvent, Entity
 from hookpost.producer import Publisher
 from hookpost.store import Store
@@ -109,3 +112,30 @@ async def test_deferred_longer_than_the_reconcile_grace_is_not_sent_twice(settin
     assert len(ids) == 6 and len(set(ids)) == 6, ids
     assert await store.events.count({"attempt_count": 1}) == 6
     await store.close()
+
+
+async def test_a_backlog_to_a_plain_threaded_receiver_drains_at_its_pace_without_deferrals(settings_factory):
+    # the standard library's threaded server (HTTP/1.0: a connection per request), a 20 ms handler: an ordinary
+    # receiver. A backlog of 500 waits its turn in memory; nothing is parked in the defer ladder.
+    s = settings_factory()
+    record = Record()
+    server = stdlib_server(0, record, backlog=128, delay=0.02)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    try:
+        await store.ensure_indexes()
+        await store.webhooks.create(f"http://127.0.0.1:{server.server_address[1]}/hook", ["article.*"])
+        async with running_worker(s) as worker:
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("b", "article.updated", 500))
+
+            async def all_finished():
+                return await store.events.count({"status": "Finished"}) == 500
+
+            await wait_until(all_finished, 120, interval=0.2, message="500 deliveries finished")
+            assert metric(worker, "hookpost_deliveries_deferred_total") == 0
+        assert record.stats()["unique"] == 500
+    finally:
+        server.shutdown()
+        server.server_close()
+        await store.close()

@@ -1,4 +1,4 @@
-"""Issue 2: a change event published to RabbitMQ reaches a webhook endpoint and is recorded Finished."""
+"""A change event published to RabbitMQ reaches a webhook endpoint and is recorded Finished."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""Fault-injection tests (issue 7) and the helpers they share: a tallying receiver, publishing, store checks."""
+"""Fault-injection tests and the helpers they share: a tallying receiver, publishing, store checks."""
 
 import asyncio
 import random

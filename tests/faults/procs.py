@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from hookpost.common.process import stop_process
-from hookpost.common.settings import Settings
+from hookpost.common.settings import Settings, settings_env
 from hookpost.store.localserver import free_port
 from tests.helpers import wait_until
 
@@ -30,16 +30,6 @@ def hookpost_executable() -> str:
     """Return the ``hookpost`` console script of the running interpreter's environment."""
     beside = Path(sys.executable).with_name("hookpost")
     return str(beside) if beside.exists() else "hookpost"
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return ",".join(_env_value(v) for v in value)
-    if isinstance(value, float):
-        return repr(value)  # durations are held in seconds; a bare number means seconds
-    return str(value)
 
 
 def dispatcher_env(settings: Settings, **overrides: Any) -> dict[str, str]:
@@ -53,9 +43,7 @@ def dispatcher_env(settings: Settings, **overrides: Any) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     values = {name: getattr(settings, name) for name in type(settings).model_fields}
     values.update(overrides)
-    for name, value in values.items():
-        if value is not None:
-            env[f"HOOKPOST_{name.upper()}"] = _env_value(value)
+    env.update(settings_env(values))
     env["HOOKPOST_LOG_FORMAT"] = "json"
     return env
 

@@ -1,4 +1,4 @@
-"""Issue 7: fault tolerance. Each test injects one kind of fault into a running dispatcher and checks that no
+"""Fault tolerance. Each test injects one kind of fault into a running dispatcher and checks that no
 event is lost: a cut broker link, a cut store link, purged queues, a graceful stop under load."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Issue 7: the soak. Two dispatcher subprocesses deliver a stream of change events to three flaky receivers
+"""The soak. Two dispatcher subprocesses deliver a stream of change events to three flaky receivers
 while faults are injected over and over: ``kill -9`` of a dispatcher, a cut broker link, a cut store link, and
 one real broker restart. At the end nothing may be lost.
 

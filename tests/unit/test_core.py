@@ -161,3 +161,13 @@ def test_topology_names_and_arguments():
     assert args["hp.deliver"]["x-delivery-limit"] == 20
     classic = {q.name: q.arguments for q in Topology("hp", retry_delays=(1.0,), queue_type="classic").queues}
     assert "x-queue-type" not in classic["hp.deliver"] and "x-delivery-limit" not in classic["hp.deliver"]
+
+
+def test_retry_level_honours_a_wait_the_schedule_would_cut_short():
+    from hookpost.dispatcher.policy import retry_level
+
+    delays = (10.0, 60.0, 300.0)
+    assert [retry_level(delays, used) for used in (1, 2, 3, 9)] == [0, 1, 2, 2]
+    # a redelivered attempt re-parks its successor for as long as the due time on record (set from Retry-After)
+    assert retry_level(delays, 1, wait=119.0) == 2
+    assert retry_level(delays, 2, wait=5.0) == 1  # never shorter than the schedule

@@ -1,0 +1,678 @@
+"""In-memory stand-ins for the dispatcher's edges (store, broker channel, incoming messages, HTTP sender), for
+fast unit tests of the dispatcher's core — in the spirit of dramatiq's ``StubBroker``: the real
+:class:`~hookpost.dispatcher.delivery.DeliveryHandler`, :class:`~hookpost.dispatcher.fanout.FanOut`,
+:class:`~hookpost.dispatcher.deferral.Deferrer`, :class:`~hookpost.dispatcher.reconciler.Reconciler`,
+:class:`~hookpost.dispatcher.outbox.Outbox`, store guard, cache, limiter and batchers run unchanged on top of them.
+
+Each fake keeps the *semantics* the dispatcher relies on (the guarded updates of ``store/events.py``, the unique
+(change, webhook) rule, publisher confirms that fail on a closed channel) and records what happened, so a test
+asserts on outcomes: what is in the store, what was published where, how a message was settled.
+
+Example::
+
+    d = await build_dispatcher(FakeSender(500))
+    hook = d.store.add_webhook("http://rx.example/hook", ["article.*"])
+    event, dm = d.seed_event(hook)
+    assert await d.delivery.handle(FakeMessage.of_delivery(dm)) is Verdict.ACK
+    assert d.published_to("", d.topology.retry_queue(0))[0].delivery().attempt == 2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pymongo.errors import ConnectionFailure
+
+from hookpost.common.amqp import ConnectionLostError
+from hookpost.common.deliveries import first_delivery
+from hookpost.common.errors import NotFoundError
+from hookpost.common.ids import new_id
+from hookpost.common.models import (
+    IN_FLIGHT,
+    Attempt,
+    ChangeEvent,
+    DeliveryMessage,
+    Entity,
+    FailedNotice,
+    Webhook,
+    WebhookEvent,
+    due_fields,
+    now_ms,
+    utcnow,
+)
+from hookpost.common.topology import Topology
+from hookpost.common.wire import encode_change
+from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.consumer import FailureCount, settle_after
+from hookpost.dispatcher.deferral import Deferrer
+from hookpost.dispatcher.delivery import DeliveryHandler
+from hookpost.dispatcher.fanout import FanOut, new_events
+from hookpost.dispatcher.limits import EndpointLimiter
+from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.outbox import Outbox
+from hookpost.dispatcher.policy import AttemptResult
+from hookpost.dispatcher.reconciler import Reconciler
+from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
+from hookpost.store.docs import from_doc, to_doc
+from hookpost.store.webhooks import BrokenWebhook, split_documents
+
+_IN_FLIGHT = [s.value for s in IN_FLIGHT]
+
+# ---- store ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreCall:
+    """One call a repository method received: ``name`` is ``"events.record_attempts"`` and the like."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class _Fault:
+    times: int
+    after_write: bool
+
+
+def _op(name: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Make a fake repository coroutine record its call, yield to the loop once (as real I/O does) and raise
+    ``ConnectionFailure`` when a fault is armed: before it acts (an outage) or after (a lost reply)."""
+    def deco(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def wrapper(self: _Repo, *args: Any, **kwargs: Any) -> Any:
+            store = self.store
+            store.calls.append(StoreCall(name, args, kwargs))
+            await asyncio.sleep(0)
+            fault = store._take_fault(name)
+            if fault is not None and not fault.after_write:
+                raise ConnectionFailure(f"fake store outage in {name}")
+            result = await fn(self, *args, **kwargs)
+            if fault is not None:
+                raise ConnectionFailure(f"fake store: reply of {name} lost (the write was applied)")
+            return result
+        return wrapper
+    return deco
+
+
+class _Repo:
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+
+class FakeEventRepo(_Repo):
+    """The ``events`` methods the dispatcher calls, over dict documents, with the guards of ``EventRepo``."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__(store)
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    def _model(self, doc: dict[str, Any]) -> WebhookEvent:
+        return from_doc(WebhookEvent, doc)
+
+    def _insert(self, events: list[WebhookEvent]) -> list[bool]:
+        keys = {(d["change_id"], d["webhook_id"]) for d in self.docs.values()}
+        flags = []
+        for e in events:
+            if e.id in self.docs or (e.change_id, e.webhook_id) in keys:
+                # a duplicate carrying one of our own ids is an earlier try of this call whose reply was lost
+                flags.append(e.id in self.docs)
+                continue
+            self.docs[e.id] = to_doc(e)
+            keys.add((e.change_id, e.webhook_id))
+            flags.append(True)
+        return flags
+
+    @_op("events.insert_new")
+    async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        """Insert events unless their (change_id, webhook_id) exists; return the new ones (a duplicate that
+        carries one of our own ids counts as new: an earlier try of this call whose reply was lost)."""
+        return [e for e, new in zip(events, self._insert(events), strict=True) if new]
+
+    @_op("events.insert_flags")
+    async def insert_flags(self, events: list[WebhookEvent]) -> list[bool]:
+        """Per event, whether it was new (see :meth:`insert_new`)."""
+        return self._insert(events)
+
+    @_op("events.get")
+    async def get(self, event_id: str) -> WebhookEvent:
+        """The event, or :class:`NotFoundError`."""
+        doc = self.docs.get(event_id)
+        if doc is None:
+            raise NotFoundError(f"no event {event_id!r}")
+        return self._model(doc)
+
+    @_op("events.find_for_change")
+    async def find_for_change(self, change_id: str) -> list[WebhookEvent]:
+        """The events fanned out from ``change_id``."""
+        return [self._model(d) for d in self.docs.values() if d["change_id"] == change_id]
+
+    @_op("events.record_attempts")
+    async def record_attempts(self, updates: list[tuple[str, int, dict[str, Any]]],
+                              tokens: list[str] | None = None) -> list[bool]:
+        """Apply each ``(event_id, attempt, changes)`` if the event is in flight with ``attempt_count ==
+        attempt - 1``; tell which applied by the writer tokens when fewer matched than were sent (as the real
+        bulk write does)."""
+        now, ms = utcnow(), now_ms()
+        tokens = tokens or [new_id("w") for _ in updates]
+        matched = 0
+        for (event_id, attempt, changes), token in zip(updates, tokens, strict=True):
+            doc = self.docs.get(event_id)
+            if doc is None or doc["attempt_count"] != attempt - 1 or doc["status"] not in _IN_FLIGHT:
+                continue
+            doc.update({"attempt_count": attempt, "updated_at": now, "updated_ms": ms, **changes, "writer": token})
+            matched += 1
+        if matched == len(updates):
+            return [True] * len(updates)
+        return [self.docs.get(u[0], {}).get("writer") == token for u, token in zip(updates, tokens, strict=True)]
+
+    @_op("events.postpone")
+    async def postpone(self, event_id: str, attempt: int, until_ms: int) -> bool:
+        """Move the due time of a still-waiting attempt later, never earlier."""
+        doc = self.docs.get(event_id)
+        if (doc is None or doc["attempt_count"] != attempt - 1 or doc["status"] not in _IN_FLIGHT
+                or doc["next_attempt_ms"] is None or not doc["next_attempt_ms"] < until_ms):
+            return False
+        doc.update(due_fields(until_ms))
+        return True
+
+    @_op("events.overdue")
+    async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
+        """In-flight events due before ``before_ms``, earliest first."""
+        docs = [d for d in self.docs.values() if d["status"] in _IN_FLIGHT and d["next_attempt_ms"] is not None
+                and d["next_attempt_ms"] < before_ms]
+        docs.sort(key=lambda d: d["next_attempt_ms"])
+        return [self._model(d) for d in docs[:limit]]
+
+    @_op("events.claim_overdue")
+    async def claim_overdue(self, event: WebhookEvent, until_ms: int, token: str) -> bool:
+        """Push the due time to ``until_ms`` if attempt count and due time are still as read; else tell whether
+        the claim written with ``token`` holds it (a retry after a lost reply)."""
+        doc = self.docs.get(event.id)
+        if (doc is None or doc["attempt_count"] != event.attempt_count
+                or doc["next_attempt_ms"] != event.next_attempt_ms):
+            return doc is not None and doc.get("writer") == token
+        doc.update({**due_fields(until_ms), "writer": token})
+        return True
+
+    @_op("events.oldest_retrying_age")
+    async def oldest_retrying_age(self) -> float | None:
+        """Age in seconds of the oldest Retrying event."""
+        created = [d["created_ms"] for d in self.docs.values() if d["status"] == "Retrying"]
+        return None if not created else max(0.0, (now_ms() - min(created)) / 1000)
+
+
+class FakeAttemptRepo(_Repo):
+    """The ``attempts`` methods the dispatcher calls: records keyed by attempt id, the first one kept."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__(store)
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    @_op("attempts.insert")
+    async def insert(self, attempts: list[Attempt]) -> None:
+        """Store attempt records; one whose id exists is kept as it is."""
+        for a in attempts:
+            doc = to_doc(a)
+            self.docs.setdefault(doc["_id"], doc)
+
+    @_op("attempts.for_event")
+    async def for_event(self, event_id: str) -> list[Attempt]:
+        """Every attempt of ``event_id``, in order."""
+        return [from_doc(Attempt, d) for k, d in sorted(self.docs.items()) if d["event_id"] == event_id]
+
+
+class FakeWebhookRepo(_Repo):
+    """The ``webhooks`` methods the dispatcher calls (the cache's ``load``, ``get``, ``set_active``), over dict
+    documents — a test may break one by hand, as an operator might."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__(store)
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    @_op("webhooks.list")
+    async def list(self, *, active_only: bool = False, limit: int = 1000) -> list[Webhook]:
+        """Valid webhooks, oldest first (documents that do not validate are left out)."""
+        docs = [d for _, d in sorted(self.docs.items()) if d.get("active") or not active_only]
+        return split_documents(docs[:limit])[0]
+
+    @_op("webhooks.load")
+    async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
+        """Every webhook, and apart every document that does not validate, with the reason."""
+        return split_documents([d for _, d in sorted(self.docs.items())])
+
+    @_op("webhooks.get")
+    async def get(self, webhook_id: str) -> Webhook:
+        """The webhook, or :class:`NotFoundError`."""
+        doc = self.docs.get(webhook_id)
+        if doc is None:
+            raise NotFoundError(f"no webhook {webhook_id!r}")
+        return from_doc(Webhook, doc)
+
+    @_op("webhooks.set_active")
+    async def set_active(self, webhook_id: str, active: bool, reason: str | None = None) -> Webhook:
+        """Enable or disable a webhook, with the reason it was disabled."""
+        doc = self.docs.get(webhook_id)
+        if doc is None:
+            raise NotFoundError(f"no webhook {webhook_id!r}")
+        doc.update(active=active, disabled_reason=None if active else reason, updated_at=utcnow())
+        return from_doc(Webhook, doc)
+
+
+class FakeStore:
+    """An in-memory store with ``events``, ``attempts`` and ``webhooks`` repositories — what
+    :class:`~hookpost.dispatcher.storeguard.GuardedStore` wraps in production.
+
+    Every repository call is recorded in :attr:`calls`. :meth:`fail_next` arms a store outage: the next ``times``
+    calls of a method raise ``pymongo.errors.ConnectionFailure``, either before acting or, with
+    ``after_write=True``, after the write was applied (a lost reply). Sync helpers seed and read the data.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[StoreCall] = []
+        self._faults: dict[str, _Fault] = {}
+        self.events = FakeEventRepo(self)
+        self.attempts = FakeAttemptRepo(self)
+        self.webhooks = FakeWebhookRepo(self)
+
+    def fail_next(self, name: str, times: int = 1, *, after_write: bool = False) -> None:
+        """Make the next ``times`` calls of ``name`` (``"events.record_attempts"``) raise ``ConnectionFailure``."""
+        repo, _, method = name.partition(".")
+        if not hasattr(getattr(self, repo, None), method):
+            raise ValueError(f"no fake store method {name!r}")
+        self._faults[name] = _Fault(times, after_write)
+
+    def _take_fault(self, name: str) -> _Fault | None:
+        fault = self._faults.get(name)
+        if fault is None or fault.times <= 0:
+            return None
+        fault.times -= 1
+        return fault
+
+    def count(self, name: str) -> int:
+        """How many calls ``name`` received (failed ones included)."""
+        return sum(1 for c in self.calls if c.name == name)
+
+    # ---- seeding and reading (sync, not recorded) ----
+
+    def add_webhook(self, url: str = "http://rx.example/hook", event_types: list[str] | None = None, *,
+                    active: bool = True, **fields: Any) -> Webhook:
+        """Store a webhook and return it."""
+        hook = Webhook(id=new_id("wh"), url=url, event_types=event_types or ["*"], secret="whsec_test",
+                       active=active, **fields)
+        self.webhooks.docs[hook.id] = to_doc(hook)
+        return hook
+
+    def add_event(self, event: WebhookEvent) -> WebhookEvent:
+        """Store an event as it is."""
+        self.events.docs[event.id] = to_doc(event)
+        return event
+
+    def event(self, event_id: str) -> WebhookEvent:
+        """The stored event."""
+        return from_doc(WebhookEvent, self.events.docs[event_id])
+
+    def all_events(self) -> list[WebhookEvent]:
+        """Every stored event."""
+        return [from_doc(WebhookEvent, d) for d in self.events.docs.values()]
+
+    def attempts_of(self, event_id: str) -> list[Attempt]:
+        """The stored attempts of ``event_id``, in order."""
+        return [from_doc(Attempt, d) for _, d in sorted(self.attempts.docs.items()) if d["event_id"] == event_id]
+
+    def webhook(self, webhook_id: str) -> Webhook:
+        """The stored webhook."""
+        return from_doc(Webhook, self.webhooks.docs[webhook_id])
+
+
+# ---- broker -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Published:
+    """One message published on a :class:`FakeChannel`."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str | None
+    headers: dict[str, Any]
+    properties: pika.BasicProperties
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+    def delivery(self) -> DeliveryMessage:
+        """The body as a delivery message."""
+        return DeliveryMessage.model_validate_json(self.body)
+
+    def notice(self) -> FailedNotice:
+        """The body as a failure notice."""
+        return FailedNotice.model_validate_json(self.body)
+
+    def as_message(self, *, redelivered: bool = False) -> FakeMessage:
+        """This message as a consumer would receive it from the queue it was routed to."""
+        return FakeMessage(self.body, properties=self.properties, routing_key=self.routing_key,
+                           redelivered=redelivered)
+
+
+class FakeChannel:
+    """A confirmed channel as :class:`~hookpost.dispatcher.outbox.Outbox` uses it: every publish is recorded (in
+    order, shared with its connection's log) and confirmed at once; on a closed channel publishing raises
+    ``ConnectionLostError`` as the real one does. :attr:`depths` holds what :meth:`queue_depth` answers."""
+
+    def __init__(self, log: list[Published], *, confirms: bool) -> None:
+        self.log = log
+        self.confirms = confirms
+        self.is_open = True
+        self.published: list[Published] = []
+        self.declared: list[Topology] = []
+        self.depths: dict[str, int] = {}
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def publish_nowait(self, exchange: str, routing_key: str, body: bytes, *, message_id: str | None = None,
+                       headers: dict[str, Any] | None = None, content_type: str = "application/json",
+                       mandatory: bool = True, properties: pika.BasicProperties | None = None
+                       ) -> asyncio.Future[None]:
+        """Record the message; return its (already resolved) confirm."""
+        if not self.confirms:
+            raise RuntimeError("enable_confirms() first")
+        if not self.is_open:
+            raise ConnectionLostError("channel is closed")
+        props = properties or pika.BasicProperties(delivery_mode=2, content_type=content_type,
+                                                   message_id=message_id, headers=headers)
+        msg = Published(exchange, routing_key, body, props.message_id, dict(props.headers or {}), props)
+        self.published.append(msg)
+        self.log.append(msg)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        """Publish one message and 'wait' for its confirm."""
+        await self.publish_nowait(exchange, routing_key, body, **kwargs)
+
+    async def queue_depth(self, queue: str) -> int:
+        """Ready messages of ``queue``: ``depths[queue]``, 0 if unset."""
+        if not self.is_open:
+            raise ConnectionLostError("channel is closed")
+        return self.depths.get(queue, 0)
+
+    async def declare(self, topology: Topology) -> None:
+        """Note the declaration."""
+        self.declared.append(topology)
+
+    async def close(self) -> None:
+        """Close: later publishes raise ``ConnectionLostError``."""
+        self.lose("closed by client")
+
+    def lose(self, reason: str = "connection lost") -> None:
+        """The broker went away under this channel (sync, so a test can do it at any point)."""
+        self.is_open = False
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+
+class FakeConnection:
+    """An AMQP connection that opens :class:`FakeChannel` s; :attr:`published` logs every publish of all of them."""
+
+    def __init__(self) -> None:
+        self.published: list[Published] = []
+        self.channels: list[FakeChannel] = []
+        self.is_open = True
+
+    async def channel(self, *, confirms: bool = False, prefetch: int | None = None) -> FakeChannel:
+        """Open a channel."""
+        if not self.is_open:
+            raise ConnectionLostError("connection is closed")
+        ch = FakeChannel(self.published, confirms=confirms)
+        self.channels.append(ch)
+        return ch
+
+    async def close(self) -> None:
+        """Close the connection and its channels."""
+        self.is_open = False
+        for ch in self.channels:
+            ch.lose("connection closed")
+
+
+class FakeMessage:
+    """A received message with the :class:`~hookpost.common.amqp.IncomingMessage` interface: body, properties
+    (``content_type``, ``content_encoding``, ``message_id``, ``headers``), ``routing_key``, ``redelivered``.
+    :attr:`settled` records its ack/reject; settling twice is an error (the broker would close the channel)."""
+
+    def __init__(self, body: bytes, *, properties: pika.BasicProperties | None = None,
+                 content_type: str | None = "application/json", content_encoding: str | None = None,
+                 message_id: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "",
+                 redelivered: bool = False, delivery_tag: int = 1) -> None:
+        self.body = body
+        self.properties = properties or pika.BasicProperties(
+            content_type=content_type, content_encoding=content_encoding, message_id=message_id,
+            headers=headers, delivery_mode=2)
+        self.routing_key = routing_key
+        self.redelivered = redelivered
+        self.delivery_tag = delivery_tag
+        self.settled: list[tuple[str, bool | None]] = []
+
+    @classmethod
+    def of_change(cls, change: ChangeEvent, *, redelivered: bool = False,
+                  headers: dict[str, Any] | None = None) -> FakeMessage:
+        """A change event as producers publish it (routing key = its type)."""
+        return cls(encode_change(change), message_id=change.id, routing_key=change.type, redelivered=redelivered,
+                   headers=headers)
+
+    @classmethod
+    def of_delivery(cls, dm: DeliveryMessage, *, redelivered: bool = False) -> FakeMessage:
+        """A delivery message as the outbox publishes it."""
+        return cls(dm.model_dump_json().encode(), message_id=f"{dm.event_id}/{dm.attempt}",
+                   headers={"hookpost-attempt": dm.attempt}, routing_key="deliver", redelivered=redelivered)
+
+    def redelivery(self) -> FakeMessage:
+        """The same message as the broker hands it out again after it was not settled."""
+        return FakeMessage(self.body, properties=self.properties, routing_key=self.routing_key, redelivered=True,
+                           delivery_tag=self.delivery_tag + 1)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        """The AMQP headers (empty if none)."""
+        return self.properties.headers or {}
+
+    def ack(self) -> bool:
+        """Record an ack."""
+        self._settle("ack", None)
+        return True
+
+    def reject(self, *, requeue: bool) -> bool:
+        """Record a reject."""
+        self._settle("reject", requeue)
+        return True
+
+    def _settle(self, how: str, requeue: bool | None) -> None:
+        if self.settled:
+            raise AssertionError(f"message settled twice: {self.settled[0]} then {(how, requeue)}")
+        self.settled.append((how, requeue))
+
+
+# ---- HTTP ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hanging:
+    """A scripted answer that comes only once ``release`` is set (a request that hangs until then)."""
+
+    release: asyncio.Event
+    then: int | AttemptResult = 200
+
+
+@dataclass
+class SentRequest:
+    """One request the :class:`FakeSender` got."""
+
+    webhook_id: str
+    url: str
+    event_id: str
+    payload: dict[str, Any]
+
+
+class FakeSender:
+    """Stands in for :class:`~hookpost.dispatcher.sender.Sender`: answers each request with the next scripted
+    result — a status code, an :class:`AttemptResult`, or :class:`Hanging` — and records it in :attr:`requests`.
+    Once the script is used up it answers ``default``; without one an unscripted request fails the test."""
+
+    def __init__(self, *script: int | AttemptResult | Hanging, default: int | AttemptResult | None = None
+                 ) -> None:
+        self.script = list(script)
+        self.default = default
+        self.requests: list[SentRequest] = []
+        self.in_flight = 0
+
+    @staticmethod
+    def _result(item: int | AttemptResult) -> AttemptResult:
+        return item if isinstance(item, AttemptResult) else AttemptResult(status_code=item, duration_ms=1.0)
+
+    async def send(self, hook: Webhook, event_id: str, payload: dict[str, Any]) -> AttemptResult:
+        """Answer one request."""
+        self.requests.append(SentRequest(hook.id, hook.url, event_id, payload))
+        if self.script:
+            item = self.script.pop(0)
+        elif self.default is not None:
+            item = self.default
+        else:
+            raise AssertionError(f"unscripted request for {event_id} to {hook.url}")
+        if isinstance(item, Hanging):
+            self.in_flight += 1
+            try:
+                await item.release.wait()
+            finally:
+                self.in_flight -= 1
+            item = item.then
+        return self._result(item)
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+# ---- wiring -------------------------------------------------------------------------------------------------------
+
+FAST_DELAYS = (0.01, 0.02, 0.04)
+
+
+@dataclass
+class FakeDispatcher:
+    """The dispatcher's parts wired as :class:`~hookpost.dispatcher.worker.Worker` wires them, over the fakes."""
+
+    store: FakeStore
+    sender: FakeSender
+    connection: FakeConnection
+    channel: FakeChannel
+    topology: Topology
+    metrics: Metrics
+    stopping: asyncio.Event
+    guard: StoreGuard
+    guarded: GuardedStore
+    cache: WebhookCache
+    outbox: Outbox
+    limiter: EndpointLimiter
+    deferrer: Deferrer
+    fanout: FanOut
+    delivery: DeliveryHandler
+    reconciler: Reconciler
+    max_attempts: int
+    delays: tuple[float, ...] = field(default=FAST_DELAYS)
+    poison_after: int = 5
+    failures: dict[str, FailureCount] = field(default_factory=dict)
+
+    async def consume(self, stage: FanOut | DeliveryHandler, msg: FakeMessage) -> None:
+        """Handle and settle ``msg`` as the worker's consumer of ``stage`` does (one failure count per stage)."""
+        counter = self.failures.setdefault(type(stage).__name__, FailureCount(poison_after=self.poison_after))
+        await settle_after(stage, msg, failures=counter, on_nack=self.outbox.drop)
+
+    @property
+    def published(self) -> list[Published]:
+        """Every message published since the start, on any outbox channel."""
+        return self.connection.published
+
+    def published_to(self, exchange: str, routing_key: str) -> list[Published]:
+        """The messages published to ``exchange`` with ``routing_key``."""
+        return [p for p in self.published if p.exchange == exchange and p.routing_key == routing_key]
+
+    async def reconnect(self) -> FakeChannel:
+        """Open a new outbox channel, as the worker does on a new connection."""
+        self.channel = await self.outbox.open(self.connection, declare=True)
+        return self.channel
+
+    def seed_event(self, hook: Webhook, change: ChangeEvent | None = None, **fields: Any
+                   ) -> tuple[WebhookEvent, DeliveryMessage]:
+        """Store an event of ``hook`` as fan-out makes it (``fields`` override: ``attempt_count``, ``status``…);
+        return it and the delivery message of its next attempt."""
+        change = change or make_change()
+        event = new_events(change, [hook.id])[0]
+        if fields:
+            event = WebhookEvent.model_validate({**event.model_dump(), **fields})
+        self.store.add_event(event)
+        return event, first_delivery(event)
+
+
+def make_change(type_: str = "article.updated", change_id: str | None = None, **fields: Any) -> ChangeEvent:
+    """A valid change event."""
+    return ChangeEvent(id=change_id or new_id("chg"), type=type_, entity=Entity(kind="article", id="A-1"),
+                       **fields)
+
+
+async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore | None = None,
+                           delays: tuple[float, ...] = FAST_DELAYS, max_attempts: int | None = None,
+                           prefix: str = "hptest", grace: float = 1.0, request_time: float = 0.05,
+                           per_endpoint: int = 10, hang_after: float = 3.0, defer_delay: float = 0.01,
+                           cache_ttl: float = 60.0, batch: int = 500) -> FakeDispatcher:
+    """Wire fan-out, delivery, deferrer and reconciler like ``worker.py`` over a :class:`FakeStore`, a
+    :class:`FakeConnection` and ``sender``, with a millisecond retry schedule (``max_attempts`` defaults to one
+    more than the delays, as the settings require)."""
+    store = store or FakeStore()
+    sender = sender or FakeSender(default=200)
+    max_attempts = max_attempts if max_attempts is not None else len(delays) + 1
+    topology = Topology(prefix=prefix, retry_delays=delays, defer_delay=defer_delay)
+    metrics = Metrics()
+    stopping = asyncio.Event()
+    guard = StoreGuard(metrics, stopping)
+    guarded = GuardedStore(store, guard)
+    cache = WebhookCache(guarded.webhooks, cache_ttl, metrics)
+    outbox = Outbox(topology)
+    connection = FakeConnection()
+    channel = await outbox.open(connection, declare=True)
+    limiter = EndpointLimiter(100, per_endpoint, window=100, hang_after=hang_after,
+                              max_hold=max(0.1, grace / 2 - request_time))
+    deferrer = Deferrer(guarded, outbox, limiter, metrics, grace=grace, request_time=request_time)
+    fanout = FanOut(guarded, cache, outbox, deferrer, metrics, max_change_bytes=65536, batch=batch)
+    delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics,
+                               delays=delays, max_attempts=max_attempts, batch=batch)
+    reconciler = Reconciler(guarded, outbox, metrics, grace=grace)
+    return FakeDispatcher(store=store, sender=sender, connection=connection, channel=channel,
+                          topology=topology, metrics=metrics, stopping=stopping, guard=guard, guarded=guarded,
+                          cache=cache, outbox=outbox, limiter=limiter, deferrer=deferrer, fanout=fanout,
+                          delivery=delivery, reconciler=reconciler, max_attempts=max_attempts, delays=delays)
+
+
+class FastSleep:
+    """A stand-in for the ``asyncio`` module of a product module whose back-off sleeps would slow a unit test:
+    ``sleep`` records the delay asked for (:attr:`slept`) and only yields to the loop; everything else is
+    ``asyncio``. Install with ``monkeypatch.setattr(module, "asyncio", FastSleep())``."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        """Record ``delay``; yield once."""
+        self.slept.append(delay)
+        await asyncio.sleep(0)
+        return result
