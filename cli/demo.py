@@ -185,6 +185,7 @@ async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int
         click.echo(f"  {exe} publish article.updated --entity-kind article --entity-id A-1002")
         click.echo(f"  {exe} events list")
         click.echo(f"  curl -H 'Authorization: Bearer {token}' {api.url}/api/v1/events?status=finished")
+        click.echo(f"  or open the web console at {api.url}/ and sign in with the demo admin token")
         click.echo("Ctrl-C stops everything.")
         await task
         return 0

@@ -2,9 +2,8 @@
 OpenAPI at ``/api/v1/openapi.json``), and ``/healthz``, ``/readyz``, ``/metrics`` at the root.
 
 The server is stateless (everything lives in the store), so several can run behind a load balancer; only the
-failed-auth limit is per process. The web console adds its routes to the same app::
-
-    app = create_app(settings, plugins=[console.setup])
+failed-auth limit is per process. The web console (:mod:`hookpost.web.console`) adds its routes and its
+middleware to the same app: ``create_app`` calls ``console.setup(app)`` unless ``console=False``.
 """
 
 import asyncio
@@ -145,9 +144,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, *, admin: Admin | None = None,
-               plugins: Sequence[Callable[[web.Application], None]] = ()) -> web.Application:
+               plugins: Sequence[Callable[[web.Application], None]] = (), console: bool = True) -> web.Application:
     """Build the server's application. ``admin`` defaults to one opened on ``settings`` and closed with the app;
-    each of ``plugins`` may add routes, middlewares or startup hooks (the web console)."""
+    each of ``plugins`` may add routes, middlewares or startup hooks; ``console`` adds the web console at ``/``."""
     app = web.Application(middlewares=[metrics_middleware, problem_middleware, auth_middleware],
                           client_max_size=max(settings.max_request_bytes, settings.max_change_bytes))
     owned = admin is None
@@ -179,4 +178,8 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
     app.on_cleanup.append(shutdown)
     for plugin in plugins:
         plugin(app)
+    if console:
+        from hookpost.web import console as web_console
+
+        web_console.setup(app)
     return app
