@@ -18,7 +18,7 @@ from hookpost.common.ids import id_time_ms
 from hookpost.common.matching import validate_pattern
 from hookpost.common.models import EventStatus, WebhookEvent, utcnow
 from hookpost.common.records import EventDetail, EventPage, OldestRetrying, RestartCount, RestartReport, Stats
-from hookpost.store.events import EventFilter
+from hookpost.store.events import ERROR_KIND_NAMES, EventFilter
 
 if TYPE_CHECKING:
     from hookpost.admin.core import Admin
@@ -66,7 +66,7 @@ def parse_filter(statuses: Sequence[str] = (), event_type: str | None = None, we
     ``spell`` names a field in error messages (the CLI passes ``lambda n: "--" + n``).
     """
     flt = EventFilter(statuses=parse_statuses(statuses), webhook_id=webhook_id or None,
-                      entity_id=entity_id or None, search=search or None)
+                      entity_id=entity_id or None, search=parse_search(search))
     if event_type:
         try:
             flt.event_type = validate_pattern(event_type)
@@ -84,6 +84,21 @@ def parse_filter(statuses: Sequence[str] = (), event_type: str | None = None, we
                                     f"invalid {spell('before')} {before!r}: give an event id such as evt_01J…")
         flt.before = before
     return flt
+
+
+def parse_search(text: str | None) -> str | None:
+    """Read a search term: one word, matched exactly, or by prefix with a trailing ``*`` (see
+    :func:`hookpost.store.events.search_conditions`); raise :class:`InvalidFieldError` for several words."""
+    term = (text or "").strip()
+    if not term:
+        return None
+    if len(term.split()) > 1:
+        kinds = ", ".join(ERROR_KIND_NAMES)
+        raise InvalidFieldError("search", f"search takes one term, not {term!r}: an id, an id prefix ending in *, "
+                                          f"an event type, a status code or an error kind ({kinds})")
+    if not term.rstrip("*"):
+        raise InvalidFieldError("search", "search needs at least one character before *")
+    return term
 
 
 def has_conditions(flt: EventFilter) -> bool:
@@ -118,9 +133,13 @@ class EventOps:
         Retrying event."""
         store = self.admin.store
         query = EventFilter(since=since).query()
-        by_status = await store.events.group_counts("status", query)
-        by_type = await store.events.group_counts("type", query)
-        by_webhook = await store.events.group_counts("webhook_id", query)
+        if since is not None:  # a bounded time range: one indexed read in pages beats three aggregations
+            counts = await store.events.tally(("status", "type", "webhook_id"), query)
+            by_status, by_type, by_webhook = counts["status"], counts["type"], counts["webhook_id"]
+        else:
+            by_status = await store.events.group_counts("status", query)
+            by_type = await store.events.group_counts("type", query)
+            by_webhook = await store.events.group_counts("webhook_id", query)
         oldest = await store.events.find(EventFilter(statuses=[EventStatus.RETRYING], since=since), limit=1,
                                          newest_first=False)
         return Stats(by_status={s.value: by_status.get(s.value, 0) for s in EventStatus},
