@@ -149,6 +149,10 @@ class EventOps:
                      oldest_retrying=OldestRetrying(id=oldest[0].id, age_seconds=round(
                          (utcnow() - oldest[0].created_at).total_seconds())) if oldest else None)
 
+    async def reindex(self) -> tuple[int, int]:
+        """Write the derived search fields on events stored before they existed; return (read, changed)."""
+        return await self.admin.store.events.reindex()
+
     async def matching(self, flt: EventFilter, cap: int = 1_000_000) -> list[WebhookEvent]:
         """Return every event matching ``flt`` (paged through in thousands), newest first."""
         out: list[WebhookEvent] = []
