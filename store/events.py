@@ -239,6 +239,7 @@ class EventRepo:
         # an equality on a filter field plus the newest-first order, from one index (MongoDB and the stand-in)
         for name in FILTER_FIELDS:
             await self.coll.create_index([(name, ASCENDING), ("created_ms", ASCENDING)])
+        await self.coll.create_index([("status", ASCENDING), ("updated_ms", ASCENDING)])  # the janitor
 
     async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
         """Insert fanned-out events in one round trip; return those that were new.
@@ -312,6 +313,12 @@ class EventRepo:
         """Return up to ``limit`` ids matching a raw filter, oldest first."""
         cursor = self.coll.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
         return [d["_id"] async for d in cursor]
+
+    async def expired(self, query: dict[str, Any], *, limit: int) -> list[tuple[str, int]]:
+        """Return up to ``limit`` ``(id, attempt_count)`` of events matching a raw filter, in no particular order
+        (the janitor's batches: no sort, so the store stops at ``limit``)."""
+        cursor = self.coll.find(query, {"_id": 1, "attempt_count": 1}).limit(limit)
+        return [(d["_id"], int(d.get("attempt_count") or 0)) async for d in cursor]
 
     async def count(self, query: dict[str, Any]) -> int:
         """Count events matching ``query`` (an aggregation: ``count_documents`` is too slow on the stand-in)."""
