@@ -28,7 +28,7 @@ def os_actor() -> str:
 class Admin:
     """The shared state of the operations in :mod:`hookpost.admin` (store, broker clients, settings)."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, publish_timeout: float = 10.0) -> None:
         from hookpost.admin.audit import AuditOps
         from hookpost.admin.changes import ChangeOps
         from hookpost.admin.events import EventOps
@@ -38,6 +38,7 @@ class Admin:
 
         self.settings = settings
         self.store = store
+        self.publish_timeout = publish_timeout
         self._deliveries: DeliveryPublisher | None = None
         self._publisher: Publisher | None = None
         self.webhooks = WebhookOps(self)
@@ -49,9 +50,10 @@ class Admin:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator["Admin"]:
-        """Open the store (and, on first use, the broker) for the block; close everything afterwards."""
-        admin = cls(settings, Store.connect(settings.mongodb_url, settings.mongodb_db))
+    async def open(cls, settings: Settings, *, publish_timeout: float = 10.0) -> AsyncIterator["Admin"]:
+        """Open the store (and, on first use, the broker) for the block; close everything afterwards.
+        ``publish_timeout``: how long a change publish waits for the broker's confirm."""
+        admin = cls(settings, Store.connect(settings.mongodb_url, settings.mongodb_db), publish_timeout=publish_timeout)
         try:
             yield admin
         finally:
@@ -73,7 +75,8 @@ class Admin:
     def publisher(self) -> Publisher:
         """The change-event publisher (``POST /changes``, ``hookpost publish``); connects on first publish."""
         if self._publisher is None:
-            self._publisher = Publisher.from_settings(self.settings, timeout=10, name="hookpost-admin")
+            self._publisher = Publisher.from_settings(self.settings, timeout=self.publish_timeout,
+                                                      name="hookpost-admin")
         return self._publisher
 
     async def record(self, actor: str, action: str, target: str | None = None, **details: Any) -> AuditEntry:

@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 not found or a failed operation, 2 bad usage or bad inp
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from hookpost.common.amqp import AmqpConnection
 
 T = TypeVar("T")
+
+# a short command reports failures as one line itself: without logging set up (the dispatcher and janitor set it
+# up), library warnings would otherwise reach stderr through logging's last-resort handler
+logging.getLogger("hookpost").addHandler(logging.NullHandler())
 
 
 def fail(message: str, code: int = 1) -> "click.exceptions.Exit":
@@ -116,11 +121,11 @@ async def open_store(s: Settings | None = None) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def open_admin(s: Settings | None = None) -> "AsyncIterator[Admin]":
+async def open_admin(s: Settings | None = None, *, publish_timeout: float = 10.0) -> "AsyncIterator[Admin]":
     """Open the operations (store, and the broker on first use) for one command; close them afterwards."""
     from hookpost.admin import Admin
 
-    async with Admin.open(s or settings()) as admin:
+    async with Admin.open(s or settings(), publish_timeout=publish_timeout) as admin:
         yield admin
 
 

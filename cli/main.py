@@ -15,6 +15,8 @@ from hookpost.cli.base import HookpostGroup
 COMMANDS = {
     "webhooks": "hookpost.cli.webhooks:webhooks",
     "events": "hookpost.cli.events:events",
+    "invalid": "hookpost.cli.invalid:invalid",
+    "failed": "hookpost.cli.invalid:failed",
     "publish": "hookpost.cli.system:publish",
     "topology": "hookpost.cli.system:topology",
     "config": "hookpost.cli.system:config",

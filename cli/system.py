@@ -15,6 +15,7 @@ from hookpost.common.ids import new_id
 from hookpost.common.logs import setup_logging
 from hookpost.common.models import ChangeEvent, EventStatus
 from hookpost.common.topology import topology_from
+from hookpost.common.wire import InvalidChangeError, loads_strict
 from hookpost.dispatcher.worker import run_forever
 from hookpost.store.cleanup import CleanupReport, RetentionRule, cleanup, retention_rules
 
@@ -28,9 +29,14 @@ log = logging.getLogger("hookpost.janitor")
 @click.option("--data", default=None, help="Optional small JSON object with details.")
 @click.option("--id", "change_id", default=None, help="Change id (generated if omitted; reuse it to replay).")
 @click.option("--source", default="hookpost-cli", show_default=True, help="Producer name.")
+@click.option("--timeout", type=DURATION, default="15s", show_default=True,
+              help="How long to wait for the broker's confirm (also while it blocks publishes).")
 def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None, change_id: str | None,
-            source: str) -> None:
+            source: str, timeout: float) -> None:
     """Publish one change event (with publisher confirms) and print its change id.
+
+    Exits 1 with one line if the broker does not confirm within --timeout (e.g. while a memory or disk alarm
+    blocks publishes).
 
     \b
     Example:
@@ -39,16 +45,17 @@ def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None,
     details: dict[str, Any] | None = None
     if data is not None:
         try:
-            details = json.loads(data)
-        except ValueError as exc:
-            raise InvalidInputError(f"--data is not JSON: {exc}") from None
+            details = loads_strict(data)
+        except InvalidChangeError as exc:
+            why = str(exc)
+            raise InvalidInputError(f"--data is {why}" if why.startswith("not JSON") else f"--data: {why}") from None
         if not isinstance(details, dict):
             raise InvalidInputError("--data must be a JSON object")
     change = ChangeEvent(id=change_id or new_id("chg"), type=event_type,
                          entity={"kind": entity_kind, "id": entity_id}, data=details, source=source)
 
     async def go() -> str:
-        async with open_admin() as admin:
+        async with open_admin(publish_timeout=timeout) as admin:
             return await admin.changes.publish(change)
 
     click.echo(run(go()))

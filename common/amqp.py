@@ -13,6 +13,7 @@ Example::
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -277,25 +278,53 @@ class AmqpConnection:
         self._conn = conn
         self.url = url
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.blocked = asyncio.Event()
+        """Set while the broker blocks this connection's publishes (``connection.blocked``: a resource alarm)."""
+        self.unblocked = asyncio.Event()
+        """Set while it does not (the opposite of :attr:`blocked`, to wait on)."""
+        self.unblocked.set()
+        self.blocked_reason: str | None = None
+        conn.add_on_connection_blocked_callback(self._on_blocked)
+        conn.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        self.blocked_reason = str(getattr(frame.method, "reason", "") or "resource alarm")
+        self.unblocked.clear()
+        self.blocked.set()
+        log.warning("the broker is blocking publishes", extra={"reason": self.blocked_reason,
+                                                               "url": mask_url(self.url)})
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        if self.blocked.is_set():
+            log.info("the broker accepts publishes again", extra={"url": mask_url(self.url)})
+        self.blocked_reason = None
+        self.blocked.clear()
+        self.unblocked.set()
 
     @classmethod
     async def connect(cls, urls: Sequence[str], *, name: str = "hookpost", heartbeat: int = 15,
-                      timeout: float = 5.0) -> "AmqpConnection":
-        """Connect to the first of ``urls`` that accepts; raise :class:`BrokerUnavailableError` if none does."""
+                      timeout: float = 5.0, blocked_timeout: float | None = None) -> "AmqpConnection":
+        """Connect to the first of ``urls`` that accepts; raise :class:`BrokerUnavailableError` if none does.
+
+        ``blocked_timeout``: seconds the broker may block the connection (resource alarm) before pika closes it
+        (default ``max(30, 2 × heartbeat)``); :attr:`blocked` tells meanwhile.
+        """
         errors = []
         for url in urls:
             try:
-                return await cls._connect_one(url, name=name, heartbeat=heartbeat, timeout=timeout)
+                return await cls._connect_one(url, name=name, heartbeat=heartbeat, timeout=timeout,
+                                              blocked_timeout=blocked_timeout)
             except (OSError, TimeoutError, pika.exceptions.AMQPError) as exc:
                 errors.append(f"{mask_url(url)}: {type(exc).__name__} {exc}".strip())
         raise BrokerUnavailableError("cannot connect to RabbitMQ: " + "; ".join(errors))
 
     @classmethod
-    async def _connect_one(cls, url: str, *, name: str, heartbeat: int, timeout: float) -> "AmqpConnection":
+    async def _connect_one(cls, url: str, *, name: str, heartbeat: int, timeout: float,
+                           blocked_timeout: float | None = None) -> "AmqpConnection":
         loop = asyncio.get_running_loop()
         params = pika.URLParameters(url)
         params.heartbeat = heartbeat
-        params.blocked_connection_timeout = max(30, heartbeat * 2)
+        params.blocked_connection_timeout = blocked_timeout or max(30, heartbeat * 2)
         params.connection_attempts = 1
         params.socket_timeout = timeout
         params.stack_timeout = timeout
@@ -358,14 +387,26 @@ class AmqpConnection:
         return channel
 
     async def close(self) -> None:
-        """Close the connection and wait until it is closed."""
+        """Close the connection and wait until it is closed.
+
+        A blocked connection (resource alarm) cannot finish the close handshake, because the broker does not
+        read from it: after a second it is dropped instead (what it had not confirmed was never accepted).
+        """
         if not (self._conn.is_closing or self._conn.is_closed):
             self._conn.close()
-        if not self.closed.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self.closed), 5)
-            except TimeoutError:
+        if self.closed.done():
+            return
+        blocked = self.blocked.is_set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), 1 if blocked else 5)
+            return
+        except TimeoutError:
+            if not blocked:
                 log.warning("AMQP connection did not close within 5 s")
+                return
+        self._conn._adapter_disconnect_stream()  # abort the socket: the broker is not reading it
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), 2)
 
 
 async def _first(*futures: asyncio.Future[Any]) -> Any:

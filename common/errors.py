@@ -23,3 +23,7 @@ class PublishError(HookpostError):
 
 class BrokerUnavailableError(HookpostError):
     """No configured RabbitMQ address accepted a connection."""
+
+
+class BrokerBlockedError(PublishError):
+    """The broker is blocking publishes (a resource alarm: memory or disk) and did not confirm in time."""

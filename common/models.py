@@ -109,7 +109,10 @@ class ChangeEvent(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return as_utc(value)
+        try:
+            return as_utc(value)
+        except OverflowError:  # 9999-12-31T23:59-01:00 and the like: no such time in UTC
+            raise ValueError("out of range once converted to UTC") from None
 
 
 class Webhook(BaseModel):

@@ -14,6 +14,9 @@ from hookpost.common.durations import format_duration
 
 ATTEMPT_HEADER = "hookpost-attempt"
 ERROR_HEADERS = ("x-hookpost-error", "hookpost-error")
+ROUTING_KEY_HEADER = "hookpost-routing-key"  # the routing key a change event set aside was published with
+SET_ASIDE_AT_HEADER = "hookpost-set-aside-at"  # epoch milliseconds when it was set aside
+REPLAYS_HEADER = "hookpost-replays"  # how many times an operator replayed it
 
 
 @dataclass(frozen=True)

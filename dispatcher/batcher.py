@@ -10,17 +10,26 @@ Example::
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Batcher(Generic[T, R]):
-    """Collects items from concurrent callers and writes them with ``write(items) -> results`` (same order)."""
+class Failed:
+    """A ``write`` result standing for one item's own error: its caller gets ``error`` raised, the others their
+    results (so one bad item does not fail a whole batch)."""
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]], *, max_batch: int = 500,
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Batcher(Generic[T, R]):
+    """Collects items from concurrent callers and writes them with ``write(items) -> results`` (same order; a
+    result may be :class:`Failed`)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[Sequence[R | Failed]]], *, max_batch: int = 500,
                  max_delay: float = 0.001, max_in_flight: int = 2) -> None:
         self.write = write
         self.max_batch = max_batch
@@ -56,7 +65,11 @@ class Batcher(Generic[T, R]):
         try:
             results = await self.write([item for item, _ in batch])
             for (_, fut), res in zip(batch, results, strict=True):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if isinstance(res, Failed):
+                    fut.set_exception(res.error)
+                else:
                     fut.set_result(res)
             self.batches += 1
             self.items += len(batch)

@@ -38,6 +38,7 @@ from hookpost.common.models import (
     EventStatus,
     FailedNotice,
     Webhook,
+    WebhookEvent,
     due_fields,
     now_ms,
     to_ms,
@@ -124,7 +125,7 @@ class DeliveryHandler:
         changes = event_changes(decision, result, done)
         if not await self.record(Outcome(dm.event_id, dm.attempt, changes, made)):
             return await self.on_duplicate(msg, dm)
-        await self.schedule_next(dm, decision, result, hook, changes["next_attempt_ms"])
+        await self.schedule_next(dm, decision, result, changes["next_attempt_ms"])
         return Verdict.ACK
 
     async def poisoned(self, msg: IncomingMessage, reason: str) -> Verdict:
@@ -148,7 +149,7 @@ class DeliveryHandler:
         decision = Decision(EventStatus.FAILED, reason=reason or self.unserved(dm, hook))
         changes = {**event_changes(decision, None, utcnow()), "attempt_count": dm.attempt - 1}  # count stays
         if await self.record(Outcome(dm.event_id, dm.attempt, changes)):
-            await self.schedule_next(dm, decision, None, hook, None)
+            await self.schedule_next(dm, decision, None, None)
         return Verdict.ACK
 
     def unserved(self, dm: DeliveryMessage, hook: Webhook | None) -> str:
@@ -196,7 +197,7 @@ class DeliveryHandler:
                                                        tokens)
 
     async def schedule_next(self, dm: DeliveryMessage, decision: Decision, result: AttemptResult | None,
-                            hook: Webhook | None, due_ms: int | None) -> None:
+                            due_ms: int | None) -> None:
         """Publish what follows a recorded outcome: the next attempt (due at ``due_ms``, as recorded), or the
         failure notice."""
         extra = _log_extra(dm, decision, result)
@@ -208,37 +209,58 @@ class DeliveryHandler:
             self.metrics.retries.labels(self.outbox.topology.retry_label(decision.retry_level)).inc()
             log.info("attempt failed; retry scheduled", extra={**extra, "retry_in_s": decision.delay})
         elif decision.status == EventStatus.FAILED:
-            await self.outbox.failed(FailedNotice(
-                event_id=dm.event_id, webhook_id=dm.webhook_id, type=str(dm.payload.get("type", "")),
-                attempts=dm.attempt if result is not None else dm.attempt - 1,
-                last_status_code=result.status_code if result else None,
-                last_error=decision.reason or (result.summary() if result else None)))
+            error = decision.reason or (result.summary() if result else None)
+            await self.announce_failure(dm, attempts=dm.attempt if result is not None else dm.attempt - 1,
+                                        status_code=result.status_code if result else None, error=error,
+                                        disable=decision.disable_webhook)
             self.metrics.events_failed.inc()
-            log.warning("event failed", extra={**extra, "error": decision.reason or extra.get("error")})
-            if decision.disable_webhook and hook is not None:
-                await self.store.webhooks.set_active(hook.id, False, decision.reason)
-                self.cache.invalidate()
-                log.warning("webhook disabled: receiver answered 410 Gone", extra={"webhook_id": hook.id})
+            log.warning("event failed", extra={**extra, "error": error})
+
+    async def announce_failure(self, dm: DeliveryMessage, *, attempts: int, status_code: int | None,
+                               error: str | None, disable: bool) -> None:
+        """Publish the failure notice of ``dm``'s event; and disable its webhook if the receiver asked to stop."""
+        await self.outbox.failed(FailedNotice(
+            event_id=dm.event_id, webhook_id=dm.webhook_id, type=str(dm.payload.get("type", "")),
+            attempts=attempts, last_status_code=status_code, last_error=error))
+        if disable:
+            await self.store.webhooks.set_active(dm.webhook_id, False, error)
+            self.cache.invalidate()
+            log.warning("webhook disabled: receiver answered 410 Gone", extra={"webhook_id": dm.webhook_id})
 
     async def on_duplicate(self, msg: IncomingMessage, dm: DeliveryMessage) -> Verdict:
-        """The event was already past this attempt. If this message was redelivered and its attempt is the
-        event's latest and left it Retrying, the first try may have lost the broker between recording and
-        publishing the next attempt: publish it again (its own guard makes a duplicate harmless)."""
-        if msg.redelivered:
-            try:
-                ev = await self.store.events.get(dm.event_id)
-            except NotFoundError:
-                ev = None
-            if ev is not None and ev.status == EventStatus.RETRYING and ev.attempt_count == dm.attempt:
-                wait = None if ev.next_attempt_ms is None else (ev.next_attempt_ms - now_ms()) / 1000
-                level = retry_level(self.delays, dm.attempt - ev.budget_start, wait)  # no sooner than on record
-                await self.outbox.retry(next_delivery(dm, ev.next_attempt_ms), level)
-                log.info("redelivered attempt was already recorded; next attempt scheduled again",
-                         extra={"event_id": dm.event_id, "attempt": dm.attempt})
-                return Verdict.ACK
-        log.info("duplicate delivery ignored (event already past this attempt)",
-                 extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        """The event was already past this attempt. If this message was redelivered and its outcome is the
+        event's latest, the first try may have lost the broker between recording the outcome and publishing what
+        follows it: publish that again — the next attempt (its own guard makes a duplicate harmless), or the
+        failure notice (and the webhook disabled after a 410)."""
+        ev = await self._latest(dm) if msg.redelivered else None
+        if ev is not None and ev.status == EventStatus.RETRYING:
+            wait = None if ev.next_attempt_ms is None else (ev.next_attempt_ms - now_ms()) / 1000
+            level = retry_level(self.delays, dm.attempt - ev.budget_start, wait)  # no sooner than on record
+            await self.outbox.retry(next_delivery(dm, ev.next_attempt_ms), level)
+            log.info("redelivered attempt was already recorded; next attempt scheduled again",
+                     extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        elif ev is not None and ev.status == EventStatus.FAILED:
+            await self.announce_failure(dm, attempts=ev.attempt_count, status_code=ev.last_status_code,
+                                        error=ev.last_error, disable=ev.last_status_code == 410)
+            log.info("redelivered attempt was already recorded Failed; failure notice published again",
+                     extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        else:
+            log.info("duplicate delivery ignored (event already past this attempt)",
+                     extra={"event_id": dm.event_id, "attempt": dm.attempt})
         return Verdict.ACK
+
+    async def _latest(self, dm: DeliveryMessage) -> WebhookEvent | None:
+        """The event of ``dm`` if ``dm``'s outcome is its latest: Retrying after this attempt, or Failed at this
+        attempt (or given up before it)."""
+        try:
+            ev = await self.store.events.get(dm.event_id)
+        except NotFoundError:
+            return None
+        if ev.status == EventStatus.RETRYING and ev.attempt_count == dm.attempt:
+            return ev
+        if ev.status == EventStatus.FAILED and ev.attempt_count in (dm.attempt, dm.attempt - 1):
+            return ev
+        return None
 
 
 def _log_extra(dm: DeliveryMessage, decision: Decision, result: AttemptResult | None) -> dict[str, Any]:

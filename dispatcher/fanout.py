@@ -32,7 +32,7 @@ from hookpost.common.models import (
     utcnow,
 )
 from hookpost.common.wire import InvalidChangeError, decode_change
-from hookpost.dispatcher.batcher import Batcher
+from hookpost.dispatcher.batcher import Batcher, Failed
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.deferral import Deferrer
@@ -116,14 +116,27 @@ class FanOut:
         existing = await self.store.events.find_for_change(change.id)
         return [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0]
 
-    async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool]]:
-        """Insert the events of several changes in one round trip; return per change which were new."""
-        flags = await self.store.events.insert_flags([e for g in groups for e in g])
-        out, i = [], 0
+    async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool] | Failed]:
+        """Insert the events of several changes in one round trip; return per change which were new. If the
+        store refuses the batch, each change is inserted on its own, so only a change that fails itself fails."""
+        try:
+            flags = await self.store.events.insert_flags([e for g in groups for e in g])
+        except Exception:
+            if len(groups) == 1:
+                raise
+            return [await self._insert_one(g) for g in groups]
+        out: list[list[bool] | Failed] = []
+        i = 0
         for g in groups:
             out.append(flags[i:i + len(g)])
             i += len(g)
         return out
+
+    async def _insert_one(self, events: list[WebhookEvent]) -> list[bool] | Failed:
+        try:
+            return await self.store.events.insert_flags(events)
+        except Exception as exc:
+            return Failed(exc)
 
     async def publish_deliveries(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
         """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process

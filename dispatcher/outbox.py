@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
-from hookpost.common.models import DeliveryMessage, FailedNotice
-from hookpost.common.topology import ERROR_HEADERS, Topology
+from hookpost.common.models import DeliveryMessage, FailedNotice, now_ms
+from hookpost.common.topology import ERROR_HEADERS, ROUTING_KEY_HEADER, SET_ASIDE_AT_HEADER, Topology
 from hookpost.producer.deliveries import publish_delivery
 
 
@@ -79,12 +79,21 @@ class Outbox:
                                  message_id=notice.event_id)
 
     async def invalid(self, msg: IncomingMessage, reason: str) -> None:
-        """Copy a rejected change event to the invalid queue, body and properties intact, reason in a header."""
+        """Copy a rejected change event to the invalid queue, body and properties intact (but for an expiration and
+        a user id, kept in headers), reason and routing key and time in headers."""
         props = msg.properties
         headers: dict[str, Any] = dict(props.headers or {})
         for name in ERROR_HEADERS:
             headers[name] = reason[:1000]
-        headers["hookpost-routing-key"] = msg.routing_key
+        headers[ROUTING_KEY_HEADER] = msg.routing_key
+        headers[SET_ASIDE_AT_HEADER] = now_ms()  # when, for `hookpost invalid list`
+        # a per-message TTL would let the copy vanish from the invalid queue, and a user_id the broker checks
+        # against the dispatcher's own user would refuse the copy (and the change would requeue in a loop):
+        # both move to headers
+        if props.expiration is not None:
+            headers["hookpost-expiration"], props.expiration = props.expiration, None
+        if props.user_id is not None:
+            headers["hookpost-user-id"], props.user_id = props.user_id, None
         props.headers = headers
         props.delivery_mode = 2
         await self._ch().publish(self.topology.dead_exchange, "invalid", msg.body, properties=props)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.ids import new_id
 from hookpost.common.models import now_ms
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.outbox import Outbox
@@ -44,7 +45,7 @@ class Reconciler:
         republished = []
         for event in overdue:
             until = now + round(self.grace * 1000)
-            if await self.store.events.claim_overdue(event, until):
+            if await self.store.events.claim_overdue(event, until, new_id("w")):
                 republished.append(first_delivery(event.model_copy(update={"next_attempt_ms": until})))
         await self.outbox.deliveries(republished)
         if republished:

@@ -1,13 +1,18 @@
 """The HTTP sender: one signed POST per attempt, its outcome as an :class:`AttemptResult`, never an exception.
 
 Redirects are not followed, the response body is read only up to the excerpt limit (then the connection is
-dropped), and configured headers cannot override the signature headers.
+dropped), and configured headers cannot override the signature headers. Hostile receivers are bounded: the
+whole attempt (connect, TLS handshake, request, headers, excerpt) has ``timeout`` seconds; headers are capped by
+aiohttp's parser (line and field sizes, header count); a body is never decompressed by the client — requests ask
+for ``identity``, and only the excerpt of a gzip or deflate body is inflated, to at most ``excerpt_bytes``, so a
+decompression bomb costs no more than a plain body.
 """
 
 import asyncio
 import json
 import ssl
 import time
+import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +25,9 @@ from hookpost.dispatcher.policy import AttemptResult, parse_retry_after
 from hookpost.dispatcher.targets import SafeResolver, TargetPolicy, TargetRefusedError
 
 PROTECTED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length",
-                     "host", "user-agent", "transfer-encoding"}
+                     "host", "user-agent", "transfer-encoding", "accept-encoding"}
+_CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None)
 
 
 def encode_body(payload: dict[str, Any]) -> bytes:
@@ -33,16 +40,48 @@ def request_headers(hook: Webhook, event_id: str, body: bytes, timestamp: int, u
     headers = {k: v for k, v in hook.headers.items() if k.lower() not in PROTECTED_HEADERS}
     headers["content-type"] = "application/json"
     headers["user-agent"] = user_agent
+    headers["accept-encoding"] = "identity"  # the response is not decompressed (see decode_excerpt)
     headers.update(signature_headers(event_id, timestamp, body, hook.signing_secrets()))
     return headers
 
 
-def error_text(exc: BaseException, timeout: float) -> str:
+def decode_excerpt(raw: bytes, content_encoding: str | None, limit: int) -> str | None:
+    """Return the text of a response excerpt whose first raw bytes are ``raw``: a gzip or deflate body is
+    inflated to at most ``limit`` bytes (never more, whatever it claims to hold), another encoding is named, not
+    decoded.
+
+    >>> decode_excerpt(zlib.compress(b"x" * 10**6), "deflate", 5)
+    'xxxxx'
+    >>> decode_excerpt(bytes(2), "br", 100)
+    '(br-encoded body of 2+ bytes; not decoded)'
+    """
+    if not raw:
+        return None
+    encoding = (content_encoding or "").strip().lower()
+    data: bytes | None = raw
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        data = None
+        for wbits in ((31,) if "gzip" in encoding else (15, -15)):  # deflate: zlib-wrapped, or raw as some send
+            try:
+                data = zlib.decompressobj(wbits).decompress(raw, limit)
+                break
+            except zlib.error:
+                continue
+        if data is None:
+            return f"({encoding}-encoded body of {len(raw)}+ bytes; could not be decoded)"
+    elif encoding not in ("", "identity"):
+        return f"({encoding[:40]}-encoded body of {len(raw)}+ bytes; not decoded)"
+    return data[:limit].decode("utf-8", errors="replace")
+
+
+def error_text(exc: BaseException, timeout: float, connect_timeout: float | None = None) -> str:
     """Name a failed request's error class and message (``"Timeout: …"``, ``"ConnectError: …"``)."""
     if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, TargetRefusedError):
         return f"TargetRefused: {exc.os_error}"
     if isinstance(exc, TargetRefusedError):
         return f"TargetRefused: {exc}"
+    if _CONNECT_TIMEOUTS and isinstance(exc, _CONNECT_TIMEOUTS) and connect_timeout is not None:
+        return f"Timeout: no connection within {connect_timeout:g}s (TCP connect or TLS handshake)"
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return f"Timeout: no complete response within {timeout:g}s"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -53,6 +92,9 @@ def error_text(exc: BaseException, timeout: float) -> str:
         return f"ConnectError: {exc.os_error or exc}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "ConnectError: server disconnected without a response"
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400 and not getattr(exc, "history", None):
+        # raised by the response parser: a status line or headers that are not HTTP (or too long, too many)
+        return f"ProtocolError: invalid HTTP response: {' '.join(str(exc.message).split())[:300]}"
     if isinstance(exc, aiohttp.ClientError):
         return f"HTTPError: {type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"
@@ -65,6 +107,7 @@ class Sender:
                  user_agent: str, max_connections: int = 500) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.excerpt_bytes = excerpt_bytes
         self.user_agent = user_agent
         self._client_timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout,
@@ -81,7 +124,7 @@ class Sender:
                                              limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=True)
             # no cookie jar: a receiver's Set-Cookie must not ride along on later requests (and saves work)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._client_timeout,
-                                                  auto_decompress=True, skip_auto_headers=("User-Agent",),
+                                                  auto_decompress=False, skip_auto_headers=("User-Agent",),
                                                   cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
@@ -110,7 +153,8 @@ class Sender:
                 return AttemptResult(status_code=code, error=error, retry_after=retry_after,
                                      duration_ms=_ms(started), excerpt=excerpt)
         except Exception as exc:  # every failure is an attempt outcome, never a crash
-            return AttemptResult(error=error_text(exc, self.timeout)[:1000], duration_ms=_ms(started))
+            return AttemptResult(error=error_text(exc, self.timeout, self.connect_timeout)[:1000],
+                                 duration_ms=_ms(started))
 
     def _target(self, url: str) -> URL:
         """Return ``url`` parsed, or raise :class:`TargetRefusedError` if its host is a refused literal address
@@ -141,8 +185,7 @@ class Sender:
         if not complete and len(buf) >= limit:
             # one more read tells a body of exactly `limit` bytes from a longer one without buffering it
             complete = resp.content.at_eof() or resp.content.is_eof()
-        text = buf.decode("utf-8", errors="replace") if buf else None
-        return text, complete
+        return decode_excerpt(bytes(buf), resp.headers.get("Content-Encoding"), limit), complete
 
 
 def _ms(started: float) -> float:

@@ -79,10 +79,14 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AmqpChannel, str]] = []
         self.reconnects = 0
+        self._conn: AmqpConnection | None = None
 
     def readiness(self) -> dict[str, bool]:
-        """Return the readiness checks: broker connected, store reachable."""
-        return {"broker": self.outbox.ready, "store": self.guard.up}
+        """Return the readiness checks: broker connected, store reachable, and the broker accepting our publishes
+        (false during a memory or disk alarm: work then waits, unacked, until the alarm clears)."""
+        conn = self._conn
+        return {"broker": self.outbox.ready, "store": self.guard.up,
+                "broker_accepts_publishes": conn is None or not conn.blocked.is_set()}
 
     def stop(self) -> None:
         """Ask the worker to stop gracefully (safe to call from a signal handler)."""
@@ -156,6 +160,7 @@ class Worker:
             conn: AmqpConnection | None = None
             try:
                 conn = await AmqpConnection.connect(urls, name=self.name)
+                self._conn = conn
                 channels = await self._open(conn)
             except (BrokerUnavailableError, ConnectionLostError, PublishError, OSError, TimeoutError,
                     pika.exceptions.AMQPError) as exc:

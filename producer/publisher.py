@@ -3,7 +3,11 @@
 Each message is persistent, published with ``mandatory`` routing and publisher confirms, with the change id as
 AMQP ``message_id`` and the event type as routing key. ``publish`` returns only after the broker confirmed the
 message; a lost connection or a nack is retried (reconnecting, also to another cluster node) until ``timeout``,
-then :class:`common.errors.PublishError` is raised. It never reports success for an unconfirmed message.
+then :class:`common.errors.PublishError` is raised. It never reports success for an unconfirmed message. While
+the broker blocks publishers (a memory or disk alarm, ``connection.blocked``) nothing more is written, and a
+publish that is not confirmed by its timeout raises :class:`common.errors.BrokerBlockedError` (a
+``PublishError``). A message already written when the block began may still be delivered once it lifts (the
+change id makes that harmless).
 
 Example::
 
@@ -22,7 +26,7 @@ from typing import Any
 import pika.exceptions
 
 from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError
-from hookpost.common.errors import BrokerUnavailableError, PublishError
+from hookpost.common.errors import BrokerBlockedError, BrokerUnavailableError, PublishError
 from hookpost.common.models import ChangeEvent
 from hookpost.common.settings import Settings
 from hookpost.common.topology import Topology, topology_from
@@ -110,6 +114,40 @@ class Publisher:
             await self._send_window(prepared[start:start + window], bodies[start:start + window])
         return [c.id for c in prepared]
 
+    @property
+    def blocked(self) -> bool:
+        """True while the broker blocks this publisher's connection (a resource alarm: memory or disk)."""
+        return self._conn is not None and self._conn.blocked.is_set()
+
+    def _blocked_error(self, count: int) -> BrokerBlockedError:
+        reason = self._conn.blocked_reason if self._conn is not None else None
+        return BrokerBlockedError(f"the broker is blocking publishes ({reason or 'resource alarm'}): {count} change "
+                                  f"event(s) not confirmed within {self.timeout:g}s")
+
+    async def _confirmed(self, pending: list[int], changes: list[ChangeEvent], bodies: list[bytes],
+                         deadline: float) -> list[BaseException | None]:
+        """Publish ``pending`` on the current channel and wait for their confirms until ``deadline``.
+
+        While the broker blocks the connection nothing is written (it would only wait in the socket); a window
+        that is not confirmed by the deadline raises :class:`BrokerBlockedError` if the connection is blocked,
+        else :class:`PublishError`.
+        """
+        await self.connect()
+        conn, channel = self._conn, self._channel
+        assert conn is not None and channel is not None
+        try:
+            if not conn.unblocked.is_set():
+                await asyncio.wait_for(conn.unblocked.wait(), max(deadline - time.monotonic(), 0.05))
+            futures = [channel.publish_nowait(self.exchange, changes[i].type, bodies[i], message_id=changes[i].id)
+                       for i in pending]
+            return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
+                                          max(deadline - time.monotonic(), 0.05))
+        except TimeoutError:
+            if conn.blocked.is_set():
+                raise self._blocked_error(len(pending)) from None
+            raise PublishError(f"{len(pending)} change event(s) not confirmed by the broker within "
+                               f"{self.timeout:g}s") from None
+
     async def _send_window(self, changes: list[ChangeEvent], bodies: list[bytes]) -> None:
         deadline = time.monotonic() + self.timeout
         pending = list(range(len(changes)))
@@ -117,12 +155,7 @@ class Publisher:
         last_error: Exception | None = None
         while pending:
             try:
-                await self.connect()
-                channel = self._channel
-                assert channel is not None
-                futures = [channel.publish_nowait(self.exchange, changes[i].type, bodies[i],
-                                                  message_id=changes[i].id) for i in pending]
-                results = await asyncio.gather(*futures, return_exceptions=True)
+                results = await self._confirmed(pending, changes, bodies, deadline)
             except TRANSIENT as exc:
                 results = [exc] * len(pending)
             failed = []
@@ -141,6 +174,8 @@ class Publisher:
                 await self._channel.close()
             if pending:
                 if time.monotonic() + delay > deadline:
+                    if self.blocked:
+                        raise self._blocked_error(len(pending))
                     raise PublishError(f"{len(pending)} change event(s) not confirmed by the broker within "
                                        f"{self.timeout:g}s: {last_error}")
                 log.warning("publish not confirmed; retrying", extra={"pending": len(pending),

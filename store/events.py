@@ -448,12 +448,17 @@ class EventRepo:
             "next_attempt_ms", ASCENDING).limit(limit)
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
-    async def claim_overdue(self, event: WebhookEvent, until_ms: int) -> bool:
-        """Push an overdue event's next attempt to ``until_ms`` if nobody touched it meanwhile."""
+    async def claim_overdue(self, event: WebhookEvent, until_ms: int, token: str) -> bool:
+        """Push an overdue event's next attempt to ``until_ms`` if nobody touched it meanwhile; return whether
+        this claim (writer ``token``, made by the caller once) holds it — also when a retry after a lost reply
+        finds its own earlier write."""
         res = await self.coll.update_one(
             {"_id": event.id, "attempt_count": event.attempt_count, "next_attempt_ms": event.next_attempt_ms},
-            {"$set": due_fields(until_ms)})
-        return res.matched_count == 1
+            {"$set": {**due_fields(until_ms), "writer": token}})
+        if res.matched_count == 1:
+            return True
+        doc = await self.coll.find_one({"_id": event.id}, {"writer": 1})
+        return doc is not None and doc.get("writer") == token
 
     async def delete_only(self, event_ids: list[str]) -> int:
         """Delete events by id (not their attempts: see :func:`store.cleanup.cleanup`); return how many."""

@@ -17,6 +17,8 @@ Example::
     assert d.published_to("", d.topology.retry_queue(0))[0].delivery().attempt == 2
 """
 
+from __future__ import annotations
+
 import asyncio
 import functools
 import json
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
+from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure
 
 from hookpost.common.amqp import ConnectionLostError
@@ -47,6 +50,7 @@ from hookpost.common.models import (
 from hookpost.common.topology import Topology
 from hookpost.common.wire import encode_change
 from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.consumer import FailureCount, settle_after
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut, new_events
@@ -57,6 +61,7 @@ from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.reconciler import Reconciler
 from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
 from hookpost.store.docs import from_doc, to_doc
+from hookpost.store.webhooks import BrokenWebhook, describe
 
 _IN_FLIGHT = [s.value for s in IN_FLIGHT]
 
@@ -83,7 +88,7 @@ def _op(name: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Aw
     ``ConnectionFailure`` when a fault is armed: before it acts (an outage) or after (a lost reply)."""
     def deco(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
-        async def wrapper(self: "_Repo", *args: Any, **kwargs: Any) -> Any:
+        async def wrapper(self: _Repo, *args: Any, **kwargs: Any) -> Any:
             store = self.store
             store.calls.append(StoreCall(name, args, kwargs))
             await asyncio.sleep(0)
@@ -99,14 +104,14 @@ def _op(name: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Aw
 
 
 class _Repo:
-    def __init__(self, store: "FakeStore") -> None:
+    def __init__(self, store: FakeStore) -> None:
         self.store = store
 
 
 class FakeEventRepo(_Repo):
     """The ``events`` methods the dispatcher calls, over dict documents, with the guards of ``EventRepo``."""
 
-    def __init__(self, store: "FakeStore") -> None:
+    def __init__(self, store: FakeStore) -> None:
         super().__init__(store)
         self.docs: dict[str, dict[str, Any]] = {}
 
@@ -188,13 +193,14 @@ class FakeEventRepo(_Repo):
         return [self._model(d) for d in docs[:limit]]
 
     @_op("events.claim_overdue")
-    async def claim_overdue(self, event: WebhookEvent, until_ms: int) -> bool:
-        """Push the due time to ``until_ms`` if attempt count and due time are still as read."""
+    async def claim_overdue(self, event: WebhookEvent, until_ms: int, token: str) -> bool:
+        """Push the due time to ``until_ms`` if attempt count and due time are still as read; else tell whether
+        the claim written with ``token`` holds it (a retry after a lost reply)."""
         doc = self.docs.get(event.id)
         if (doc is None or doc["attempt_count"] != event.attempt_count
                 or doc["next_attempt_ms"] != event.next_attempt_ms):
-            return False
-        doc.update(due_fields(until_ms))
+            return doc is not None and doc.get("writer") == token
+        doc.update({**due_fields(until_ms), "writer": token})
         return True
 
     @_op("events.oldest_retrying_age")
@@ -207,15 +213,15 @@ class FakeEventRepo(_Repo):
 class FakeAttemptRepo(_Repo):
     """The ``attempts`` methods the dispatcher calls: records keyed by attempt id, the first one kept."""
 
-    def __init__(self, store: "FakeStore") -> None:
+    def __init__(self, store: FakeStore) -> None:
         super().__init__(store)
         self.docs: dict[str, dict[str, Any]] = {}
 
     @_op("attempts.insert")
-    async def insert(self, attempts: list[Attempt] | list[dict[str, Any]]) -> None:
+    async def insert(self, attempts: list[Attempt]) -> None:
         """Store attempt records; one whose id exists is kept as it is."""
         for a in attempts:
-            doc = a if isinstance(a, dict) else to_doc(a)
+            doc = to_doc(a)
             self.docs.setdefault(doc["_id"], doc)
 
     @_op("attempts.for_event")
@@ -225,17 +231,32 @@ class FakeAttemptRepo(_Repo):
 
 
 class FakeWebhookRepo(_Repo):
-    """The ``webhooks`` methods the dispatcher calls (the cache's ``list``, ``get``, ``set_active``)."""
+    """The ``webhooks`` methods the dispatcher calls (the cache's ``load``, ``get``, ``set_active``), over dict
+    documents — a test may break one by hand, as an operator might."""
 
-    def __init__(self, store: "FakeStore") -> None:
+    def __init__(self, store: FakeStore) -> None:
         super().__init__(store)
         self.docs: dict[str, dict[str, Any]] = {}
 
+    def _split(self, docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
+        hooks, broken = [], []
+        for doc in docs:
+            try:
+                hooks.append(from_doc(Webhook, doc))
+            except ValidationError as exc:
+                broken.append(BrokenWebhook(str(doc.get("_id")), describe(exc)))
+        return hooks, broken
+
     @_op("webhooks.list")
     async def list(self, *, active_only: bool = False, limit: int = 1000) -> list[Webhook]:
-        """Webhooks, oldest first."""
-        docs = [d for _, d in sorted(self.docs.items()) if d["active"] or not active_only]
-        return [from_doc(Webhook, d) for d in docs[:limit]]
+        """Valid webhooks, oldest first (documents that do not validate are left out)."""
+        docs = [d for _, d in sorted(self.docs.items()) if d.get("active") or not active_only]
+        return self._split(docs[:limit])[0]
+
+    @_op("webhooks.load")
+    async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
+        """Every webhook, and apart every document that does not validate, with the reason."""
+        return self._split([d for _, d in sorted(self.docs.items())])
 
     @_op("webhooks.get")
     async def get(self, webhook_id: str) -> Webhook:
@@ -347,7 +368,7 @@ class Published:
         """The body as a failure notice."""
         return FailedNotice.model_validate_json(self.body)
 
-    def as_message(self, *, redelivered: bool = False) -> "FakeMessage":
+    def as_message(self, *, redelivered: bool = False) -> FakeMessage:
         """This message as a consumer would receive it from the queue it was routed to."""
         return FakeMessage(self.body, properties=self.properties, routing_key=self.routing_key,
                            redelivered=redelivered)
@@ -452,17 +473,19 @@ class FakeMessage:
         self.settled: list[tuple[str, bool | None]] = []
 
     @classmethod
-    def of_change(cls, change: ChangeEvent, *, redelivered: bool = False) -> "FakeMessage":
+    def of_change(cls, change: ChangeEvent, *, redelivered: bool = False,
+                  headers: dict[str, Any] | None = None) -> FakeMessage:
         """A change event as producers publish it (routing key = its type)."""
-        return cls(encode_change(change), message_id=change.id, routing_key=change.type, redelivered=redelivered)
+        return cls(encode_change(change), message_id=change.id, routing_key=change.type, redelivered=redelivered,
+                   headers=headers)
 
     @classmethod
-    def of_delivery(cls, dm: DeliveryMessage, *, redelivered: bool = False) -> "FakeMessage":
+    def of_delivery(cls, dm: DeliveryMessage, *, redelivered: bool = False) -> FakeMessage:
         """A delivery message as the outbox publishes it."""
         return cls(dm.model_dump_json().encode(), message_id=f"{dm.event_id}/{dm.attempt}",
                    headers={"hookpost-attempt": dm.attempt}, routing_key="deliver", redelivered=redelivered)
 
-    def redelivery(self) -> "FakeMessage":
+    def redelivery(self) -> FakeMessage:
         """The same message as the broker hands it out again after it was not settled."""
         return FakeMessage(self.body, properties=self.properties, routing_key=self.routing_key, redelivered=True,
                            delivery_tag=self.delivery_tag + 1)
@@ -496,7 +519,7 @@ class Hanging:
     """A scripted answer that comes only once ``release`` is set (a request that hangs until then)."""
 
     release: asyncio.Event
-    then: "int | AttemptResult" = 200
+    then: int | AttemptResult = 200
 
 
 @dataclass
@@ -514,7 +537,7 @@ class FakeSender:
     result — a status code, an :class:`AttemptResult`, or :class:`Hanging` — and records it in :attr:`requests`.
     Once the script is used up it answers ``default``; without one an unscripted request fails the test."""
 
-    def __init__(self, *script: "int | AttemptResult | Hanging", default: "int | AttemptResult | None" = None
+    def __init__(self, *script: int | AttemptResult | Hanging, default: int | AttemptResult | None = None
                  ) -> None:
         self.script = list(script)
         self.default = default
@@ -522,7 +545,7 @@ class FakeSender:
         self.in_flight = 0
 
     @staticmethod
-    def _result(item: "int | AttemptResult") -> AttemptResult:
+    def _result(item: int | AttemptResult) -> AttemptResult:
         return item if isinstance(item, AttemptResult) else AttemptResult(status_code=item, duration_ms=1.0)
 
     async def send(self, hook: Webhook, event_id: str, payload: dict[str, Any]) -> AttemptResult:
@@ -574,6 +597,13 @@ class FakeDispatcher:
     reconciler: Reconciler
     max_attempts: int
     delays: tuple[float, ...] = field(default=FAST_DELAYS)
+    poison_after: int = 5
+    failures: dict[str, FailureCount] = field(default_factory=dict)
+
+    async def consume(self, stage: FanOut | DeliveryHandler, msg: FakeMessage) -> None:
+        """Handle and settle ``msg`` as the worker's consumer of ``stage`` does (one failure count per stage)."""
+        counter = self.failures.setdefault(type(stage).__name__, FailureCount(poison_after=self.poison_after))
+        await settle_after(stage, msg, failures=counter, on_nack=self.outbox.drop)
 
     @property
     def published(self) -> list[Published]:
@@ -623,7 +653,7 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
     stopping = asyncio.Event()
     guard = StoreGuard(metrics, stopping)
     guarded = GuardedStore(store, guard)
-    cache = WebhookCache(guarded.webhooks, cache_ttl)
+    cache = WebhookCache(guarded.webhooks, cache_ttl, metrics)
     outbox = Outbox(topology)
     connection = FakeConnection()
     channel = await outbox.open(connection, declare=True)

@@ -14,8 +14,8 @@ import hookpost.dispatcher.storeguard as storeguard_module
 from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.errors import PublishError
 from hookpost.common.models import EventStatus, due_fields, now_ms
-from hookpost.common.topology import ATTEMPT_HEADER
-from hookpost.dispatcher.consumer import Verdict, settle_after
+from hookpost.common.topology import ATTEMPT_HEADER, ROUTING_KEY_HEADER
+from hookpost.dispatcher.consumer import FailureCount, Verdict, settle_after
 from hookpost.dispatcher.limits import endpoint_key
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.store.attempts import attempt_id
@@ -92,7 +92,7 @@ async def test_an_invalid_change_is_copied_to_the_invalid_queue_with_its_reason_
     p = d.published[0]
     assert (p.exchange, p.routing_key, p.body) == (d.topology.dead_exchange, "invalid", body)
     assert reason in p.headers["x-hookpost-error"]
-    assert p.headers["trace"] == "t1" and p.headers["hookpost-routing-key"] == "article.updated"
+    assert p.headers["trace"] == "t1" and p.headers[ROUTING_KEY_HEADER] == "article.updated"
     assert p.message_id == "m-1" and p.properties.delivery_mode == 2
     assert d.store.all_events() == [] and d.store.calls == []
 
@@ -178,13 +178,16 @@ async def test_a_500_records_retrying_and_publishes_the_next_attempt_due_when_re
     d = await build_dispatcher(FakeSender(500))
     hook = d.store.add_webhook()
     event, dm = d.seed_event(hook)
+    first_delay_ms = round(d.delays[0] * 1000)
 
+    before = now_ms()
     assert await d.delivery.handle(FakeMessage.of_delivery(dm)) is Verdict.ACK
+    after = now_ms()
 
     ev = d.store.event(event.id)
     assert (ev.status, ev.attempt_count, ev.last_status_code, ev.last_error) == (
         EventStatus.RETRYING, 1, 500, "HTTP 500")
-    assert ev.next_attempt_ms is not None and ev.next_attempt_ms >= now_ms() + 0  # due after the first delay
+    assert before + first_delay_ms <= ev.next_attempt_ms <= after + first_delay_ms + 2  # after the first delay
     assert len(d.store.attempts_of(event.id)) == 1
     [p] = d.published
     assert (p.exchange, p.routing_key) == ("", d.topology.retry_queue(0))
@@ -247,6 +250,20 @@ async def test_a_deleted_webhook_fails_the_event_without_a_request():
     assert p.routing_key == "failed" and p.notice().attempts == 0 and p.notice().last_error == "webhook deleted"
 
 
+async def test_a_webhook_whose_stored_document_no_longer_validates_fails_its_event_with_the_reason():
+    d = await build_dispatcher(FakeSender())
+    hook = d.store.add_webhook()
+    event, dm = d.seed_event(hook)
+    d.store.webhooks.docs[hook.id]["event_types"] = []  # edited by hand
+
+    assert await d.delivery.handle(FakeMessage.of_delivery(dm)) is Verdict.ACK
+
+    ev = d.store.event(event.id)
+    assert ev.status is EventStatus.FAILED and ev.last_error.startswith("webhook document does not validate")
+    assert "event_types" in ev.last_error and d.sender.requests == []
+    assert d.metrics.webhooks_invalid._value.get() == 1
+
+
 @pytest.mark.parametrize("body", [
     b"not json", b"{}", b'{"event_id": "evt_1", "webhook_id": "wh_1", "attempt": 0, "payload": {}}',
     b'["evt_1"]'])
@@ -255,7 +272,7 @@ async def test_a_malformed_delivery_message_is_dead_lettered_untouched(body):
     msg = FakeMessage(body)
 
     assert await d.delivery.handle(msg) is Verdict.DEAD_LETTER
-    await settle_after(d.delivery.handle, msg)
+    await d.consume(d.delivery, msg)
 
     assert msg.settled == [("reject", False)]
     assert d.published == [] and d.store.calls == [] and d.sender.requests == []
@@ -332,8 +349,14 @@ async def _hanging_endpoint(d, hook):
     d.sender.script.insert(0, Hanging(release, 200))
     _, dm = d.seed_event(hook)
     task = asyncio.create_task(d.delivery.handle(FakeMessage.of_delivery(dm)))
-    while d.sender.in_flight == 0:
+    for _ in range(1000):
+        if d.sender.in_flight:
+            break
+        if task.done():
+            raise AssertionError(f"the first delivery did not reach the endpoint: {task.result()}")
         await asyncio.sleep(0)
+    else:
+        raise AssertionError("the first delivery did not reach the endpoint")
     await asyncio.sleep(0.015)
     assert d.limiter.hanging(endpoint_key(hook.url))
     return release, task
@@ -354,7 +377,7 @@ async def test_a_delivery_to_a_hanging_endpoint_is_parked_in_the_defer_ladder_wi
     assert (parked.event_id, parked.attempt, parked.deferrals, parked.due_ms) == (event.id, 1, 1, dm.due_ms)
     assert d.store.event(event.id) == event and d.store.attempts_of(event.id) == []  # no attempt counted
     assert d.store.count("events.postpone") == 0
-    assert [r.event_id for r in d.sender.requests] != [] and event.id not in {r.event_id for r in d.sender.requests}
+    assert len(d.sender.requests) == 1 and d.sender.requests[0].event_id != event.id  # only the hanging one
     release.set()
     assert await running is Verdict.ACK
 
@@ -475,59 +498,111 @@ async def test_two_dispatchers_sweeping_at_once_republish_an_overdue_event_once(
 # ---- settling -----------------------------------------------------------------------------------------------------
 
 
+class ScriptedStage:
+    """A stage whose ``handle`` returns ``verdict`` or raises ``error``; ``poisoned`` records its reason."""
+
+    def __init__(self, verdict=Verdict.ACK, error=None):
+        self.verdict = verdict
+        self.error = error
+        self.poison_reasons = []
+
+    async def handle(self, msg):
+        if self.error is not None:
+            raise self.error
+        return self.verdict
+
+    async def poisoned(self, msg, reason):
+        self.poison_reasons.append(reason)
+        return Verdict.ACK
+
+
 @pytest.mark.parametrize(("verdict", "settled"), [
     (Verdict.ACK, ("ack", None)), (Verdict.DEAD_LETTER, ("reject", False)), (Verdict.REQUEUE, ("reject", True))])
 async def test_settle_after_settles_the_message_as_the_verdict_says(verdict, settled):
     msg = FakeMessage(b"{}")
-
-    async def handler(m):
-        return verdict
-
-    await settle_after(handler, msg)
+    await settle_after(ScriptedStage(verdict), msg, failures=FailureCount(5))
     assert msg.settled == [settled]
 
 
 async def test_settle_after_requeues_after_a_pause_when_the_handler_raises(consumer_sleep):
-    msg = FakeMessage(b"{}")
-
-    async def handler(m):
-        raise RuntimeError("bug")
-
-    await settle_after(handler, msg)
-    assert msg.settled == [("reject", True)] and consumer_sleep.slept == [1.0]
+    msg = FakeMessage(b"{}", message_id="m-1")
+    stage = ScriptedStage(error=RuntimeError("bug"))
+    await settle_after(stage, msg, failures=FailureCount(5))
+    assert msg.settled == [("reject", True)] and consumer_sleep.slept == [1.0] and stage.poison_reasons == []
 
 
 async def test_settle_after_drops_the_outbox_channel_and_requeues_when_a_publish_was_refused(consumer_sleep):
     msg = FakeMessage(b"{}")
     nacked = []
 
-    async def handler(m):
-        raise PublishError("nack")
-
     async def on_nack():
         nacked.append(True)
 
-    await settle_after(handler, msg, on_nack=on_nack)
+    await settle_after(ScriptedStage(error=PublishError("nack")), msg, failures=FailureCount(5), on_nack=on_nack)
     assert nacked == [True] and msg.settled == [("reject", True)] and consumer_sleep.slept == [0.5]
 
 
 async def test_settle_after_leaves_the_message_unsettled_when_its_channel_is_gone(consumer_sleep):
     msg = FakeMessage(b"{}")
-
-    async def handler(m):
-        raise ConnectionLostError("channel closed")
-
-    await settle_after(handler, msg)
+    await settle_after(ScriptedStage(error=ConnectionLostError("channel closed")), msg, failures=FailureCount(5))
     assert msg.settled == [] and consumer_sleep.slept == []
 
 
-# ---- gaps in the product code ---------------------------------------------------------------------------------------
+async def test_a_message_that_keeps_failing_is_ended_by_the_stage_instead_of_requeued(consumer_sleep):
+    stage = ScriptedStage(error=RuntimeError("bug"))
+    failures = FailureCount(poison_after=3)
+    settled = []
+    for _ in range(3):  # a classic queue: no x-delivery-count, the count is kept per message id
+        msg = FakeMessage(b"{}", message_id="m-1", redelivered=bool(settled))
+        await settle_after(stage, msg, failures=failures)
+        settled += msg.settled
+    assert settled == [("reject", True), ("reject", True), ("ack", None)]
+    assert len(stage.poison_reasons) == 1 and "3 tries" in stage.poison_reasons[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DeliveryHandler.on_duplicate re-schedules only a Retrying event: when the broker is lost between recording "
-    "the last attempt (Failed) and publishing its failure notice, the redelivered attempt is taken for a "
-    "duplicate and the notice is never published, though docs promise one per Failed event"))
+async def test_a_poison_delivery_fails_its_event_with_the_reason_and_a_failure_notice(consumer_sleep, monkeypatch):
+    d = await build_dispatcher(FakeSender())
+    hook = d.store.add_webhook()
+    event, dm = d.seed_event(hook)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(d.sender, "send", broken)
+    msg = FakeMessage.of_delivery(dm, redelivered=True)
+    msg.properties.headers["x-delivery-count"] = d.poison_after - 1  # a quorum queue counts the earlier tries
+
+    await d.consume(d.delivery, msg)
+
+    assert msg.settled == [("ack", None)]
+    ev = d.store.event(event.id)
+    assert ev.status is EventStatus.FAILED and ev.attempt_count == 0
+    assert "could not be handled" in ev.last_error and "RuntimeError: boom" in ev.last_error
+    [p] = d.published
+    assert p.routing_key == "failed" and p.notice().event_id == event.id
+
+
+async def test_a_poison_change_is_set_aside_with_the_reason(consumer_sleep, monkeypatch):
+    d = await build_dispatcher()
+    d.store.add_webhook()
+    msg = FakeMessage.of_change(make_change(), headers={"x-delivery-count": d.poison_after - 1})
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(d.fanout, "store_events", broken)
+
+    await d.consume(d.fanout, msg)
+
+    assert msg.settled == [("ack", None)]
+    [p] = d.published
+    assert (p.exchange, p.routing_key, p.body) == (d.topology.dead_exchange, "invalid", msg.body)
+    assert p.headers["x-hookpost-error"].startswith("fan-out could not be handled")
+
+
+# ---- replays after a lost broker or a lost store reply ----------------------------------------------
+
+
 async def test_a_redelivered_final_attempt_recorded_failed_publishes_its_failure_notice():
     d = await build_dispatcher(FakeSender(500, 500))
     hook = d.store.add_webhook()
@@ -544,10 +619,6 @@ async def test_a_redelivered_final_attempt_recorded_failed_publishes_its_failure
     assert [p.notice().event_id for p in d.published_to(d.topology.dead_exchange, "failed")] == [event.id]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "schedule_next disables a webhook on 410 only after the failure notice is confirmed; if the broker is lost "
-    "in between, the event is recorded Failed and the redelivered attempt is ignored as a duplicate, so the "
-    "webhook stays active"))
 async def test_a_redelivered_410_recorded_failed_still_disables_the_webhook():
     d = await build_dispatcher(FakeSender(410, 410))
     hook = d.store.add_webhook()
@@ -562,3 +633,34 @@ async def test_a_redelivered_410_recorded_failed_still_disables_the_webhook():
     await d.delivery.handle(msg.redelivery())
 
     assert not d.store.webhook(hook.id).active
+
+
+async def test_a_sweep_whose_claim_reply_was_lost_still_republishes_the_delivery(guard_sleep):
+    d = await build_dispatcher(grace=1.0)
+    hook = d.store.add_webhook()
+    event = _overdue_event(d, hook)
+    d.store.fail_next("events.claim_overdue", after_write=True)
+
+    republished = await d.reconciler.sweep()
+
+    assert d.store.event(event.id).next_attempt_ms > now_ms()  # claimed either way
+    assert republished == 1 and [p.delivery().event_id for p in d.published] == [event.id]
+
+
+async def test_a_change_the_store_refuses_fails_alone_not_the_changes_batched_with_it():
+    d = await build_dispatcher()
+    d.store.add_webhook("http://a.example/hook", ["article.*"])
+    good, bad = make_change("article.updated"), make_change("article.updated")
+    real = d.store.events.insert_flags
+
+    async def insert_flags(events):
+        if any(e.change_id == bad.id for e in events):
+            raise ValueError("document too large")  # a write refused for good, not an outage
+        return await real(events)
+
+    d.store.events.insert_flags = insert_flags
+    results = await asyncio.gather(d.fanout.handle(FakeMessage.of_change(good)),
+                                   d.fanout.handle(FakeMessage.of_change(bad)), return_exceptions=True)
+    assert results[0] is Verdict.ACK
+    assert isinstance(results[1], ValueError)
+    assert [e.change_id for e in d.store.all_events()] == [good.id]
