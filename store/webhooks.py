@@ -4,6 +4,10 @@ A document someone edited by hand may no longer validate (a ``description`` that
 one). Listing never fails for it: :meth:`WebhookRepo.load` returns the valid webhooks and, apart, each broken
 document's id with what is wrong, so the dispatcher serves every other webhook and says loudly which one it
 cannot serve.
+
+Every write sets ``updated_ms`` (epoch milliseconds, indexed) and a delete leaves a tombstone in
+``webhooks_deleted``, so the dispatcher's cache reloads only what changed (:meth:`WebhookRepo.changed_since`,
+:meth:`WebhookRepo.deleted_since`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
-from hookpost.common.models import Webhook, utcnow
+from hookpost.common.models import Webhook, now_ms, utcnow
 from hookpost.common.signing import generate_secret
 from hookpost.store.docs import from_doc, to_doc
 
@@ -39,19 +43,25 @@ def describe(exc: ValidationError) -> str:
 class WebhookRepo:
     """Webhook documents, keyed by ``wh_`` ids."""
 
-    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
+    TOMBSTONE_DAYS = 7
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]],
+                 deleted: AsyncCollection[dict[str, Any]] | None = None) -> None:
         self.coll = coll
+        self.deleted = deleted if deleted is not None else coll.database[coll.name + "_deleted"]
 
     async def ensure_indexes(self) -> None:
-        """Index the active flag (the dispatcher loads active webhooks)."""
+        """Index the active flag, the last change (incremental reloads) and the tombstones' time."""
         await self.coll.create_index([("active", ASCENDING)])
+        await self.coll.create_index([("updated_ms", ASCENDING)])
+        await self.deleted.create_index([("deleted_ms", ASCENDING)])
 
     async def create(self, url: str, event_types: list[str], *, description: str = "", secret: str | None = None,
                      headers: dict[str, str] | None = None, active: bool = True) -> Webhook:
         """Store a new webhook and return it (with a generated secret unless ``secret`` is given)."""
         hook = Webhook(id=new_id("wh"), url=url, event_types=event_types, description=description,
                        secret=secret or generate_secret(), headers=headers or {}, active=active)
-        await self.coll.insert_one(to_doc(hook))
+        await self.coll.insert_one({**to_doc(hook), "updated_ms": now_ms()})
         return hook
 
     async def get(self, webhook_id: str) -> Webhook:
@@ -90,7 +100,7 @@ class WebhookRepo:
         hook = await self.get(webhook_id)
         merged = Webhook.model_validate({**hook.model_dump(), **fields, "updated_at": utcnow()})
         changes = {k: getattr(merged, k) for k in [*fields, "updated_at"]}
-        await self.coll.update_one({"_id": webhook_id}, {"$set": changes})
+        await self.coll.update_one({"_id": webhook_id}, {"$set": {**changes, "updated_ms": now_ms()}})
         return merged
 
     async def set_active(self, webhook_id: str, active: bool, reason: str | None = None) -> Webhook:
@@ -107,9 +117,41 @@ class WebhookRepo:
 
     async def delete(self, webhook_id: str) -> None:
         """Delete a webhook (its events stay until the janitor removes them)."""
+        ms = now_ms()
+        # the tombstone first: a crash in between leaves a tombstone for a live webhook, which the next change
+        # to it (or a full reload) corrects; the other way round a cache could keep serving a deleted webhook
+        await self.deleted.update_one({"_id": webhook_id}, {"$set": {"deleted_ms": ms}}, upsert=True)
         res = await self.coll.delete_one({"_id": webhook_id})
         if res.deleted_count == 0:
+            await self.deleted.delete_one({"_id": webhook_id})
             raise NotFoundError(f"no webhook {webhook_id!r}")
+        old = [d["_id"] async for d in self.deleted.find(
+            {"deleted_ms": {"$lt": ms - self.TOMBSTONE_DAYS * 86_400_000}}, {"_id": 1}).limit(1000)]
+        if old:
+            await self.deleted.delete_many({"_id": {"$in": old}})
+
+    async def changed_since(self, since_ms: int, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
+        """Return the webhooks written at or after ``since_ms`` (``updated_ms``), and apart those that do not
+        validate, in pages of ``page``."""
+        hooks: list[Webhook] = []
+        broken: list[BrokenWebhook] = []
+        cursor_ms, seen = since_ms, set[str]()
+        while True:
+            docs = await self.coll.find({"updated_ms": {"$gte": cursor_ms}}).sort("updated_ms", ASCENDING).limit(
+                page + len(seen)).to_list()
+            fresh = [d for d in docs if d["_id"] not in seen]
+            good, bad = _split(fresh)
+            hooks += good
+            broken += bad
+            if len(docs) < page + len(seen) or not fresh:
+                return hooks, broken
+            cursor_ms = docs[-1]["updated_ms"]
+            seen = {d["_id"] for d in docs if d["updated_ms"] == cursor_ms}
+
+    async def deleted_since(self, since_ms: int) -> list[str]:
+        """Return the ids of webhooks deleted at or after ``since_ms`` (tombstones are kept seven days)."""
+        cursor = self.deleted.find({"deleted_ms": {"$gte": since_ms}}, {"_id": 1}).limit(100_000)
+        return [str(d["_id"]) async for d in cursor]
 
 
 def _split(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
