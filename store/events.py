@@ -89,9 +89,8 @@ def _event_id_conditions(term: str, prefix: bool) -> list[dict[str, Any]]:
         return [{"_id": ident}] if len(body) == 26 else []
     if not body:
         return []
-    if len(body) <= 10:
-        return [{"created_ms": {"$gte": _ulid_ms(body.ljust(10, "0")), "$lte": _ulid_ms(body.ljust(10, "Z"))},
-                 "_id": {"$regex": "^" + re.escape(ident)}}]
+    if len(body) <= 10:  # exactly the events created in that span of milliseconds
+        return [{"created_ms": {"$gte": _ulid_ms(body.ljust(10, "0")), "$lte": _ulid_ms(body.ljust(10, "Z"))}}]
     return [{"created_ms": _ulid_ms(body[:10]), "_id": {"$regex": "^" + re.escape(ident)}}]
 
 
@@ -187,28 +186,87 @@ class EventFilter:
             q["$or"] = search_conditions(self.search) or [{"_id": {"$in": []}}]
         return q
 
-    def branches(self) -> list[dict[str, Any]]:
+    def branches(self) -> list[tuple[dict[str, Any], str | None]]:
         """Return the filter as queries of equalities and ranges only, one per status and search condition;
         an event matches the filter if it matches any (they are run apart and merged: an ``$or`` or an ``$in``
-        of several values is served by no index on the stand-in)."""
+        of several values is served by no index on the stand-in).
+
+        Each comes with an event-id prefix to check on the results, or None: a prefix that reaches into an id's
+        random part is queried as its millisecond (``created_ms``), since a ``$regex`` or a range on ``_id``
+        scans the whole collection on the stand-in. A search condition that contradicts another filter (the
+        entity ``A-1`` searched within ``--entity A-2``) makes no query.
+        """
         searched: list[dict[str, Any] | None] = [None]
         if self.search is not None:
             searched = list(search_conditions(self.search))
         statuses: list[str | None] = [s.value for s in dict.fromkeys(self.statuses)] or [None]
-        out = []
+        out: list[tuple[dict[str, Any], str | None]] = []
         for cond in searched:
             for status in statuses:
-                q = self._common(steer=cond is not None)
+                q: dict[str, Any] | None = self._common(steer=cond is not None)
+                assert q is not None
                 if status is not None:
                     q["status"] = {"$in": [status]} if cond is not None else status
+                id_prefix = None
                 if cond is not None:
+                    cond = dict(cond)
+                    rx = cond.get("_id")
+                    if isinstance(rx, dict) and "$regex" in rx and "created_ms" in cond:
+                        del cond["_id"]
+                        id_prefix = rx["$regex"][1:].replace("\\", "")
                     for key, value in cond.items():
-                        if key in q:  # two conditions on one field (created_ms, _id): both must hold
-                            q.setdefault("$and", []).append({key: value})
-                        else:
-                            q[key] = value
-                out.append(q)
+                        q = _merge(q, key, value)
+                        if q is None:
+                            break
+                if q is not None:
+                    out.append((q, id_prefix))
         return out
+
+
+def _one(value: Any) -> tuple[bool, Any]:
+    """Tell whether a condition is one plain value (``v`` or ``{"$in": [v]}``), and which."""
+    if not isinstance(value, dict):
+        return True, value
+    if set(value) == {"$in"} and len(value["$in"]) == 1:
+        return True, value["$in"][0]
+    return False, None
+
+
+def _holds(cond: dict[str, Any], v: Any) -> bool:
+    """Evaluate a range, ``$in`` or anchored ``$regex`` condition on a value."""
+    try:
+        for op, arg in cond.items():
+            ok = {"$gte": lambda a: v >= a, "$gt": lambda a: v > a, "$lt": lambda a: v < a,
+                  "$lte": lambda a: v <= a, "$in": lambda a: v in a,
+                  "$regex": lambda a: re.search(a, str(v)) is not None}.get(op, lambda a: True)(arg)
+            if not ok:
+                return False
+    except TypeError:
+        return False
+    return True
+
+
+def _merge(q: dict[str, Any], key: str, value: Any) -> dict[str, Any] | None:
+    """AND ``{key: value}`` into ``q``, keeping one condition per field where possible; None if they
+    contradict."""
+    if key not in q:
+        return {**q, key: value}
+    old = q[key]
+    old_one, a = _one(old)
+    new_one, b = _one(value)
+    if old_one and new_one:
+        return q if a == b else None
+    if old_one or new_one:
+        plain, other = (b, old) if new_one else (a, value)
+        return {**q, key: plain} if _holds(other, plain) else None
+    ranges = {"$gte", "$gt", "$lt", "$lte"}
+    if set(old) <= ranges and set(value) <= ranges:
+        merged = dict(old)
+        for op, arg in value.items():
+            merged[op] = arg if op not in merged else (max(merged[op], arg) if op in ("$gte", "$gt")
+                                                         else min(merged[op], arg))
+        return {**q, key: merged}
+    return {**q, "$and": [*q.get("$and", []), {key: value}]}
 
 
 def event_doc(event: WebhookEvent) -> dict[str, Any]:
@@ -288,23 +346,24 @@ class EventRepo:
         """
         branches = flt.branches()
         if len(branches) == 1:
-            docs = await self._find_branch(branches[0], flt.before, limit, newest_first)
+            docs = await self._find_branch(*branches[0], flt.before, limit, newest_first)
         else:
             seen: dict[str, dict[str, Any]] = {}
-            for query in branches:
-                for d in await self._find_branch(query, flt.before, limit, newest_first):
+            for query, id_prefix in branches:
+                for d in await self._find_branch(query, id_prefix, flt.before, limit, newest_first):
                     seen.setdefault(d["_id"], d)
             docs = sorted(seen.values(), key=lambda d: (d["created_ms"], d["_id"]), reverse=newest_first)
         return [from_doc(WebhookEvent, d) for d in docs[:limit]]
 
-    async def _find_branch(self, query: dict[str, Any], before: str | None, limit: int,
+    async def _find_branch(self, query: dict[str, Any], id_prefix: str | None, before: str | None, limit: int,
                            newest_first: bool) -> list[dict[str, Any]]:
         direction = DESCENDING if newest_first else ASCENDING
-        extra = 64 if before else 0
+        extra = 64 if before or id_prefix else 0
         while True:
             docs = await self.coll.find(query).sort([("created_ms", direction), ("_id", direction)]).limit(
                 limit + extra).to_list()
-            kept = [d for d in docs if not before or d["_id"] < before]
+            kept = [d for d in docs if (not before or d["_id"] < before)
+                    and (not id_prefix or d["_id"].startswith(id_prefix))]
             if len(kept) >= limit or len(docs) < limit + extra:
                 return kept[:limit]
             extra *= 4  # many events share the cursor's millisecond: look further
