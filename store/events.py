@@ -34,7 +34,7 @@ ERROR_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("timeout", ("timeout", "timed out")),
     ("refused", ("refused",)),
     ("dns", ("dnserror", "name or service not known", "nodename nor servname", "name resolution")),
-    ("tls", ("tlserror", "ssl", "certificate")),
+    ("tls", ("tlserror", "sslerror", "[ssl", "certificate")),
     ("redirect", ("redirect",)),
     ("gone", ("410 gone",)),
     ("disconnected", ("disconnected", "reset by peer")),
