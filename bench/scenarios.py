@@ -432,6 +432,45 @@ class Bench:
                 out["queries"][label] = {"wall_s": summarize(walls), "query_s": summarize(inproc), "rows": rows}
         return out
 
+    # ---- many webhooks: dispatcher CPU per delivery with 1 or 100,000 webhooks -----------------------------------
+
+    async def run_many_webhooks(self, n: int, webhooks: int) -> dict[str, Any]:
+        """Store ``webhooks`` webhooks, each subscribed to its own type (half exact, half a pattern), start a
+        dispatcher, publish ``n`` changes each of a type exactly one webhook wants (spread over all of them), and
+        measure the dispatcher's CPU per delivery; check that every change went to exactly its webhook."""
+        async with self.trial(ok=0) as trial:
+            ports = self.receivers.ok_ports[:2]
+            t0 = time.monotonic()
+            await insert_webhooks(trial.store, [self.receivers.url(p) for p in ports], webhooks)
+            seeded_s = time.monotonic() - t0
+            by_i = {d["bench_i"]: d["_id"] async for d in trial.store.webhooks.coll.find({}, {"bench_i": 1})}
+            targets = [(j * 7919) % webhooks for j in range(n)]
+            batch = [ChangeEvent(id=f"{trial.tag}-{j}", type=f"t{i}.updated" if i % 2 == 0 else f"t{i}.x.changed",
+                                 entity=Entity(kind="t", id=str(j)), data={"n": j}) for j, i in enumerate(targets)]
+            disp = self.dispatcher(trial, f"dispatcher-{webhooks}").start()
+            try:
+                r0 = time.monotonic()
+                await disp.wait_ready()
+                ready_s = time.monotonic() - r0
+                meter = self.meter(disp)
+                await self.receivers.reset()
+                c0, w0 = meter.snapshot(), time.time()
+                async with self.publisher(trial) as pub:
+                    await pub.publish_many(batch, window=500)
+                stats = await self.wait_received(ports, n, timeout=600)
+                c1 = meter.snapshot()
+            finally:
+                disp.stop()
+            seconds = max(stats[str(p)]["last"] for p in ports if stats[str(p)]["unique"]) - w0
+            got = {d["change_id"]: d["webhook_id"] async for d in trial.store.events.coll.find(
+                {"change_id": {"$regex": f"^{trial.tag}-"}}, {"change_id": 1, "webhook_id": 1}).limit(n * 2)}
+            wrong = sum(1 for j, i in enumerate(targets) if got.get(f"{trial.tag}-{j}") != by_i[i])
+        usage = c1 - c0
+        return {"webhooks": webhooks, "changes": n, "deliveries": n, "seconds": seconds, "per_s": n / seconds,
+                "seed_webhooks_s": seeded_s, "dispatcher_ready_s": ready_s,
+                "cpu": cpu_report(usage, n), "cpu_ms_per_delivery": usage.seconds["dispatcher"] / n * 1000,
+                "events": len(got), "misrouted_or_missing": wrong, "broker_disturbed": disp.broker_losses()}
+
     # ---- 7: the janitor while the dispatcher works ---------------------------------------------------------------
 
     async def run_janitor(self, n: int, attempts: int = 3, trickle_per_s: float = 20.0, k: int = 2,
@@ -483,6 +522,26 @@ class Bench:
                 "p50_latency_before_ms": percentile(before, 50) if before else None,
                 "max_latency_before_ms": before[-1] if before else None,
                 "cpu": cpu_report(c1 - c0, max(1, len(received)))}
+
+
+async def insert_webhooks(store: Store, urls: list[str], n: int, start: int = 0) -> None:
+    """Insert ``n`` webhooks straight into the store (batches of 1,000): webhook ``i`` subscribes to
+    ``t{i}.updated`` (even ``i``) or the pattern ``t{i}.*`` (odd ``i``) and posts to ``urls[i % len(urls)]``."""
+    from hookpost.common.ids import new_id
+    from hookpost.common.models import Webhook, now_ms
+    from hookpost.store.docs import to_doc
+
+    docs = []
+    for i in range(start, start + n):
+        hook = Webhook(id=new_id("wh"), url=urls[i % len(urls)], event_types=[f"t{i}.updated" if i % 2 == 0
+                                                                                 else f"t{i}.*"],
+                       secret="whsec_" + "A" * 32, description=f"bench {i}")
+        docs.append({**to_doc(hook), "updated_ms": now_ms(), "bench_i": i})
+        if len(docs) == 1000:
+            await store.webhooks.coll.insert_many(docs)
+            docs = []
+    if docs:
+        await store.webhooks.coll.insert_many(docs)
 
 
 def _arg(args: list[str], name: str) -> str | None:

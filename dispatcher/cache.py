@@ -3,8 +3,9 @@
 
 It keeps the delivery path free of store reads; a change to a webhook reaches running dispatchers within
 ``HOOKPOST_WEBHOOK_CACHE_TTL``. A reload after the first reads only the webhooks written since the previous one
-(their indexed ``updated_ms``, with an overlap for clocks and slow writers) and the tombstones of deleted ones; a
-full reload every ``full_every`` seconds also catches documents changed by hand without ``updated_ms``.
+(their indexed ``updated_ms``, with 5 s of overlap for writers' clocks and slow writes) and the tombstones of
+deleted ones; a full reload every ``full_every`` seconds also catches documents changed by hand without
+``updated_ms``.
 
 Matching an event type does not scan the webhooks: exact subscriptions are a dict lookup, patterns are grouped by
 their first segment (``article.*`` under ``article``; those starting with ``*`` apart) and tested with
@@ -25,7 +26,7 @@ from hookpost.store.webhooks import BrokenWebhook, WebhookRepo
 
 log = logging.getLogger("hookpost.webhooks")
 
-OVERLAP_MS = 60_000  # an incremental reload re-reads the last minute: writers' clocks and slow writes
+OVERLAP_MS = 5_000  # an incremental reload also re-reads the 5 s before the previous one: clocks, slow writes
 _WILD = "*"
 
 
@@ -144,6 +145,8 @@ class WebhookCache:
 
     def _put(self, hook: Webhook) -> None:
         old = self._by_id.get(hook.id)
+        if old == hook:  # read again in the overlap: nothing changed
+            return
         if old is not None:
             self._index.remove(old)
         self._by_id[hook.id] = hook
