@@ -474,7 +474,7 @@ class Bench:
     # ---- 7: the janitor while the dispatcher works ---------------------------------------------------------------
 
     async def run_janitor(self, n: int, attempts: int = 3, trickle_per_s: float = 20.0, k: int = 2,
-                          warmup: float = 3.0) -> dict[str, Any]:
+                          warmup: float = 3.0, **janitor_settings: str) -> dict[str, Any]:
         """Seed ``n`` expired events with ``attempts`` attempts each, then run ``hookpost janitor --once`` while a
         dispatcher delivers a trickle of changes; report the pass's wall time and the deliveries meanwhile."""
         async with self.trial(ok=k) as trial:
@@ -490,6 +490,7 @@ class Bench:
                     env = base_env()
                     env.update(settings_env(trial.settings))
                     env["HOOKPOST_LOG_LEVEL"] = "WARNING"
+                    env.update(settings_env(janitor_settings))
                     c0, j0 = meter.snapshot(), time.time()
                     proc = await asyncio.create_subprocess_exec(
                         venv_script("hookpost"), "janitor", "--once", "--older-than", "30m", "--json",
@@ -519,6 +520,8 @@ class Bench:
                 "deliveries_during": len(received), "expected_during": (j1 - j0) * trickle_per_s * k,
                 "max_latency_during_ms": during[-1] if during else None,
                 "p50_latency_during_ms": percentile(during, 50) if during else None,
+                "p99_latency_during_ms": percentile(during, 99) if during else None,
+                "p99_latency_before_ms": percentile(before, 99) if before else None,
                 "p50_latency_before_ms": percentile(before, 50) if before else None,
                 "max_latency_before_ms": before[-1] if before else None,
                 "cpu": cpu_report(c1 - c0, max(1, len(received)))}
