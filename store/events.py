@@ -390,36 +390,23 @@ class EventRepo:
         res = await (await self.coll.aggregate(pipeline)).to_list()
         return {str(r["_id"]): int(r["n"]) for r in res if r["n"]}
 
-    async def tally(self, keys: Sequence[str], query: dict[str, Any], *,
-                    page: int = 20000) -> dict[str, dict[str, int]]:
-        """Return ``{key: {value: count}}`` for each top-level ``key`` over events matching ``query``, read in
-        pages of ``page`` in ``created_ms`` order (one indexed range query per page).
+    async def counts_by(self, key: str, query: dict[str, Any], *, max_values: int = 50) -> dict[str, int]:
+        """Return ``{value of key: count}`` over events matching ``query``: the distinct values, then one indexed
+        count per value (``(key, created_ms)`` serves a count over a time range), or, beyond ``max_values``
+        values, one aggregation.
 
-        On the stand-in this is several times faster than an aggregation per key over a time range (an
-        aggregation's ``$match`` is served by no index there); meant for bounded sets such as the last day.
+        On the stand-in an aggregation whose ``$match`` has a ``created_ms`` range materialises every matching
+        document (0.7 s per key for one day of 100,000 events); counting per value takes milliseconds each.
         """
-        out: dict[str, dict[str, int]] = {k: {} for k in keys}
-        fields = {k: 1 for k in (*keys, "created_ms")}
-        base = dict(query)
-        lower = dict(base.get("created_ms", {})) if isinstance(base.get("created_ms"), dict) else None
-        if "created_ms" in base and lower is None:
-            raise ValueError("tally needs created_ms as a range or absent")
-        seen: set[str] = set()  # ids already counted in the millisecond the next page starts at
-        cursor_ms = 0
-        while True:
-            q = dict(base)
-            if seen:
-                q["created_ms"] = {**(lower or {}), "$gte": cursor_ms}
-            docs = await self.coll.find(q, fields).sort("created_ms", ASCENDING).limit(page + len(seen)).to_list()
-            fresh = [d for d in docs if d["_id"] not in seen]
-            for d in fresh:
-                for k in keys:
-                    value = str(d.get(k))
-                    out[k][value] = out[k].get(value, 0) + 1
-            if len(docs) < page + len(seen) or not fresh:
-                return out
-            cursor_ms = docs[-1]["created_ms"]
-            seen = {d["_id"] for d in docs if d["created_ms"] == cursor_ms}
+        values = await self.coll.distinct(key, query)
+        if len(values) > max_values:
+            return await self.group_counts(key, query)
+        out = {}
+        for value in values:
+            n = await self.count({**query, key: value})
+            if n:
+                out[str(value)] = n
+        return out
 
     async def reindex(self, *, batch: int = 1000) -> tuple[int, int]:
         """Write the search fields derived from others (``error_kind``) on events stored without them (before
