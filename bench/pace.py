@@ -13,7 +13,9 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from bench.procs import REPO, Receivers, Subprocess, base_env, broker_pid
 from bench.report import replace_section
 from bench.scenarios import Bench, Trial, changes, percentile
 from hookpost.store.localserver import LocalMongo, free_port
-from tests.metrics_text import metric_sum
+from tests.metrics_text import Samples, metric_sum
 
 RESULTS = REPO / "bench" / "results" / "pace"
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -84,6 +86,17 @@ def latency_report(seconds: list[float]) -> dict[str, float]:
 
 
 @dataclass
+class Run:
+    """One pace run's trial, receiver and dispatcher metrics."""
+
+    trial: Trial
+    receiver: KindReceiver
+    before: Samples
+    latencies: list[float] = field(default_factory=list)
+    deferred: float = 0.0
+
+
+@dataclass
 class Pace:
     """The pace scenarios over a :class:`bench.scenarios.Bench`'s store and broker."""
 
@@ -97,46 +110,41 @@ class Pace:
         trial.webhook_ids.append(hook.id)
         return receiver
 
-    async def backlog(self, kind: str, n: int, **extra: str) -> dict[str, Any]:
-        """Publish ``n`` changes at once to one webhook on a ``kind`` receiver; time the drain."""
+    @asynccontextmanager
+    async def _run(self, kind: str, **extra: str) -> AsyncIterator[Run]:
+        """A trial with one webhook on a ``kind`` receiver and a dispatcher; metrics read before and after."""
         async with self.bench.trial(ok=0, **extra) as trial:
             receiver = await self._with_receiver(kind, trial)
             disp = self.bench.dispatcher(trial).start()
             try:
                 await disp.wait_ready()
-                m0 = await disp.metrics()
-                t0 = time.time()
-                async with self.bench.publisher(trial) as pub:
-                    await pub.publish_many(changes(trial.tag, n, data={"sent": t0}), window=500)
-                stats = await receiver.wait_unique(n, timeout=600)
-                lat = await receiver.call("/latencies")
-                m1 = await disp.metrics()
+                run = Run(trial, receiver, await disp.metrics())
+                yield run
+                run.latencies = await receiver.call("/latencies")
+                run.deferred = metric_sum(await disp.metrics(), DEFERRED) - metric_sum(run.before, DEFERRED)
             finally:
                 disp.stop()
                 receiver.stop()
+
+    async def backlog(self, kind: str, n: int, **extra: str) -> dict[str, Any]:
+        """Publish ``n`` changes at once to one webhook on a ``kind`` receiver; time the drain."""
+        async with self._run(kind, **extra) as run:
+            t0 = time.time()
+            async with self.bench.publisher(run.trial) as pub:
+                await pub.publish_many(changes(run.trial.tag, n, data={"sent": t0}), window=500)
+            stats = await run.receiver.wait_unique(n, timeout=600)
         seconds = stats["last"] - t0
         return {"kind": kind, "changes": n, "deliveries_per_s": n / seconds, "seconds": seconds,
-                "requests": stats["requests"], "deferred": metric_sum(m1, DEFERRED) - metric_sum(m0, DEFERRED),
-                **latency_report(lat)}
+                "requests": stats["requests"], "deferred": run.deferred, **latency_report(run.latencies)}
 
     async def steady(self, kind: str, rate: float, seconds: float, **extra: str) -> dict[str, Any]:
         """Publish ``rate`` changes/s for ``seconds`` to one webhook on a ``kind`` receiver."""
-        async with self.bench.trial(ok=0, **extra) as trial:
-            receiver = await self._with_receiver(kind, trial)
-            disp = self.bench.dispatcher(trial).start()
-            try:
-                await disp.wait_ready()
-                m0 = await disp.metrics()
-                async with self.bench.publisher(trial) as pub:
-                    n = await self.bench.steady_publish(pub, trial.tag, rate, seconds)
-                stats = await receiver.wait_unique(n, timeout=300)
-                lat = await receiver.call("/latencies")
-                m1 = await disp.metrics()
-            finally:
-                disp.stop()
-                receiver.stop()
+        async with self._run(kind, **extra) as run:
+            async with self.bench.publisher(run.trial) as pub:
+                n = await self.bench.steady_publish(pub, run.trial.tag, rate, seconds)
+            stats = await run.receiver.wait_unique(n, timeout=300)
         return {"kind": kind, "rate": rate, "seconds": seconds, "deliveries": n, "requests": stats["requests"],
-                "deferred": metric_sum(m1, DEFERRED) - metric_sum(m0, DEFERRED), **latency_report(lat)}
+                "deferred": run.deferred, **latency_report(run.latencies)}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -81,17 +81,22 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_float, parse
                             parse_constant=_constant)
 
 
-def loads_strict(text: str) -> Any:
-    """Parse ``text`` as strict JSON by the door's rules (no NaN/Infinity, no repeated keys, 64-bit integers, at
-    most :data:`MAX_DEPTH` levels); raise :class:`InvalidChangeError` with the reason otherwise."""
+def _decode(text: str) -> Any:
+    """Parse ``text`` with the door's decoder; raise :class:`InvalidChangeError` with the reason."""
     try:
-        value = _DECODER.decode(text)
+        return _DECODER.decode(text)
     except _Refused as exc:
         raise InvalidChangeError(str(exc)) from None
     except RecursionError:
         raise InvalidChangeError(f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidChangeError(f"not JSON: {exc}"[:300]) from None
+
+
+def loads_strict(text: str) -> Any:
+    """Parse ``text`` as strict JSON by the door's rules (no NaN/Infinity, no repeated keys, 64-bit integers, at
+    most :data:`MAX_DEPTH` levels); raise :class:`InvalidChangeError` with the reason otherwise."""
+    value = _decode(text)
     check_value(value)
     return value
 
@@ -164,14 +169,7 @@ def decode_change(body: bytes, content_type: str | None, *, max_bytes: int = 655
         raise InvalidChangeError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     if text.startswith("\ufeff"):
         raise InvalidChangeError("not JSON: starts with a byte order mark (BOM); send UTF-8 without one")
-    try:
-        data = _DECODER.decode(text)
-    except _Refused as exc:
-        raise InvalidChangeError(str(exc)) from None
-    except RecursionError:
-        raise InvalidChangeError(f"nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:
-        raise InvalidChangeError(f"not JSON: {exc}"[:300]) from None
+    data = _decode(text)
     if not isinstance(data, dict):
         raise InvalidChangeError(f"not a JSON object but {type(data).__name__}")
     # the full walk only when it can find something: deep enough brackets, or \u escapes (surrogates, NUL)

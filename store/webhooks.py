@@ -76,7 +76,7 @@ class WebhookRepo:
         see :meth:`load`)."""
         query: dict[str, Any] = {"active": True} if active_only else {}
         cursor = self.coll.find(query).sort("_id", ASCENDING).limit(limit)
-        hooks, _ = _split([d async for d in cursor])
+        hooks, _ = split_documents([d async for d in cursor])
         return hooks
 
     async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
@@ -88,7 +88,7 @@ class WebhookRepo:
         """
         hooks, broken = await self.changed_since(0, page)
         legacy = await self.coll.find({"updated_ms": None}).batch_size(page).to_list()
-        good, bad = _split(legacy)
+        good, bad = split_documents(legacy)
         return sorted(hooks + good, key=lambda h: h.id), broken + bad
 
     async def update(self, webhook_id: str, **fields: Any) -> Webhook:
@@ -136,7 +136,7 @@ class WebhookRepo:
             docs = await self.coll.find({"updated_ms": {"$gte": cursor_ms}}).sort("updated_ms", ASCENDING).limit(
                 page + len(seen)).to_list()
             fresh = [d for d in docs if d["_id"] not in seen]
-            good, bad = _split(fresh)
+            good, bad = split_documents(fresh)
             hooks += good
             broken += bad
             if len(docs) < page + len(seen) or not fresh:
@@ -150,7 +150,7 @@ class WebhookRepo:
         return [str(d["_id"]) async for d in cursor]
 
 
-def _split(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
+def split_documents(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
     """Validate documents: the webhooks, and the broken ones with what is wrong."""
     hooks, broken = [], []
     for doc in docs:

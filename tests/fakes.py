@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
-from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure
 
 from hookpost.common.amqp import ConnectionLostError
@@ -61,7 +60,7 @@ from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.reconciler import Reconciler
 from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
 from hookpost.store.docs import from_doc, to_doc
-from hookpost.store.webhooks import BrokenWebhook, describe
+from hookpost.store.webhooks import BrokenWebhook, split_documents
 
 _IN_FLIGHT = [s.value for s in IN_FLIGHT]
 
@@ -238,25 +237,16 @@ class FakeWebhookRepo(_Repo):
         super().__init__(store)
         self.docs: dict[str, dict[str, Any]] = {}
 
-    def _split(self, docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:
-        hooks, broken = [], []
-        for doc in docs:
-            try:
-                hooks.append(from_doc(Webhook, doc))
-            except ValidationError as exc:
-                broken.append(BrokenWebhook(str(doc.get("_id")), describe(exc)))
-        return hooks, broken
-
     @_op("webhooks.list")
     async def list(self, *, active_only: bool = False, limit: int = 1000) -> list[Webhook]:
         """Valid webhooks, oldest first (documents that do not validate are left out)."""
         docs = [d for _, d in sorted(self.docs.items()) if d.get("active") or not active_only]
-        return self._split(docs[:limit])[0]
+        return split_documents(docs[:limit])[0]
 
     @_op("webhooks.load")
     async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
         """Every webhook, and apart every document that does not validate, with the reason."""
-        return self._split([d for _, d in sorted(self.docs.items())])
+        return split_documents([d for _, d in sorted(self.docs.items())])
 
     @_op("webhooks.get")
     async def get(self, webhook_id: str) -> Webhook:
