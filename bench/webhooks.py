@@ -51,8 +51,9 @@ def render(res: dict[str, Any]) -> str:
         f"## Fan-out with {res['webhooks']:,} webhooks (`python -m bench.webhooks`)", "",
         f"{res['when']}; 2 shared cores (load average {res['load_start']} at the start, {res['load_end']} at the "
         f"end). {res['changes']:,} changes per run, each wanted by exactly one webhook (webhook i subscribes to "
-        f"`t{{i}}.updated` or, for odd i, the pattern `t{{i}}.*`; changes spread over all of them); runs with one "
-        "webhook and with many alternate. Dispatcher CPU per delivery from its /proc times over the run, after a "
+        f"`t{{i}}.updated` or, for odd i, the pattern `t{{i}}.*`; changes spread over all of them; every webhook "
+        "posts to the same receiver endpoint, as the one webhook does); runs with one webhook and with many "
+        "alternate. Dispatcher CPU per delivery from its /proc times over the run, after a "
         "first change that loads every webhook into the cache (its CPU in its own column: a one-off at start-up, "
         "and again at each full reload, every 10 minutes).", "",
         "| webhooks | dispatcher CPU ms per delivery | deliveries/s | first delivery after start, s | "

@@ -16,6 +16,7 @@ reported: a warning naming it and what is wrong (once per reason), and the gauge
 """
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -140,6 +141,10 @@ class WebhookCache:
             self._report(broken)
             self._full_at = time.monotonic()
             self.reloads["full"] += 1
+            del hooks
+            # many webhooks are many long-lived objects that every full garbage collection would walk again; they
+            # are freed by reference counting when replaced, so take them (and what else lives now) out of its way
+            gc.freeze()
         self._since_ms = started_ms
         self._loaded_at = time.monotonic()
 
