@@ -129,7 +129,8 @@ class WebhookCache:
             for webhook_id in gone:
                 self._drop(webhook_id)
                 self._reported.pop(webhook_id, None)
-            reported = {k: v for k, v in self._reported.items() if k not in {h.id for h in hooks}}
+            fixed = {h.id for h in hooks}
+            reported = {k: v for k, v in self._reported.items() if k not in fixed}
             self._report(broken, keep=reported)
             self.reloads["incremental"] += 1
         else:
