@@ -3,6 +3,7 @@ send a test event. Every change is audited."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from hookpost.common.deliveries import first_delivery
@@ -13,9 +14,12 @@ from hookpost.common.models import ChangeEvent, Entity, Webhook, WebhookEvent, b
 from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
 from hookpost.common.signing import secret_key
 from hookpost.common.targets import TargetPolicy
+from hookpost.store.webhooks import BrokenWebhook
 
 if TYPE_CHECKING:
     from hookpost.admin.core import Admin
+
+log = logging.getLogger("hookpost.admin")
 
 TEST_EVENT_TYPE = "hookpost.test"
 DISABLED_BY_OPERATOR = "disabled by operator"
@@ -56,8 +60,18 @@ class WebhookOps:
         return WebhookView(**hook.public_dict(), recent_success=success_rate(codes))
 
     async def list(self) -> list[WebhookView]:
-        """Return every webhook, oldest first."""
-        return [await self.view(h) for h in await self.admin.store.webhooks.list()]
+        """Return every webhook that validates, oldest first (a broken document is logged: see :meth:`load`)."""
+        views, broken = await self.load()
+        for b in broken:
+            log.warning("webhook document does not validate; left out of the list",
+                        extra={"webhook_id": b.id, "error": b.error})
+        return views
+
+    async def load(self) -> tuple[list[WebhookView], list[BrokenWebhook]]:
+        """Return every webhook, oldest first, and apart the stored documents that do not validate (edited by
+        hand), with what is wrong with each."""
+        hooks, broken = await self.admin.store.webhooks.load()
+        return [await self.view(h) for h in hooks], broken
 
     async def get(self, webhook_id: str) -> WebhookView:
         """Return one webhook (raise :class:`NotFoundError` if there is none)."""

@@ -29,7 +29,7 @@ from bench.report import get, write_docs
 from bench.scenarios import Bench, summarize
 from hookpost.store.localserver import LocalMongo
 
-MEASUREMENTS = ("throughput", "isolation", "latency", "memory", "limits", "cli", "janitor")
+MEASUREMENTS = ("throughput", "isolation", "latency", "memory", "limits", "cli", "api", "janitor")
 RESULTS = REPO / "bench" / "results"
 RABBIT_URL = os.environ.get("HOOKPOST_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -47,6 +47,8 @@ class Plan:
     bare_ops: int = 30000
     cli_events: int = 100_000
     cli_repeats: int = 5
+    api_events: int = 100_000
+    api_requests: int = 200
     janitor_events: int = 100_000
     janitor_trickle_per_s: float = 20.0
     janitor_warmup_s: float = 3.0
@@ -54,7 +56,7 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(changes=1000, latency_s=5.0, memory_backlog=100_000, memory_watch_s=10.0, bare_ops=10000,
-             cli_events=10000, janitor_events=5000, janitor_warmup_s=1.5)
+             cli_events=10000, janitor_events=5000, janitor_warmup_s=1.5, api_events=10000, api_requests=50)
 
 
 def log(message: str) -> None:
@@ -274,6 +276,10 @@ class Runner:
         """``hookpost events list`` on a seeded store."""
         return await self.attempt("cli run", lambda: self.bench.run_cli(self.plan.cli_events, self.plan.cli_repeats))
 
+    async def api(self) -> dict[str, Any]:
+        """``GET /api/v1/events`` of ``hookpost server`` on a seeded store."""
+        return await self.attempt("api run", lambda: self.bench.run_api(self.plan.api_events, self.plan.api_requests))
+
     async def janitor(self) -> dict[str, Any]:
         """``hookpost janitor --once`` while a dispatcher delivers a trickle."""
         p = self.plan
@@ -300,7 +306,7 @@ class Runner:
                 self.results["throughput"] = {"error": f"{type(exc).__name__}: {exc}",
                                               "trace": traceback.format_exc()[-3000:]}
             log(f"throughput/isolation: done in {time.monotonic() - began:.0f}s")
-        for name, fn in (("latency", self.latency), ("limits", self.limits), ("cli", self.cli),
+        for name, fn in (("latency", self.latency), ("limits", self.limits), ("cli", self.cli), ("api", self.api),
                          ("janitor", self.janitor), ("memory", self.memory)):
             if name in self.selected:
                 await self.guarded(name, fn)

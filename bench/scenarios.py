@@ -485,6 +485,74 @@ class Bench:
                 "cpu": cpu_report(usage, n), "cpu_ms_per_delivery": usage.seconds["dispatcher"] / n * 1000,
                 "events": len(got), "misrouted_or_missing": wrong, "broker_disturbed": disp.broker_losses()}
 
+    # ---- 8: the HTTP API's event list on a seeded store ------------------------------------------------------
+
+    API_QUERIES: dict[str, dict[str, str]] = {
+        "status=failed&since=2d": {"status": "failed", "since": "2d"},
+        "webhook=<id>": {"webhook": "<webhook>"},
+        "status=failed&webhook=<id>": {"status": "failed", "webhook": "<webhook>"},
+        "entity=E-7": {"entity": "E-7"},
+        "type=article.updated": {"type": "article.updated"},
+        "before=<id> (no filter, page 2)": {"before": "<page2>"},
+    }
+
+    async def run_api(self, n: int, requests: int = 200) -> dict[str, Any]:
+        """Seed ``n`` events over 10 days, start ``hookpost server`` (a subprocess), then time ``requests``
+        sequential ``GET /api/v1/events?…&limit=50`` per filter (client wall time per request)."""
+        import aiohttp
+
+        from hookpost.admin import Admin
+        from hookpost.store.localserver import free_port
+
+        async with self.trial(ok=2) as trial:
+            seeded = await self.seed(trial.store, n, trial.webhook_ids)
+            settings = load_settings(**trial.settings)
+            async with Admin.open(settings) as admin:
+                token = (await admin.tokens.create("bench", "viewer", actor="bench")).token
+            port = free_port()
+            env = base_env()
+            env.update({f"HOOKPOST_{k.upper()}": v for k, v in trial.settings.items()})
+            env.update(HOOKPOST_SERVER_PORT=str(port), HOOKPOST_SERVER_HOST="127.0.0.1", HOOKPOST_LOG_FORMAT="json")
+            from bench.procs import Subprocess
+
+            server = Subprocess([venv_script("hookpost"), "server"], env, self.workdir / f"server-{trial.tag}.log")
+            server.start()
+            base = f"http://127.0.0.1:{port}/api/v1/events"
+            out: dict[str, Any] = {"events": n, "requests": requests, "seed_s": seeded, "queries": {}}
+            try:
+                headers = {"Authorization": f"Bearer {token}"}
+                async with aiohttp.ClientSession(headers=headers) as http:
+                    deadline = time.monotonic() + 30
+                    while True:
+                        try:
+                            async with http.get(base, params={"limit": "50"}) as resp:
+                                first = await resp.json()
+                                break
+                        except aiohttp.ClientError:
+                            if time.monotonic() > deadline or not server.running:
+                                raise RuntimeError(f"server did not start: {server.log_tail()}") from None
+                            await asyncio.sleep(0.2)
+                    for label, query in self.API_QUERIES.items():
+                        params = {k: {"<webhook>": trial.webhook_ids[0], "<page2>": first["next"]}.get(v, v)
+                                  for k, v in query.items()}
+                        params["limit"] = "50"
+                        times, rows = [], 0
+                        for _ in range(requests):
+                            t0 = time.perf_counter()
+                            async with http.get(base, params=params) as resp:
+                                body = await resp.read()
+                                if resp.status != 200:
+                                    raise RuntimeError(f"GET {label}: {resp.status} {body[:300]!r}")
+                            times.append(time.perf_counter() - t0)
+                            rows = len(json.loads(body)["items"])
+                        times.sort()
+                        out["queries"][label] = {"p50_ms": 1000 * percentile(times, 50),
+                                                 "p95_ms": 1000 * percentile(times, 95),
+                                                 "p99_ms": 1000 * percentile(times, 99), "rows": rows}
+            finally:
+                server.stop()
+        return out
+
     # ---- 7: the janitor while the dispatcher works ---------------------------------------------------------------
 
     async def run_janitor(self, n: int, attempts: int = 3, trickle_per_s: float = 20.0, k: int = 2,

@@ -24,6 +24,8 @@ from hookpost.common.settings import Settings
 from hookpost.dispatcher.worker import Worker
 from hookpost.producer import Publisher
 from hookpost.store.localserver import LocalMongo, free_port
+from hookpost.web.api import ADMIN_KEY
+from hookpost.web.server import ApiServer
 
 
 class DemoReceiver:
@@ -95,10 +97,12 @@ def demo_receiver(host: str, port: int, status: int) -> None:
               help="Folder for the local store's data, pid file and log.")
 @click.option("--receiver-port", type=int, default=8099, show_default=True,
               help="Port of the demo receiver (taken if free, else a free one; 0 = any free one).")
+@click.option("--api-port", type=int, default=8000, show_default=True,
+              help="Port of the HTTP API (taken if free, else a free one; 0 = any free one).")
 @click.option("--exit-after-delivery", is_flag=True, help="Stop once the demo event has arrived (for scripts).")
 @click.option("--timeout", type=float, default=60, show_default=True, help="Seconds to wait for the demo event.")
-def demo(data_dir: Path, receiver_port: int, exit_after_delivery: bool, timeout: float) -> None:
-    """Run Hookpost locally: store, dispatcher, demo receiver, demo webhook, one event you watch arrive.
+def demo(data_dir: Path, receiver_port: int, api_port: int, exit_after_delivery: bool, timeout: float) -> None:
+    """Run Hookpost locally: store, dispatcher, API server, demo receiver, demo webhook, one event you watch arrive.
 
     \b
     Example:
@@ -115,6 +119,8 @@ def demo(data_dir: Path, receiver_port: int, exit_after_delivery: bool, timeout:
         overrides["mongodb_url"] = local.url
     if "HOOKPOST_OPS_PORT" not in os.environ:
         overrides["ops_port"] = free_port()
+    overrides["server_host"] = "127.0.0.1"
+    overrides["server_port"] = _port_or_free(api_port) if api_port else free_port()
     s = Settings(**{**base.model_dump(), **overrides})
     setup_logging("text", "WARNING")
     try:
@@ -145,8 +151,10 @@ async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     task = asyncio.create_task(worker.run())
+    api = ApiServer(s)
     try:
         await asyncio.wait_for(worker.connected.wait(), 30)
+        token = await _start_api(api)
         hook = next((h for h in await worker.store.webhooks.list() if h.url == url), None)
         if hook is None:
             hook = await worker.store.webhooks.create(url, ["article.*"], description="demo webhook")
@@ -166,6 +174,9 @@ async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int
             events = await worker.store.events.find_for_change(change.id)
         for e in events:
             click.echo(f"event {e.id}: {e.status.value} after {e.attempt_count} attempt(s)")
+        listed = await _api_events(api.url, token)
+        click.echo(f"API on {api.url}/api/v1 (OpenAPI: /api/v1/openapi.json) lists {listed} event(s); demo admin "
+                   f"token: {token}")
         if exit_after:
             return 0 if events and all(e.status.value == "Finished" for e in events) else 1
         exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "hookpost" else "hookpost"
@@ -173,6 +184,8 @@ async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int
         click.echo(f"  export HOOKPOST_MONGODB_URL={s.mongodb_url} HOOKPOST_PREFIX={s.prefix}")
         click.echo(f"  {exe} publish article.updated --entity-kind article --entity-id A-1002")
         click.echo(f"  {exe} events list")
+        click.echo(f"  curl -H 'Authorization: Bearer {token}' {api.url}/api/v1/events?status=finished")
+        click.echo(f"  or open the web console at {api.url}/ and sign in with the demo admin token")
         click.echo("Ctrl-C stops everything.")
         await task
         return 0
@@ -182,4 +195,22 @@ async def _demo(s: Settings, port: int, exit_after: bool, timeout: float) -> int
     finally:
         worker.stop()
         await asyncio.gather(task, return_exceptions=True)
+        await api.stop()
         await receiver.stop()
+
+
+async def _start_api(api: ApiServer) -> str:
+    """Start the API server and return a fresh admin token for the demo (the token is new on every run)."""
+    await api.start()
+    made = await api.app[ADMIN_KEY].tokens.create("demo", "admin", actor="demo")
+    return made.token
+
+
+async def _api_events(base: str, token: str) -> int:
+    """Ask the API for the events, as a user would; return how many it listed."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{base}/api/v1/events", headers={"Authorization": f"Bearer {token}"}) as resp:
+        resp.raise_for_status()
+        return len((await resp.json())["items"])

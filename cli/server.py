@@ -11,10 +11,12 @@ from hookpost.common.logs import setup_logging
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Listen port (default HOOKPOST_SERVER_PORT, 8000).")
 def server(host: str | None, port: int | None) -> None:
-    """Serve the HTTP API under /api/v1 (OpenAPI at /api/v1/openapi.json), until SIGTERM/SIGINT.
+    """Serve the HTTP API under /api/v1 (OpenAPI at /api/v1/openapi.json) and the web console under /, until
+    SIGTERM/SIGINT.
 
     Every API call needs 'Authorization: Bearer <token>' (hookpost tokens create). /healthz, /readyz and
-    /metrics need none. Stateless: run as many as you like behind a load balancer.
+    /metrics need none. The console signs in with the same tokens; give every instance the same
+    HOOKPOST_SESSION_SECRET. Stateless: run as many as you like behind a load balancer.
 
     \b
     Example:

@@ -9,6 +9,7 @@ from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, short
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import Webhook
 from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
+from hookpost.store.webhooks import BrokenWebhook
 
 
 def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
@@ -77,11 +78,14 @@ def list_(as_json: bool) -> None:
     Example:
       hookpost webhooks list --json | jq '.[] | select(.active == false)'
     """
-    async def go() -> list[WebhookView]:
+    async def go() -> tuple[list[WebhookView], list[BrokenWebhook]]:
         async with open_admin() as admin:
-            return await admin.webhooks.list()
+            return await admin.webhooks.load()
 
-    views = run(go())
+    views, broken = run(go())
+    for b in broken:
+        click.echo(f"hookpost: warning: webhook {b.id} does not validate and is left out ({b.error}); "
+                   "fix the document in the store", err=True)
     rows = [(h, h.recent_success) for h in views]
     if as_json:
         echo_json([h.model_dump(mode="json") for h in views])

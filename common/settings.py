@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hookpost.common.durations import format_duration, parse_duration, parse_duration_list
@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs of proxies whose X-Forwarded-For the server trusts, comma-separated")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="largest request body the server accepts")
     header_timeout: Duration = Field("10s", description="time a client has to send its request headers")
+    session_secret: SecretStr | None = Field(
+        None, description="key that signs web console session cookies; the same on every server instance "
+                          "(at least 32 characters; unset: a random key per process)")
+    session_ttl: Duration = Field("8h", description="how long a web console sign-in lasts")
 
     janitor_interval: Duration = Field("1h", description="time between janitor passes")
     janitor_batch: int = Field(500, ge=1, le=10000, description="most events deleted per janitor batch (batches are "
@@ -130,11 +134,21 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("defer_delay", "endpoint_hang_after", "http_timeout", "http_connect_timeout", "reconcile_interval",
-                     "reconcile_grace", "janitor_interval", "header_timeout")
+                     "reconcile_grace", "janitor_interval", "header_timeout", "session_ttl")
     @classmethod
     def _more_than_zero(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be greater than zero")
+        return value
+
+    @field_validator("session_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("use at least 32 characters "
+                             "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         return value
 
     @field_validator("trusted_proxies")
@@ -165,6 +179,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name.endswith("_url"):
                 value = mask_url(value)
+            elif isinstance(value, SecretStr):
+                value = "***"
             elif name == "retry_delays":
                 value = ",".join(format_duration(d) for d in value)
             elif isinstance(value, tuple):

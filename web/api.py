@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hookpost.admin import Admin
 from hookpost.admin.events import InvalidFieldError, parse_filter, parse_when
@@ -42,7 +42,7 @@ from hookpost.common.records import (
 from hookpost.common.settings import Settings
 from hookpost.store.events import EventFilter
 from hookpost.web.auth import TOKEN_KEY
-from hookpost.web.problems import ProblemError, read_json
+from hookpost.web.problems import ProblemError, read_json, validation_detail
 
 PREFIX = "/api/v1"
 MAX_LIMIT = 500
@@ -108,7 +108,11 @@ async def body_of(request: web.Request, model: type[BaseModel], required: bool =
         if required:
             raise ProblemError(400, "a JSON body is required")
         data = {}
-    return model.model_validate(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail, field = validation_detail(exc)
+        raise ProblemError(400, detail, field=field) from None
 
 
 def query_one(request: web.Request, name: str) -> str | None:

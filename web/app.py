@@ -2,21 +2,23 @@
 OpenAPI at ``/api/v1/openapi.json``), and ``/healthz``, ``/readyz``, ``/metrics`` at the root.
 
 The server is stateless (everything lives in the store), so several can run behind a load balancer; only the
-failed-auth limit is per process. The web console adds its routes to the same app::
-
-    app = create_app(settings, plugins=[console.setup])
+failed-auth limit is per process. The web console (:mod:`hookpost.web.console`) adds its routes and its
+middleware to the same app: ``create_app`` calls ``console.setup(app)`` unless ``console=False``.
 """
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pymongo.errors import PyMongoError
 
 from hookpost.admin import Admin
 from hookpost.admin.events import InvalidFieldError
+from hookpost.common.records import ApiToken
 from hookpost.common.settings import Settings
 from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
@@ -28,6 +30,7 @@ TRUSTED_KEY = web.AppKey("hookpost_trusted", list)
 METRICS_KEY = web.AppKey("hookpost_metrics", "ServerMetrics")
 SPEC_KEY = web.AppKey("hookpost_openapi", dict)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+log = logging.getLogger("hookpost.web")
 
 
 class ServerMetrics:
@@ -63,13 +66,19 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             metrics.auth_failures.inc()
 
 
+async def request_token(request: web.Request) -> ApiToken:
+    """Return the token record of ``request`` using this app's store, failed-auth limit and trusted proxies
+    (raise 401/429 as problem errors); for the console's handlers as much as the API's."""
+    app = request.app
+    client = client_address(request, app[TRUSTED_KEY])
+    return await authenticate(request, app[ADMIN_KEY], app[LIMITER_KEY], client)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every ``/api/…`` request (401/429); the routes check roles."""
     if request.path.startswith("/api/"):
-        app = request.app
-        client = client_address(request, app[TRUSTED_KEY])
-        request[TOKEN_KEY] = await authenticate(request, app[ADMIN_KEY], app[LIMITER_KEY], client)
+        request[TOKEN_KEY] = await request_token(request)
     return await handler(request)
 
 
@@ -135,9 +144,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, *, admin: Admin | None = None,
-               plugins: Sequence[Callable[[web.Application], None]] = ()) -> web.Application:
+               plugins: Sequence[Callable[[web.Application], None]] = (), console: bool = True) -> web.Application:
     """Build the server's application. ``admin`` defaults to one opened on ``settings`` and closed with the app;
-    each of ``plugins`` may add routes, middlewares or startup hooks (the web console)."""
+    each of ``plugins`` may add routes, middlewares or startup hooks; ``console`` adds the web console at ``/``."""
     app = web.Application(middlewares=[metrics_middleware, problem_middleware, auth_middleware],
                           client_max_size=max(settings.max_request_bytes, settings.max_change_bytes))
     owned = admin is None
@@ -155,7 +164,10 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
         app.router.add_route(route.method, PREFIX + route.path, guarded(route))
 
     async def startup(app: web.Application) -> None:
-        await app[ADMIN_KEY].store.ensure_indexes()
+        try:  # the store may be down at start: serve anyway (/readyz says so) and try again at the next start
+            await app[ADMIN_KEY].store.ensure_indexes()
+        except PyMongoError as exc:
+            log.warning("could not ensure the store's indexes", extra={"error": str(exc)[:300]})
 
     async def shutdown(app: web.Application) -> None:
         await app[ADMIN_KEY].jobs.wait()
@@ -166,4 +178,8 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
     app.on_cleanup.append(shutdown)
     for plugin in plugins:
         plugin(app)
+    if console:
+        from hookpost.web import console as web_console
+
+        web_console.setup(app)
     return app

@@ -1,7 +1,8 @@
 """Errors as ``application/problem+json`` (RFC 9457): one middleware turns every error into a problem document.
 
 What a client can send never yields a 500: bad input is 400 (naming the field), unknown ids 404, a body too
-large 413, the store or broker unreachable 503. A bug is logged and answered 500 without details.
+large 413, the store or broker unreachable 503. A stored document that no longer validates (edited by hand) is
+a 500 that says so; a bug is logged and answered 500 without details.
 """
 
 import json
@@ -68,9 +69,11 @@ def _from_exception(exc: Exception) -> web.Response | None:
         return problem_response(400, f"{exc.field}: {exc}", field=exc.field)
     if isinstance(exc, NotFoundError):
         return problem_response(404, str(exc))
-    if isinstance(exc, ValidationError):
-        detail, field = validation_detail(exc)
-        return problem_response(400, detail, field=field)
+    if isinstance(exc, ValidationError):  # request bodies are validated in web.api: this is stored data
+        detail, _ = validation_detail(exc)
+        log.error("a stored document does not validate", extra={"error": detail[:300]})
+        return problem_response(500, f"a stored {exc.title} document does not validate ({detail}); fix it in the "
+                                     "store")
     if isinstance(exc, InvalidInputError):
         return problem_response(400, str(exc))
     if isinstance(exc, BrokerUnavailableError | PublishError):

@@ -65,10 +65,22 @@ async def api(settings, store) -> AsyncIterator[Api]:  # type: ignore[no-untyped
 
 async def declare_topology(settings) -> None:  # type: ignore[no-untyped-def]
     """Declare the test's exchanges and queues (so POST /changes is routed without a dispatcher)."""
+    import asyncio
+    import time
+
     from hookpost.common.amqp import AmqpConnection
+    from hookpost.common.errors import BrokerUnavailableError
     from hookpost.common.topology import topology_from
 
-    conn = await AmqpConnection.connect(settings.rabbitmq_urls)
+    deadline = time.monotonic() + 60  # other suites on the machine restart the shared broker now and then
+    while True:
+        try:
+            conn = await AmqpConnection.connect(settings.rabbitmq_urls)
+            break
+        except BrokerUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     try:
         await (await conn.channel()).declare(topology_from(settings))
     finally:

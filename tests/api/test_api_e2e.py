@@ -136,6 +136,9 @@ async def test_bad_input_is_a_problem_naming_the_field(api):
         ("GET", "/events", {"type": "a..b"}, "type"),
         ("GET", "/events", {"before": "nope"}, "before"),
         ("GET", "/stats", {"since": "soon"}, "since"),
+        ("GET", "/events", {"colour": "red"}, "colour"),
+        ("GET", "/events", {"webhook": "w" * 101}, "webhook"),
+        ("GET", "/audit", [("actor", "a"), ("actor", "b")], "actor"),
     ]
     for method, path, params, field in cases:
         status, problem, resp = await api.call(method, path, params=params)
@@ -168,3 +171,36 @@ async def test_paging_with_next(api, store):
             break
         params = {"limit": "100", "before": page["next"]}
     assert seen == [e.id for e in sorted(events, key=lambda e: e.id, reverse=True)]
+
+
+async def test_bulk_restart_job_shows_progress_while_other_requests_are_served(api, settings, store):
+    import time
+
+    from hookpost.common.models import EventStatus
+    from tests.api.conftest import declare_topology
+    from tests.helpers import queue_depth
+    from tests.seed import insert, make_events
+
+    await declare_topology(settings)
+    hook = await store.webhooks.create("http://127.0.0.1:9/h", ["*"])
+    events = [e.model_copy(update={"status": EventStatus.FAILED, "attempt_count": 10})
+              for e in make_events(1200, [hook.id])]
+    await insert(store, events)
+    status, started, _ = await api.call("POST", "/events/restart", role="operator", json={"status": ["failed"]})
+    assert status == 202 and started["matched"] == 1200
+    seen, slowest, deadline = [], 0.0, time.monotonic() + 60
+    while True:
+        t0 = time.monotonic()
+        status, page, _ = await api.call("GET", "/events", params={"limit": "5"}, role="viewer")
+        slowest = max(slowest, time.monotonic() - t0)
+        assert status == 200 and len(page["items"]) == 5
+        _, job, _ = await api.call("GET", f"/jobs/{started['job']}", role="operator")
+        seen.append((job["status"], job["processed"]))
+        if job["status"] != "running":
+            break
+        assert time.monotonic() < deadline, seen
+    assert job["status"] == "done" and job["restarted"] == 1200 and job["total"] == 1200 and job["skipped"] == {}
+    assert any(st == "running" and 0 < n < 1200 for st, n in seen), seen  # progress was visible meanwhile
+    assert slowest < 5, slowest  # other requests were served while the job ran
+    assert await queue_depth(settings, f"{settings.prefix}.deliver") == 1200
+    assert await store.events.count({"status": "New"}) == 1200

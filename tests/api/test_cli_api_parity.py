@@ -68,3 +68,17 @@ async def test_cli_actions_are_audited_as_the_os_user(api, settings):
                         ("webhook.secret_revealed", hook_id), ("webhook.created", hook_id)]
     _, api_audit, _ = await api.call("GET", "/audit", role="viewer")
     assert [e["id"] for e in api_audit] == [e["id"] for e in audit]
+
+
+async def test_a_broken_webhook_document_is_left_out_and_reported(api, settings, store, caplog):
+    good = await store.webhooks.create("http://127.0.0.1:9/a", ["a.*"])
+    broken = await store.webhooks.create("http://127.0.0.1:9/b", ["a.*"])
+    await store.webhooks.coll.update_one({"_id": broken.id}, {"$set": {"description": 5}})  # edited by hand
+    status, hooks, _ = await api.call("GET", "/webhooks", role="viewer")
+    assert status == 200 and [h["id"] for h in hooks] == [good.id]
+    assert any(getattr(r, "webhook_id", None) == broken.id for r in caplog.records)
+    res = await run_cli(settings, "webhooks", "list", "--json")
+    assert res.exit_code == 0 and [h["id"] for h in json.loads(res.stdout)] == [good.id]
+    assert f"warning: webhook {broken.id} does not validate" in res.stderr and "description" in res.stderr
+    status, problem, _ = await api.call("GET", f"/webhooks/{broken.id}", role="viewer")
+    assert status == 500 and "stored Webhook document does not validate" in problem["detail"]

@@ -210,6 +210,10 @@ async def test_webhook_commands(settings, store):
     (["janitor", "--once", "--older-than", "1d"], 2, "go together"),
     (["publish", "a.b", "--entity-kind", "a", "--entity-id", "1", "--data", "{nope"], 2, "--data is not JSON"),
     (["nonsense"], 2, "No such command"),
+    (["tokens", "create", "--name", "x", "--role", "root"], 2, "'root' is not one of"),
+    (["tokens", "revoke", "tok_nope"], 1, "no token 'tok_nope'"),
+    (["audit", "list", "--since", "soon"], 2, "not a time: 'soon'"),
+    (["server", "--port", "99999"], 2, "--port"),
 ])
 async def test_bad_input_is_one_line_and_exit_code(settings, args, code, message):
     rc, out, err = await run_subprocess(settings, *args)

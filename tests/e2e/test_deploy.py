@@ -31,6 +31,7 @@ from hookpost.common.topology import topology_from
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.ops import OpsServer
 from hookpost.producer import Publisher
+from hookpost.web.server import ApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -211,7 +212,8 @@ def test_dockerfile_shape():
     assert dockerfile_json("CMD") == ["dispatcher"]
     user = [a for w, a in steps if w == "USER"][-1]
     assert user.split(":")[0] not in ("root", "0"), "the image must not run as root"
-    assert [a for w, a in steps if w == "EXPOSE"] == [str(Settings.model_fields["ops_port"].default)]
+    exposed = " ".join(a for w, a in steps if w == "EXPOSE").split()
+    assert exposed == [str(Settings.model_fields[f].default) for f in ("ops_port", "server_port")]
     for word, env in steps:
         if word == "ENV":
             for name in re.findall(r"(HOOKPOST_\w+)=", env):
@@ -228,7 +230,7 @@ def test_every_hookpost_command_is_a_real_cli_command():
         except click.ClickException as exc:
             pytest.fail(f"compose service {service}: 'hookpost {shlex.join(argv)}' is rejected: {exc.format_message()}")
     by_command = {name: argv[0] for name, argv in commands.items()}
-    assert {"dispatcher", "janitor", "demo-receiver"} <= set(by_command.values()), by_command
+    assert {"dispatcher", "janitor", "demo-receiver", "server"} <= set(by_command.values()), by_command
     _, params = resolve(commands["demo-receiver"])
     assert params["host"] == "0.0.0.0" and params["port"] == 8099
 
@@ -240,7 +242,7 @@ def test_every_hookpost_command_is_a_real_cli_command():
         except click.ClickException as exc:
             pytest.fail(f"{fname}: 'hookpost {shlex.join(argv)}' is rejected: {exc.format_message()}")
         seen[argv[0]] = params
-    assert set(seen) >= {"dispatcher", "janitor"}, seen
+    assert set(seen) >= {"dispatcher", "janitor", "server"}, seen
     assert seen["janitor"]["once"] is True, "the CronJob must run one janitor pass: 'janitor --once'"
 
 
@@ -272,14 +274,26 @@ def test_every_hookpost_variable_is_a_setting_with_a_valid_value(monkeypatch):
         assert not {k for k in doc.get("data", {}) if k.endswith("_URL")}, "URLs with credentials go in a Secret"
 
 
-async def test_probes_hit_the_ops_servers_real_endpoints_on_its_port(monkeypatch):
+async def test_probes_hit_the_ops_servers_real_endpoints_on_its_port(monkeypatch, settings):
     probes: list[tuple[str, str, int]] = []  # (where, path, port)
+    server_probes: list[tuple[str, str, int]] = []
     for fname, spec, container in k8s_containers():
         s = settings_from(k8s_env(container), monkeypatch)
         ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
         kinds = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in container}
+        if k8s_argv(container)[0] == "server":
+            assert {"livenessProbe", "readinessProbe"} <= set(kinds), f"{fname}: liveness and readiness probes"
+            assert kinds["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            for kind, probe in kinds.items():
+                port = probe["httpGet"]["port"]
+                port = ports[port] if isinstance(port, str) else port
+                assert port == s.server_port, f"{fname} {kind}: port {port} but HOOKPOST_SERVER_PORT is " \
+                                              f"{s.server_port}"
+                server_probes.append((f"{fname} {kind}", probe["httpGet"]["path"], port))
+            assert s.server_host == "0.0.0.0", f"{fname}: the server must listen on every address in a pod"
+            continue
         if k8s_argv(container)[0] != "dispatcher":
-            assert not kinds, f"{fname}: only the dispatcher serves probes"
+            assert not kinds, f"{fname}: only the dispatcher and the server serve probes"
             continue
         assert {"livenessProbe", "readinessProbe"} <= set(kinds), f"{fname}: liveness and readiness probes"
         assert kinds["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -298,9 +312,17 @@ async def test_probes_hit_the_ops_servers_real_endpoints_on_its_port(monkeypatch
             assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
     for svc in k8s_objects("Service").values():
         for port in svc["spec"]["ports"]:
-            assert port["targetPort"] in ("ops", 9000), svc["metadata"]["name"]
+            assert port["targetPort"] in ("ops", 9000, "http", 8000), svc["metadata"]["name"]
 
     for name, svc in compose_hookpost_services().items():
+        if hookpost_argv(svc.get("entrypoint"), svc.get("command"))[0] == "server":
+            s = settings_from(compose_env(svc), monkeypatch)
+            test = " ".join(as_argv(svc["healthcheck"]["test"]))
+            for port, path in re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", test):
+                assert int(port) == s.server_port
+                server_probes.append((f"compose {name}", path, int(port)))
+            assert f"{s.server_port}:{s.server_port}" in [str(p) for p in svc["ports"]]
+            continue
         if hookpost_argv(svc.get("entrypoint"), svc.get("command"))[0] != "dispatcher":
             continue
         s = settings_from(compose_env(svc), monkeypatch)
@@ -325,6 +347,19 @@ async def test_probes_hit_the_ops_servers_real_endpoints_on_its_port(monkeypatch
                     assert resp.status == 200, f"{where}: GET {path} answered {resp.status}"
     finally:
         await ops.stop()
+
+    # the server's probe paths are its real endpoints, answered without a token
+    assert len(server_probes) >= 3, server_probes
+    server = ApiServer(settings, host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for where, path, _ in server_probes:
+                assert path in OPS_PATHS, f"{where}: {path} is not a probe endpoint"
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    assert resp.status == 200, f"{where}: GET {path} answered {resp.status}"
+    finally:
+        await server.stop()
 
 
 def test_compose_infrastructure():
@@ -435,7 +470,7 @@ def test_image_build_steps_install_a_working_cli(tmp_path):
     proc = subprocess.run([hookpost, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Usage: hookpost" in proc.stdout
-    for command in ("dispatcher", "janitor", "demo-receiver", "topology", "events", "webhooks"):
+    for command in ("dispatcher", "janitor", "demo-receiver", "topology", "events", "webhooks", "server", "tokens"):
         assert re.search(rf"^\s+{command}\s", proc.stdout, re.M), f"{command} missing from hookpost --help"
     proc = subprocess.run([hookpost, "janitor", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
@@ -443,6 +478,9 @@ def test_image_build_steps_install_a_working_cli(tmp_path):
     proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import hookpost.cli; print(hookpost.cli.__file__)"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and Path(proc.stdout.strip()).is_relative_to(venv), proc.stdout
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import hookpost.web.server, hookpost.admin"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
     # nothing is installed under a generic top-level name
     site = next((venv / "lib").glob("python3*/site-packages"))
     for name in ("common", "cli", "store", "producer", "dispatcher"):

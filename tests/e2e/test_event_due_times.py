@@ -12,7 +12,7 @@ async def test_a_reconciler_claim_moves_the_next_attempt_an_operator_sees(store)
         update={"status": EventStatus.RETRYING, "next_attempt_ms": now_ms() - 600_000})
     await insert(store, [event])
     until = now_ms() + 300_000
-    assert await store.events.claim_overdue(event, until)
+    assert await store.events.claim_overdue(event, until, "w_test")
     shown = await store.events.get(event.id)
     assert shown.next_attempt_ms == until
     assert shown.next_attempt_at is not None and int(shown.next_attempt_at.timestamp() * 1000) == until

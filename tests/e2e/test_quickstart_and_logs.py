@@ -21,12 +21,14 @@ async def test_demo_brings_the_system_up_and_the_event_arrives(tmp_path, setting
     env["HOOKPOST_RETRY_DELAYS"] = ",".join(f"{round(d * 1000)}ms" for d in settings.retry_delays)
     proc = await asyncio.create_subprocess_exec(
         Path(sys.executable).parent / "hookpost", "demo", "--exit-after-delivery", "--data-dir", str(tmp_path / "hp"),
-        "--receiver-port", "0", env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "--receiver-port", "0", "--api-port", "0", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     text = out.decode()
     assert proc.returncode == 0, (text, err.decode())
     assert "receiver: got article.updated for article/A-1001" in text
     assert "Finished after 1 attempt(s)" in text
+    assert "/api/v1 (OpenAPI: /api/v1/openapi.json) lists 1 event(s); demo admin token: hp_" in text
     assert (tmp_path / "hp" / "mongo" / "data").is_dir()
     assert not (tmp_path / "hp" / "mongo" / "nx.pid").exists()  # the local store was stopped
 

@@ -70,3 +70,17 @@ def test_openapi_is_generated_from_the_routes_and_valid():
     assert {p["name"] for p in events["parameters"]} == {"status", "type", "webhook", "entity", "since", "until",
                                                          "search", "limit", "before"}
     assert "WebhookEvent" in spec["components"]["schemas"] and "Problem" in spec["components"]["schemas"]
+
+
+def test_admin_and_web_never_import_the_dispatcher():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for folder, banned in (("admin", ("hookpost.dispatcher", "hookpost.web", "hookpost.cli")),
+                           ("web", ("hookpost.dispatcher", "hookpost.cli"))):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not [n for n in names if n.startswith(banned)], f"{path.name} imports {names}"
