@@ -18,7 +18,7 @@ from hookpost.common.ids import id_time_ms
 from hookpost.common.matching import validate_pattern
 from hookpost.common.models import EventStatus, WebhookEvent, utcnow
 from hookpost.common.records import EventDetail, EventPage, OldestRetrying, RestartCount, RestartReport, Stats
-from hookpost.store.events import EventFilter
+from hookpost.store.events import ERROR_KIND_NAMES, EventFilter
 
 if TYPE_CHECKING:
     from hookpost.admin.core import Admin
@@ -66,7 +66,7 @@ def parse_filter(statuses: Sequence[str] = (), event_type: str | None = None, we
     ``spell`` names a field in error messages (the CLI passes ``lambda n: "--" + n``).
     """
     flt = EventFilter(statuses=parse_statuses(statuses), webhook_id=webhook_id or None,
-                      entity_id=entity_id or None, search=search or None)
+                      entity_id=entity_id or None, search=parse_search(search))
     if event_type:
         try:
             flt.event_type = validate_pattern(event_type)
@@ -84,6 +84,21 @@ def parse_filter(statuses: Sequence[str] = (), event_type: str | None = None, we
                                     f"invalid {spell('before')} {before!r}: give an event id such as evt_01J…")
         flt.before = before
     return flt
+
+
+def parse_search(text: str | None) -> str | None:
+    """Read a search term: one word, matched exactly, or by prefix with a trailing ``*`` (see
+    :func:`hookpost.store.events.search_conditions`); raise :class:`InvalidFieldError` for several words."""
+    term = (text or "").strip()
+    if not term:
+        return None
+    if len(term.split()) > 1:
+        kinds = ", ".join(ERROR_KIND_NAMES)
+        raise InvalidFieldError("search", f"search takes one term, not {term!r}: an id, an id prefix ending in *, "
+                                          f"an event type, a status code or an error kind ({kinds})")
+    if not term.rstrip("*"):
+        raise InvalidFieldError("search", "search needs at least one character before *")
+    return term
 
 
 def has_conditions(flt: EventFilter) -> bool:
@@ -118,9 +133,14 @@ class EventOps:
         Retrying event."""
         store = self.admin.store
         query = EventFilter(since=since).query()
-        by_status = await store.events.group_counts("status", query)
-        by_type = await store.events.group_counts("type", query)
-        by_webhook = await store.events.group_counts("webhook_id", query)
+        if since is not None:  # a time range: indexed counts per value (see EventRepo.counts_by)
+            by_status = {s.value: await store.events.count({**query, "status": s.value}) for s in EventStatus}
+            by_type = await store.events.counts_by("type", query)
+            by_webhook = await store.events.counts_by("webhook_id", query)
+        else:
+            by_status = await store.events.group_counts("status", query)
+            by_type = await store.events.group_counts("type", query)
+            by_webhook = await store.events.group_counts("webhook_id", query)
         oldest = await store.events.find(EventFilter(statuses=[EventStatus.RETRYING], since=since), limit=1,
                                          newest_first=False)
         return Stats(by_status={s.value: by_status.get(s.value, 0) for s in EventStatus},
@@ -129,6 +149,10 @@ class EventOps:
                      total=sum(by_status.values()),
                      oldest_retrying=OldestRetrying(id=oldest[0].id, age_seconds=round(
                          (utcnow() - oldest[0].created_at).total_seconds())) if oldest else None)
+
+    async def reindex(self) -> tuple[int, int]:
+        """Write the derived search fields on events stored before they existed; return (read, changed)."""
+        return await self.admin.store.events.reindex()
 
     async def matching(self, flt: EventFilter, cap: int = 1_000_000) -> list[WebhookEvent]:
         """Return every event matching ``flt`` (paged through in thousands), newest first."""

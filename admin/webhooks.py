@@ -10,7 +10,7 @@ from hookpost.common.deliveries import first_delivery
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.matching import validate_pattern
-from hookpost.common.models import ChangeEvent, Entity, Webhook, WebhookEvent, build_payload
+from hookpost.common.models import ChangeEvent, Entity, Webhook, WebhookEvent, build_payload, to_ms, utcnow
 from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
 from hookpost.common.signing import secret_key
 from hookpost.common.targets import TargetPolicy
@@ -140,11 +140,14 @@ class WebhookOps:
     async def send_test(self, webhook_id: str, *, actor: str) -> WebhookEvent:
         """Make a ``hookpost.test`` event for this webhook only (no fan-out) and publish its delivery."""
         hook = await self.admin.store.webhooks.get(webhook_id)
-        event_id = new_id("evt")
+        now = utcnow()
+        ms = to_ms(now)
+        event_id = new_id("evt", ms)  # an event id encodes its created_ms (paging and id-prefix search rely on it)
         change = ChangeEvent(id=new_id("chg"), type=TEST_EVENT_TYPE, entity=Entity(kind="webhook", id=hook.id),
                              source="hookpost")
         event = WebhookEvent(id=event_id, webhook_id=hook.id, change_id=change.id, type=change.type,
-                             entity=change.entity, payload=build_payload(event_id, change))
+                             entity=change.entity, payload=build_payload(event_id, change), created_at=now,
+                             created_ms=ms, updated_at=now, updated_ms=ms)
         await self.admin.store.events.insert_new([event])
         await self.admin.deliveries.deliveries([first_delivery(event)])
         await self.admin.record(actor, "webhook.test_sent", webhook_id, event_id=event_id)

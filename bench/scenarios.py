@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.procs import (
     CpuMeter,
     CpuUsage,
@@ -432,6 +434,57 @@ class Bench:
                 out["queries"][label] = {"wall_s": summarize(walls), "query_s": summarize(inproc), "rows": rows}
         return out
 
+    # ---- many webhooks: dispatcher CPU per delivery with 1 or 100,000 webhooks -----------------------------------
+
+    async def run_many_webhooks(self, n: int, webhooks: int, profile: Path | None = None) -> dict[str, Any]:
+        """Store ``webhooks`` webhooks, each subscribed to its own type (half exact, half a pattern), start a
+        dispatcher, publish ``n`` changes each of a type exactly one webhook wants (spread over all of them), and
+        measure the dispatcher's CPU per delivery; check that every change went to exactly its webhook."""
+        async with self.trial(ok=0) as trial:
+            ports = self.receivers.ok_ports[:1]  # one endpoint, as with one webhook: the same concurrency limits
+            t0 = time.monotonic()
+            await insert_webhooks(trial.store, [self.receivers.url(p) for p in ports], webhooks)
+            seeded_s = time.monotonic() - t0
+            by_i = {d["bench_i"]: d["_id"] async for d in trial.store.webhooks.coll.find({}, {"bench_i": 1})}
+            targets = [(j * 7919) % webhooks for j in range(n)]
+            batch = [ChangeEvent(id=f"{trial.tag}-{j}", type=f"t{i}.updated" if i % 2 == 0 else f"t{i}.x.changed",
+                                 entity=Entity(kind="t", id=str(j)), data={"n": j}) for j, i in enumerate(targets)]
+            warm = ChangeEvent(id=f"{trial.tag}-warm", type="t0.updated", entity=Entity(kind="t", id="warm"))
+            disp = self.dispatcher(trial, f"dispatcher-{webhooks}").start()
+            try:
+                r0 = time.monotonic()
+                await disp.wait_ready()
+                meter = self.meter(disp)
+                # the first change loads every webhook into the cache: measured apart from the steady state
+                c_start = meter.snapshot()
+                async with self.publisher(trial) as pub:
+                    await pub.publish_many([warm], window=1)
+                await self.wait_received(ports, 1, timeout=600)
+                warm_cpu = (meter.snapshot() - c_start).seconds["dispatcher"]
+                ready_s = time.monotonic() - r0
+                await self.receivers.reset()
+                profiler = Profiler(disp.pid, profile) if profile else None
+                c0, w0 = meter.snapshot(), time.time()
+                async with self.publisher(trial) as pub:
+                    await pub.publish_many(batch, window=500)
+                stats = await self.wait_received(ports, n, timeout=600)
+                c1 = meter.snapshot()
+                if profiler is not None:
+                    profiler.stop()
+                rss_mb = psutil.Process(disp.pid).memory_info().rss / 2**20
+            finally:
+                disp.stop()
+            seconds = max(stats[str(p)]["last"] for p in ports if stats[str(p)]["unique"]) - w0
+            got = {d["change_id"]: d["webhook_id"] async for d in trial.store.events.coll.find(
+                {"change_id": {"$regex": f"^{trial.tag}-"}}, {"change_id": 1, "webhook_id": 1}).limit(n * 2)}
+            wrong = sum(1 for j, i in enumerate(targets) if got.get(f"{trial.tag}-{j}") != by_i[i])
+        usage = c1 - c0
+        return {"webhooks": webhooks, "changes": n, "deliveries": n, "seconds": seconds, "per_s": n / seconds,
+                "seed_webhooks_s": seeded_s, "dispatcher_ready_s": ready_s, "first_change_cpu_s": warm_cpu,
+                "dispatcher_rss_mb": rss_mb,
+                "cpu": cpu_report(usage, n), "cpu_ms_per_delivery": usage.seconds["dispatcher"] / n * 1000,
+                "events": len(got), "misrouted_or_missing": wrong, "broker_disturbed": disp.broker_losses()}
+
     # ---- 8: the HTTP API's event list on a seeded store ------------------------------------------------------
 
     API_QUERIES: dict[str, dict[str, str]] = {
@@ -503,7 +556,7 @@ class Bench:
     # ---- 7: the janitor while the dispatcher works ---------------------------------------------------------------
 
     async def run_janitor(self, n: int, attempts: int = 3, trickle_per_s: float = 20.0, k: int = 2,
-                          warmup: float = 3.0) -> dict[str, Any]:
+                          warmup: float = 3.0, **janitor_settings: str) -> dict[str, Any]:
         """Seed ``n`` expired events with ``attempts`` attempts each, then run ``hookpost janitor --once`` while a
         dispatcher delivers a trickle of changes; report the pass's wall time and the deliveries meanwhile."""
         async with self.trial(ok=k) as trial:
@@ -519,6 +572,7 @@ class Bench:
                     env = base_env()
                     env.update(settings_env(trial.settings))
                     env["HOOKPOST_LOG_LEVEL"] = "WARNING"
+                    env.update(settings_env(janitor_settings))
                     c0, j0 = meter.snapshot(), time.time()
                     proc = await asyncio.create_subprocess_exec(
                         venv_script("hookpost"), "janitor", "--once", "--older-than", "30m", "--json",
@@ -548,9 +602,31 @@ class Bench:
                 "deliveries_during": len(received), "expected_during": (j1 - j0) * trickle_per_s * k,
                 "max_latency_during_ms": during[-1] if during else None,
                 "p50_latency_during_ms": percentile(during, 50) if during else None,
+                "p99_latency_during_ms": percentile(during, 99) if during else None,
+                "p99_latency_before_ms": percentile(before, 99) if before else None,
                 "p50_latency_before_ms": percentile(before, 50) if before else None,
                 "max_latency_before_ms": before[-1] if before else None,
                 "cpu": cpu_report(c1 - c0, max(1, len(received)))}
+
+
+async def insert_webhooks(store: Store, urls: list[str], n: int, start: int = 0) -> None:
+    """Insert ``n`` webhooks straight into the store (batches of 1,000): webhook ``i`` subscribes to
+    ``t{i}.updated`` (even ``i``) or the pattern ``t{i}.*`` (odd ``i``) and posts to ``urls[i % len(urls)]``."""
+    from hookpost.common.ids import new_id
+    from hookpost.common.models import Webhook, now_ms
+    from hookpost.store.docs import to_doc
+
+    docs = []
+    for i in range(start, start + n):
+        hook = Webhook(id=new_id("wh"), url=urls[i % len(urls)], event_types=[f"t{i}.updated" if i % 2 == 0
+                                                                                 else f"t{i}.*"],
+                       secret="whsec_" + "A" * 32, description=f"bench {i}")
+        docs.append({**to_doc(hook), "updated_ms": now_ms(), "bench_i": i})
+        if len(docs) == 1000:
+            await store.webhooks.coll.insert_many(docs)
+            docs = []
+    if docs:
+        await store.webhooks.coll.insert_many(docs)
 
 
 def _arg(args: list[str], name: str) -> str | None:

@@ -28,7 +28,8 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--since", default=None, help="Created at or after: a duration ago (2h, 7d) or ISO-8601."),
         click.option("--until", default=None, help="Created before: a duration ago or ISO-8601."),
         click.option("--search", default=None,
-                     help="Text in the event id, change id, entity id, event type or last error."),
+                     help="One term: an event, change or entity id or event type (exact; a prefix with a trailing "
+                          "*), a status code (503) or an error kind (timeout, refused, dns, tls, http…)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -246,3 +247,22 @@ def stats(since: str | None, as_json: bool) -> None:
     oldest = data["oldest_retrying"]
     click.echo("oldest Retrying: " + (f"{oldest['id']} ({format_age(oldest['age_seconds'])} old)" if oldest
                                       else "none"))
+
+
+@events.command("reindex")
+def reindex() -> None:
+    """Write the search fields of events stored by an older Hookpost (needed once after upgrading to 0.2).
+
+    Without it, ``--search`` finds such events by id and type but not by error kind. Safe to run while the
+    dispatcher works, and again (it changes only what is missing).
+
+    \b
+    Example:
+      hookpost events reindex
+    """
+    async def go() -> tuple[int, int]:
+        async with open_admin() as admin:
+            return await admin.events.reindex()
+
+    read, changed = run(go())
+    click.echo(f"read {read} events, updated {changed}")

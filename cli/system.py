@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from typing import Any
 
 import click
@@ -215,13 +216,24 @@ def janitor(once: bool, dry_run: bool, older_than: float | None, statuses: tuple
     def report(rep: CleanupReport) -> None:
         log.info("janitor pass " + ("(dry run) would delete" if rep.dry_run else "deleted"),
                  extra={"events": rep.events, "attempts": rep.attempts, "seconds": round(rep.seconds, 3),
-                        "interrupted": rep.interrupted})
+                        "events_per_s": round(rep.rate, 1), "store_duty": round(rep.duty, 3),
+                        "batches": rep.batches, "interrupted": rep.interrupted})
         if as_json:
             click.echo(json.dumps(rep.as_dict()))
         elif once:
             verb = "would delete" if rep.dry_run else "deleted"
             parts = ", ".join(f"{n} {st}" for st, n in rep.events.items()) or "nothing"
-            click.echo(f"{verb} {parts} ({rep.attempts} attempts) in {rep.seconds:.2f}s")
+            pace = "" if rep.dry_run else (f" ({rep.rate:.0f} events/s in {rep.batches} batches, store busy "
+                                           f"{rep.duty:.0%} of the time)")
+            click.echo(f"{verb} {parts} ({rep.attempts} attempts) in {rep.seconds:.2f}s{pace}")
+
+    last_progress = [time.monotonic()]
+
+    def progress(rep: CleanupReport) -> None:
+        if time.monotonic() - last_progress[0] >= 30:
+            last_progress[0] = time.monotonic()
+            log.info("janitor pass in progress", extra={"events": rep.events, "events_per_s": round(rep.rate, 1),
+                                                        "store_duty": round(rep.duty, 3), "batch": rep.largest_batch})
 
     async def go() -> None:
         stopping = asyncio.Event()
@@ -230,7 +242,8 @@ def janitor(once: bool, dry_run: bool, older_than: float | None, statuses: tuple
             loop.add_signal_handler(sig, stopping.set)
         async with open_store(s) as store:
             while True:
-                rep = await cleanup(store, rules, batch=s.janitor_batch, dry_run=dry_run, stopping=stopping)
+                rep = await cleanup(store, rules, batch=s.janitor_batch, dry_run=dry_run, stopping=stopping,
+                                    duty=s.janitor_duty, progress=progress)
                 report(rep)
                 if once or stopping.is_set():
                     return

@@ -45,6 +45,10 @@ def type_matches(pattern: str, event_type: str) -> bool:
     """Tell whether a subscription ``pattern`` covers ``event_type``."""
     if "*" not in pattern:
         return pattern == event_type
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*") and pattern.count("*") == 1:  # the common ``article.*``, without a regex
+        return len(event_type) > len(pattern) - 1 and event_type.startswith(pattern[:-1])
     return _compile(pattern).match(event_type) is not None
 
 

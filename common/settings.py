@@ -100,7 +100,10 @@ class Settings(BaseSettings):
     session_ttl: Duration = Field("8h", description="how long a web console sign-in lasts")
 
     janitor_interval: Duration = Field("1h", description="time between janitor passes")
-    janitor_batch: int = Field(500, ge=1, le=10000, description="events deleted per janitor batch")
+    janitor_batch: int = Field(500, ge=1, le=10000, description="most events deleted per janitor batch (batches are "
+                               "sized from the measured store time, each request near 20 ms)")
+    janitor_duty: float = Field(0.3, gt=0, le=1, description="share of the time the janitor keeps the store busy: "
+                                "after each batch it pauses (1 - duty) / duty times the batch's store time")
     retention_finished: Duration = Field("7d", description="age after which Finished events are deleted")
     retention_failed: Duration = Field("30d", description="age after which Failed events are deleted")
     retention_stuck: Annotated[float | None, BeforeValidator(_optional_duration)] = Field(

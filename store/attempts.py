@@ -56,8 +56,16 @@ class AttemptRepo:
         cursor = self.coll.find({"webhook_id": webhook_id}, {"status_code": 1}).sort("_id", -1).limit(limit)
         return [d.get("status_code") async for d in cursor]
 
+    async def delete_ids(self, ids: list[str]) -> int:
+        """Delete attempts by id (ids that do not exist are fine); return how many were deleted."""
+        if not ids:
+            return 0
+        res = await self.coll.delete_many({"_id": {"$in": ids}})
+        return res.deleted_count
+
     async def delete_for_events(self, event_ids: list[str]) -> int:
-        """Delete the attempts of ``event_ids``; return how many."""
+        """Delete the attempts of ``event_ids``; return how many (filters on ``event_id``: on the stand-in this scans
+        every attempt; the janitor deletes by id with :meth:`delete_ids`)."""
         if not event_ids:
             return 0
         res = await self.coll.delete_many({"event_id": {"$in": event_ids}})

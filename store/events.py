@@ -1,5 +1,10 @@
 """The ``events`` collection: webhook events, their status moves, and the operator's queries.
 
+Search (``--search``) is a set of indexed single-field conditions, one per kind of term, each run as its own query
+and merged here (see :func:`search_conditions`): an ``$or`` or an unanchored ``$regex`` scans the whole collection on
+the local stand-in. Every filter field has a compound ``(field, created_ms)`` index, so an equality plus the
+newest-first order is served from one index on MongoDB and on the stand-in alike.
+
 Writes on the delivery path filter on ``_id`` (plus a guard field), which the local stand-in and MongoDB both
 serve from the primary index. Lists are ordered by ``(created_ms, _id)`` and time ranges and paging cursors are
 ``created_ms`` ranges (an indexed integer): on the stand-in any range on ``_id`` scans the whole collection
@@ -21,7 +26,104 @@ from hookpost.common.ids import id_time_ms, new_id
 from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
 from hookpost.store.docs import from_doc, to_doc
 
-FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_error")
+FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_status_code", "error_kind")
+FILTER_FIELDS = ("status", "webhook_id", "type", "entity.id", "change_id", "last_status_code", "error_kind")
+
+# what ``error_kind`` holds: the first kind whose words appear in the error text (lower-cased)
+ERROR_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("timeout", ("timeout", "timed out")),
+    ("refused", ("refused",)),
+    ("dns", ("dnserror", "name or service not known", "nodename nor servname", "name resolution")),
+    ("tls", ("tlserror", "sslerror", "[ssl", "certificate")),
+    ("redirect", ("redirect",)),
+    ("gone", ("410 gone",)),
+    ("disconnected", ("disconnected", "reset by peer")),
+    ("connect", ("connecterror", "cannot connect")),
+    ("http", ("http",)),
+)
+ERROR_KIND_NAMES = tuple(k for k, _ in ERROR_KINDS)
+_STATUS_CODE = re.compile(r"^[1-5][0-9][0-9]$")
+_ULID = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def error_kind(error: str | None) -> str | None:
+    """Classify an error text into one searchable word (``timeout``, ``refused``, ``http``…), or None.
+
+    >>> error_kind("Timeout: no complete response within 15s"), error_kind("gave up after 10 attempts: HTTP 503")
+    ('timeout', 'http')
+    """
+    if not error:
+        return None
+    text = error.lower()
+    for kind, words in ERROR_KINDS:
+        if any(w in text for w in words):
+            return kind
+    return "other"
+
+
+def _successor(prefix: str) -> str:
+    """The smallest string greater than every string that starts with ``prefix`` (a non-empty prefix)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _prefix_range(prefix: str) -> dict[str, str]:
+    return {"$gte": prefix, "$lt": _successor(prefix)}
+
+
+def _ulid_ms(symbols: str) -> int:
+    value = 0
+    for ch in symbols:
+        value = value * 32 + _ULID.index(ch)
+    return value
+
+
+def _event_id_conditions(term: str, prefix: bool) -> list[dict[str, Any]]:
+    """Conditions for an event id or id prefix (``evt_01J9Z…``), served by ``_id`` equality or ``created_ms``
+    (an event id's first ten symbols are its creation millisecond; ranges on ``_id`` scan on the stand-in)."""
+    kind, _, body = term.partition("_")
+    body = body.upper()
+    if any(ch not in _ULID for ch in body) or len(body) > 26:
+        return []
+    ident = f"{kind}_{body}"
+    if not prefix:
+        return [{"_id": ident}] if len(body) == 26 else []
+    if not body:
+        return []
+    if len(body) <= 10:  # exactly the events created in that span of milliseconds
+        return [{"created_ms": {"$gte": _ulid_ms(body.ljust(10, "0")), "$lte": _ulid_ms(body.ljust(10, "Z"))}}]
+    return [{"created_ms": _ulid_ms(body[:10]), "_id": {"$regex": "^" + re.escape(ident)}}]
+
+
+def search_conditions(text: str) -> list[dict[str, Any]]:
+    """Return the single-field conditions a search term means; an event matches the search if it matches any.
+
+    One term, no spaces. ``X`` matches exactly, ``X*`` by prefix:
+
+    - the event id (``evt_…``, any case), the change id, the entity id (as stored, case-sensitive);
+    - the event type (``order.created``; ``order.*`` is the prefix ``order.``);
+    - a status code (three digits: the event's last HTTP status, ``503``);
+    - an error kind, one of :data:`ERROR_KIND_NAMES` (any case: ``timeout``, ``refused``…), the kind of the
+      event's last error.
+
+    >>> search_conditions("503")[-1]
+    {'last_status_code': 503}
+    """
+    term = text.strip()
+    prefix = term.endswith("*")
+    if prefix:
+        term = term.rstrip("*")
+    if not term:
+        return []
+    conds: list[dict[str, Any]] = []
+    if term.lower().startswith("evt_"):
+        conds += _event_id_conditions(term, prefix)
+    value: Any = _prefix_range(term) if prefix else term
+    conds += [{"change_id": value}, {"entity.id": value}, {"type": value}]
+    if not prefix and _STATUS_CODE.match(term):
+        conds.append({"last_status_code": int(term)})
+    if not prefix and term.lower() in ERROR_KIND_NAMES:
+        conds.append({"error_kind": term.lower()})
+    return conds
 
 
 def type_pattern_regex(pattern: str) -> str:
@@ -44,20 +146,22 @@ class EventFilter:
     before: str | None = None
     ids: Sequence[str] = field(default_factory=tuple)
 
-    def query(self) -> dict[str, Any]:
-        """Return the MongoDB filter document."""
+    def _common(self, steer: bool = False) -> dict[str, Any]:
+        """The conditions other than status and search; with ``steer`` the equalities are written as one-value
+        ``$in`` (the same meaning), which the stand-in does not serve from an index, so it uses the search
+        field's index rather than, say, the webhook's (its planner has no statistics to choose by)."""
         q: dict[str, Any] = {}
         if self.ids:
             q["_id"] = {"$in": list(self.ids)}
-        if self.statuses:
-            q["status"] = {"$in": [s.value for s in self.statuses]}
         if self.event_type:
-            q["type"] = ({"$regex": type_pattern_regex(self.event_type)} if "*" in self.event_type
-                         else self.event_type)
+            if "*" in self.event_type:
+                q["type"] = {"$regex": type_pattern_regex(self.event_type)}
+            else:
+                q["type"] = {"$in": [self.event_type]} if steer else self.event_type
         if self.webhook_id:
-            q["webhook_id"] = self.webhook_id
+            q["webhook_id"] = {"$in": [self.webhook_id]} if steer else self.webhook_id
         if self.entity_id:
-            q["entity.id"] = self.entity_id
+            q["entity.id"] = {"$in": [self.entity_id]} if steer else self.entity_id
         created: dict[str, int] = {}
         if self.since:
             created["$gte"] = int(self.since.timestamp() * 1000)
@@ -71,10 +175,110 @@ class EventFilter:
                 del created["$lte"]
         if created:
             q["created_ms"] = created
-        if self.search:
-            rx = {"$regex": re.escape(self.search), "$options": "i"}
-            q["$or"] = [{f: rx} for f in FIELDS_SEARCHED]
         return q
+
+    def query(self) -> dict[str, Any]:
+        """Return the filter as one MongoDB filter document (for counts; lists use :meth:`branches`)."""
+        q = self._common()
+        if self.statuses:
+            q["status"] = {"$in": [s.value for s in self.statuses]}
+        if self.search is not None:
+            q["$or"] = search_conditions(self.search) or [{"_id": {"$in": []}}]
+        return q
+
+    def branches(self) -> list[tuple[dict[str, Any], str | None]]:
+        """Return the filter as queries of equalities and ranges only, one per status and search condition;
+        an event matches the filter if it matches any (they are run apart and merged: an ``$or`` or an ``$in``
+        of several values is served by no index on the stand-in).
+
+        Each comes with an event-id prefix to check on the results, or None: a prefix that reaches into an id's
+        random part is queried as its millisecond (``created_ms``), since a ``$regex`` or a range on ``_id``
+        scans the whole collection on the stand-in. A search condition that contradicts another filter (the
+        entity ``A-1`` searched within ``--entity A-2``) makes no query.
+        """
+        searched: list[dict[str, Any] | None] = [None]
+        if self.search is not None:
+            searched = list(search_conditions(self.search))
+        statuses: list[str | None] = [s.value for s in dict.fromkeys(self.statuses)] or [None]
+        out: list[tuple[dict[str, Any], str | None]] = []
+        for cond in searched:
+            for status in statuses:
+                q: dict[str, Any] | None = self._common(steer=cond is not None)
+                assert q is not None
+                if status is not None:
+                    q["status"] = {"$in": [status]} if cond is not None else status
+                id_prefix = None
+                if cond is not None:
+                    cond = dict(cond)
+                    rx = cond.get("_id")
+                    if isinstance(rx, dict) and "$regex" in rx and "created_ms" in cond:
+                        del cond["_id"]
+                        id_prefix = rx["$regex"][1:].replace("\\", "")
+                    for key, value in cond.items():
+                        q = _merge(q, key, value)
+                        if q is None:
+                            break
+                if q is not None:
+                    out.append((q, id_prefix))
+        return out
+
+
+def _one(value: Any) -> tuple[bool, Any]:
+    """Tell whether a condition is one plain value (``v`` or ``{"$in": [v]}``), and which."""
+    if not isinstance(value, dict):
+        return True, value
+    if set(value) == {"$in"} and len(value["$in"]) == 1:
+        return True, value["$in"][0]
+    return False, None
+
+
+def _holds(cond: dict[str, Any], v: Any) -> bool:
+    """Evaluate a range, ``$in`` or anchored ``$regex`` condition on a value."""
+    try:
+        for op, arg in cond.items():
+            ok = {"$gte": lambda a: v >= a, "$gt": lambda a: v > a, "$lt": lambda a: v < a,
+                  "$lte": lambda a: v <= a, "$in": lambda a: v in a,
+                  "$regex": lambda a: re.search(a, str(v)) is not None}.get(op, lambda a: True)(arg)
+            if not ok:
+                return False
+    except TypeError:
+        return False
+    return True
+
+
+def _merge(q: dict[str, Any], key: str, value: Any) -> dict[str, Any] | None:
+    """AND ``{key: value}`` into ``q``, keeping one condition per field where possible; None if they
+    contradict."""
+    if key not in q:
+        return {**q, key: value}
+    old = q[key]
+    old_one, a = _one(old)
+    new_one, b = _one(value)
+    if old_one and new_one:
+        return q if a == b else None
+    if old_one or new_one:
+        plain, other = (b, old) if new_one else (a, value)
+        return {**q, key: plain} if _holds(other, plain) else None
+    ranges = {"$gte", "$gt", "$lt", "$lte"}
+    if set(old) <= ranges and set(value) <= ranges:
+        merged = dict(old)
+        for op, arg in value.items():
+            merged[op] = arg if op not in merged else (max(merged[op], arg) if op in ("$gte", "$gt")
+                                                         else min(merged[op], arg))
+        return {**q, key: merged}
+    return {**q, "$and": [*q.get("$and", []), {key: value}]}
+
+
+def event_doc(event: WebhookEvent) -> dict[str, Any]:
+    """Return ``event`` as a stored document, with the fields derived for search (``error_kind``)."""
+    doc = to_doc(event)
+    doc["error_kind"] = error_kind(event.last_error)
+    return doc
+
+
+def _derived(changes: dict[str, Any]) -> dict[str, Any]:
+    """The derived fields a set of changes implies (``error_kind`` when ``last_error`` changes)."""
+    return {"error_kind": error_kind(changes["last_error"])} if "last_error" in changes else {}
 
 
 class EventRepo:
@@ -88,8 +292,12 @@ class EventRepo:
         await self.coll.create_index([("change_id", ASCENDING), ("webhook_id", ASCENDING)], unique=True,
                                      name="change_webhook_unique")
         for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms",
-                     "created_ms"):
+                     "created_ms", "last_status_code", "error_kind"):
             await self.coll.create_index([(name, ASCENDING)])
+        # an equality on a filter field plus the newest-first order, from one index (MongoDB and the stand-in)
+        for name in FILTER_FIELDS:
+            await self.coll.create_index([(name, ASCENDING), ("created_ms", ASCENDING)])
+        await self.coll.create_index([("status", ASCENDING), ("updated_ms", ASCENDING)])  # the janitor
 
     async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
         """Insert fanned-out events in one round trip; return those that were new.
@@ -99,7 +307,7 @@ class EventRepo:
         if not events:
             return []
         try:
-            await self.coll.insert_many([to_doc(e) for e in events], ordered=False)
+            await self.coll.insert_many([event_doc(e) for e in events], ordered=False)
             return events
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
@@ -132,22 +340,44 @@ class EventRepo:
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
     async def find(self, flt: EventFilter, *, limit: int = 50, newest_first: bool = True) -> list[WebhookEvent]:
-        """Return up to ``limit`` events matching ``flt``, newest first (page on with ``before=<last id>``)."""
+        """Return up to ``limit`` events matching ``flt``, newest first (page on with ``before=<last id>``).
+
+        Each of the filter's :meth:`~EventFilter.branches` is one indexed query; their pages are merged.
+        """
+        branches = flt.branches()
+        if len(branches) == 1:
+            docs = await self._find_branch(*branches[0], flt.before, limit, newest_first)
+        else:
+            seen: dict[str, dict[str, Any]] = {}
+            for query, id_prefix in branches:
+                for d in await self._find_branch(query, id_prefix, flt.before, limit, newest_first):
+                    seen.setdefault(d["_id"], d)
+            docs = sorted(seen.values(), key=lambda d: (d["created_ms"], d["_id"]), reverse=newest_first)
+        return [from_doc(WebhookEvent, d) for d in docs[:limit]]
+
+    async def _find_branch(self, query: dict[str, Any], id_prefix: str | None, before: str | None, limit: int,
+                           newest_first: bool) -> list[dict[str, Any]]:
         direction = DESCENDING if newest_first else ASCENDING
-        query = flt.query()
-        extra = 64 if flt.before else 0
+        extra = 64 if before or id_prefix else 0
         while True:
             docs = await self.coll.find(query).sort([("created_ms", direction), ("_id", direction)]).limit(
                 limit + extra).to_list()
-            kept = [d for d in docs if not flt.before or d["_id"] < flt.before]
+            kept = [d for d in docs if (not before or d["_id"] < before)
+                    and (not id_prefix or d["_id"].startswith(id_prefix))]
             if len(kept) >= limit or len(docs) < limit + extra:
-                return [from_doc(WebhookEvent, d) for d in kept[:limit]]
+                return kept[:limit]
             extra *= 4  # many events share the cursor's millisecond: look further
 
     async def find_ids(self, query: dict[str, Any], *, limit: int) -> list[str]:
         """Return up to ``limit`` ids matching a raw filter, oldest first."""
         cursor = self.coll.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
         return [d["_id"] async for d in cursor]
+
+    async def expired(self, query: dict[str, Any], *, limit: int) -> list[tuple[str, int]]:
+        """Return up to ``limit`` ``(id, attempt_count)`` of events matching a raw filter, in no particular order
+        (the janitor's batches: no sort, so the store stops at ``limit``)."""
+        cursor = self.coll.find(query, {"_id": 1, "attempt_count": 1}).limit(limit)
+        return [(d["_id"], int(d.get("attempt_count") or 0)) async for d in cursor]
 
     async def count(self, query: dict[str, Any]) -> int:
         """Count events matching ``query`` (an aggregation: ``count_documents`` is too slow on the stand-in)."""
@@ -159,6 +389,50 @@ class EventRepo:
         pipeline = [{"$match": query}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
         res = await (await self.coll.aggregate(pipeline)).to_list()
         return {str(r["_id"]): int(r["n"]) for r in res if r["n"]}
+
+    async def counts_by(self, key: str, query: dict[str, Any], *, max_values: int = 50) -> dict[str, int]:
+        """Return ``{value of key: count}`` over events matching ``query``: the distinct values, then one indexed
+        count per value (``(key, created_ms)`` serves a count over a time range), or, beyond ``max_values``
+        values, one aggregation.
+
+        On the stand-in an aggregation whose ``$match`` has a ``created_ms`` range materialises every matching
+        document (0.7 s per key for one day of 100,000 events); counting per value takes milliseconds each.
+        """
+        values = await self.coll.distinct(key, query)
+        if len(values) > max_values:
+            return await self.group_counts(key, query)
+        out = {}
+        for value in values:
+            n = await self.count({**query, key: value})
+            if n:
+                out[str(value)] = n
+        return out
+
+    async def reindex(self, *, batch: int = 1000) -> tuple[int, int]:
+        """Write the search fields derived from others (``error_kind``) on events stored without them (before
+        0.2), a page of ``batch`` at a time by ``created_ms`` and by ``_id``; return (events read, events changed).
+
+        Idempotent; safe while the dispatcher runs (each write is guarded on the ``last_error`` it was derived
+        from).
+        """
+        read = changed = 0
+        cursor_ms: int | None = None
+        seen: set[str] = set()
+        while True:
+            q: dict[str, Any] = {} if cursor_ms is None else {"created_ms": {"$gte": cursor_ms}}
+            docs = await self.coll.find(q, {"created_ms": 1, "last_error": 1, "error_kind": 1}).sort(
+                "created_ms", ASCENDING).limit(batch + len(seen)).to_list()
+            fresh = [d for d in docs if d["_id"] not in seen]
+            read += len(fresh)
+            ops = [UpdateOne({"_id": d["_id"], "last_error": d.get("last_error")},
+                             {"$set": {"error_kind": error_kind(d.get("last_error"))}})
+                   for d in fresh if "error_kind" not in d or d["error_kind"] != error_kind(d.get("last_error"))]
+            if ops:
+                changed += (await self.coll.bulk_write(ops, ordered=False)).modified_count
+            if len(docs) < batch + len(seen) or not fresh:
+                return read, changed
+            cursor_ms = docs[-1]["created_ms"]
+            seen = {d["_id"] for d in docs if d["created_ms"] == cursor_ms}
 
     async def record_attempts(self, updates: list[tuple[str, int, dict[str, Any]]],
                               tokens: list[str] | None = None) -> list[bool]:
@@ -176,7 +450,7 @@ class EventRepo:
         in_flight = [s.value for s in IN_FLIGHT]
         ops = [UpdateOne({"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": in_flight}},
                          {"$set": {"attempt_count": attempt, "updated_at": now, "updated_ms": ms, **changes,
-                                   "writer": token}})
+                                   **_derived(changes), "writer": token}})
                for (event_id, attempt, changes), token in zip(updates, tokens, strict=True)]
         res = await self.coll.bulk_write(ops, ordered=False)
         if res.matched_count == len(ops):

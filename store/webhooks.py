@@ -4,6 +4,10 @@ A document someone edited by hand may no longer validate (a ``description`` that
 one). Listing never fails for it: :meth:`WebhookRepo.load` returns the valid webhooks and, apart, each broken
 document's id with what is wrong, so the dispatcher serves every other webhook and says loudly which one it
 cannot serve.
+
+Every write sets ``updated_ms`` (epoch milliseconds, indexed) and a delete leaves a tombstone in
+``webhooks_deleted``, so the dispatcher's cache reloads only what changed (:meth:`WebhookRepo.changed_since`,
+:meth:`WebhookRepo.deleted_since`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
-from hookpost.common.models import Webhook, utcnow
+from hookpost.common.models import Webhook, now_ms, utcnow
 from hookpost.common.signing import generate_secret
 from hookpost.store.docs import from_doc, to_doc
 
@@ -39,19 +43,25 @@ def describe(exc: ValidationError) -> str:
 class WebhookRepo:
     """Webhook documents, keyed by ``wh_`` ids."""
 
-    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
+    TOMBSTONE_DAYS = 7
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]],
+                 deleted: AsyncCollection[dict[str, Any]] | None = None) -> None:
         self.coll = coll
+        self.deleted = deleted if deleted is not None else coll.database[coll.name + "_deleted"]
 
     async def ensure_indexes(self) -> None:
-        """Index the active flag (the dispatcher loads active webhooks)."""
+        """Index the active flag, the last change (incremental reloads) and the tombstones' time."""
         await self.coll.create_index([("active", ASCENDING)])
+        await self.coll.create_index([("updated_ms", ASCENDING)])
+        await self.deleted.create_index([("deleted_ms", ASCENDING)])
 
     async def create(self, url: str, event_types: list[str], *, description: str = "", secret: str | None = None,
                      headers: dict[str, str] | None = None, active: bool = True) -> Webhook:
         """Store a new webhook and return it (with a generated secret unless ``secret`` is given)."""
         hook = Webhook(id=new_id("wh"), url=url, event_types=event_types, description=description,
                        secret=secret or generate_secret(), headers=headers or {}, active=active)
-        await self.coll.insert_one(to_doc(hook))
+        await self.coll.insert_one({**to_doc(hook), "updated_ms": now_ms()})
         return hook
 
     async def get(self, webhook_id: str) -> Webhook:
@@ -70,27 +80,23 @@ class WebhookRepo:
         return hooks
 
     async def load(self, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
-        """Return every webhook, in pages of ``page`` by id (no cap on how many), and apart every document that
-        does not validate, with the reason."""
-        hooks: list[Webhook] = []
-        broken: list[BrokenWebhook] = []
-        last: str | None = None
-        while True:
-            query: dict[str, Any] = {} if last is None else {"_id": {"$gt": last}}
-            docs = await self.coll.find(query).sort("_id", ASCENDING).limit(page).to_list()
-            good, bad = split_documents(docs)
-            hooks += good
-            broken += bad
-            if len(docs) < page:
-                return hooks, broken
-            last = str(docs[-1]["_id"])
+        """Return every webhook (no cap on how many), and apart every document that does not validate, with the
+        reason.
+
+        Pages go by ``updated_ms`` (an indexed integer; on the stand-in a range on ``_id`` scans the whole
+        collection for every page); documents without it (written before 0.2, or by hand) are read apart.
+        """
+        hooks, broken = await self.changed_since(0, page)
+        legacy = await self.coll.find({"updated_ms": None}).batch_size(page).to_list()
+        good, bad = split_documents(legacy)
+        return sorted(hooks + good, key=lambda h: h.id), broken + bad
 
     async def update(self, webhook_id: str, **fields: Any) -> Webhook:
         """Set ``fields`` on the webhook (validated through the model) and return it."""
         hook = await self.get(webhook_id)
         merged = Webhook.model_validate({**hook.model_dump(), **fields, "updated_at": utcnow()})
         changes = {k: getattr(merged, k) for k in [*fields, "updated_at"]}
-        await self.coll.update_one({"_id": webhook_id}, {"$set": changes})
+        await self.coll.update_one({"_id": webhook_id}, {"$set": {**changes, "updated_ms": now_ms()}})
         return merged
 
     async def set_active(self, webhook_id: str, active: bool, reason: str | None = None) -> Webhook:
@@ -107,9 +113,41 @@ class WebhookRepo:
 
     async def delete(self, webhook_id: str) -> None:
         """Delete a webhook (its events stay until the janitor removes them)."""
+        ms = now_ms()
+        # the tombstone first: a crash in between leaves a tombstone for a live webhook, which the next change
+        # to it (or a full reload) corrects; the other way round a cache could keep serving a deleted webhook
+        await self.deleted.update_one({"_id": webhook_id}, {"$set": {"deleted_ms": ms}}, upsert=True)
         res = await self.coll.delete_one({"_id": webhook_id})
         if res.deleted_count == 0:
+            await self.deleted.delete_one({"_id": webhook_id})
             raise NotFoundError(f"no webhook {webhook_id!r}")
+        old = [d["_id"] async for d in self.deleted.find(
+            {"deleted_ms": {"$lt": ms - self.TOMBSTONE_DAYS * 86_400_000}}, {"_id": 1}).limit(1000)]
+        if old:
+            await self.deleted.delete_many({"_id": {"$in": old}})
+
+    async def changed_since(self, since_ms: int, page: int = 1000) -> tuple[list[Webhook], list[BrokenWebhook]]:
+        """Return the webhooks written at or after ``since_ms`` (``updated_ms``), and apart those that do not
+        validate, in pages of ``page``."""
+        hooks: list[Webhook] = []
+        broken: list[BrokenWebhook] = []
+        cursor_ms, seen = since_ms, set[str]()
+        while True:
+            docs = await self.coll.find({"updated_ms": {"$gte": cursor_ms}}).sort("updated_ms", ASCENDING).limit(
+                page + len(seen)).to_list()
+            fresh = [d for d in docs if d["_id"] not in seen]
+            good, bad = split_documents(fresh)
+            hooks += good
+            broken += bad
+            if len(docs) < page + len(seen) or not fresh:
+                return hooks, broken
+            cursor_ms = docs[-1]["updated_ms"]
+            seen = {d["_id"] for d in docs if d["updated_ms"] == cursor_ms}
+
+    async def deleted_since(self, since_ms: int) -> list[str]:
+        """Return the ids of webhooks deleted at or after ``since_ms`` (tombstones are kept seven days)."""
+        cursor = self.deleted.find({"deleted_ms": {"$gte": since_ms}}, {"_id": 1}).limit(100_000)
+        return [str(d["_id"]) async for d in cursor]
 
 
 def split_documents(docs: list[dict[str, Any]]) -> tuple[list[Webhook], list[BrokenWebhook]]:

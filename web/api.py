@@ -318,7 +318,8 @@ FILTER_PARAMS = (
     Param("entity", _STR, "entity id (A-1001)"),
     Param("since", {"type": "string", "maxLength": 100}, "created at or after: a duration ago (2h, 7d) or ISO-8601"),
     Param("until", {"type": "string", "maxLength": 100}, "created before: a duration ago or ISO-8601"),
-    Param("search", _STR, "text in the event id, change id, entity id, event type or last error"),
+    Param("search", _STR, "one term: an event, change or entity id or an event type (exact, or a prefix ending in "
+          "*), a status code (503) or an error kind (timeout, refused, dns, tls, http…)"),
 )
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "at most this many")
 BEFORE = Param("before", {"type": "string", "maxLength": 100}, "the next page: the `next` of the previous page")

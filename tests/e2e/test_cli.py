@@ -71,7 +71,9 @@ async def test_each_filter_alone_and_combined(settings, seeded):
         (["--since", "3d"], lambda e: e.created_at >= day3 - timedelta(seconds=5)),
         (["--until", day3.isoformat()], lambda e: e.created_at < day3),
         (["--search", "timeout"], lambda e: "timeout" in (e.last_error or "").lower()),
-        (["--search", "CHG-42"], lambda e: "chg-42" in e.change_id),  # substring, any case
+        (["--search", "TimeOut"], lambda e: "timeout" in (e.last_error or "").lower()),  # error kinds: any case
+        (["--search", "chg-42"], lambda e: e.change_id == "chg-42"),  # ids: exact
+        (["--search", "chg-42*"], lambda e: e.change_id.startswith("chg-42")),  # or by prefix
         (["--search", events[42].id], lambda e: e.id == events[42].id),
         (["--status", "failed", "--type", "article.*", "--webhook", hooks[0].id, "--since", day5.isoformat()],
          lambda e: e.status == EventStatus.FAILED and e.type.startswith("article.") and e.webhook_id == hooks[0].id

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hookpost.common.models import Attempt, EventStatus
 from hookpost.store.attempts import attempt_id
-from hookpost.store.cleanup import cleanup, retention_rules
+from hookpost.store.cleanup import Pacer, cleanup, retention_rules
 from tests.e2e.test_cli import env_for
 from tests.seed import insert, make_events
 
@@ -23,8 +23,9 @@ async def seed(store):
     # 41 days of events, one every ~1.23 hours (none within minutes of the 7d or 30d boundary)
     events = make_events(800, [hook.id], now=now, spread=timedelta(days=41))
     await insert(store, events)
+    # as the dispatcher records them: attempt n of an event has the id attempt_id(event, n), n <= attempt_count
     attempts = [Attempt(id=attempt_id(e.id, n), event_id=e.id, webhook_id=hook.id, attempt=n, started_at=now,
-                        duration_ms=1.0, status_code=500) for e in events for n in (1, 2, 3)]
+                        duration_ms=1.0, status_code=500) for e in events for n in range(1, e.attempt_count + 1)]
     for i in range(0, len(attempts), 1000):
         await store.attempts.insert(attempts[i:i + 1000])
     return events, now
@@ -65,7 +66,7 @@ async def test_one_pass_deletes_exactly_the_expired_and_dry_run_nothing(settings
     assert len(ev) == len(events) and len(att) == len(events)
 
     real = await run_janitor(settings, "--once", "--json")
-    assert real["events"] == by_status and real["attempts"] == 3 * len(gone)
+    assert real["events"] == by_status and real["attempts"] == sum(e.attempt_count for e in events if e.id in gone)
     ev, att = await remaining(store)
     assert ev == {e.id for e in events} - gone
     assert att == ev
@@ -104,3 +105,42 @@ async def test_sigterm_stops_the_long_running_janitor(settings, store):
     assert json.loads(line)["message"].startswith("janitor pass")
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_the_janitor_paces_itself_from_its_own_store_time(settings, store):
+    events, now = await seed(store)
+    gone = expired(events, now)
+    pauses: list[float] = []
+    sizes: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    def progress(rep) -> None:
+        sizes.append(rep.total)
+
+    rep = await cleanup(store, retention_rules(7 * DAY, 30 * DAY, None), batch=40, now=now, duty=0.25,
+                        sleep=sleep, progress=progress)
+    assert rep.total == len(gone) and rep.batches == len(sizes) and 0 < rep.largest_batch <= 40
+    ev, att = await remaining(store)
+    assert ev == {e.id for e in events} - gone and att == ev
+    # a pause after every full batch, three times its store time at a duty of 25%
+    assert len(pauses) >= rep.batches - 2 and all(p > 0 for p in pauses)
+    assert sum(pauses) <= 3 * rep.busy_seconds + 1e-9 and sum(pauses) == rep.paused_seconds
+    assert rep.as_dict()["events_per_s"] > 0 and rep.as_dict()["batches"] == rep.batches
+
+
+def test_the_pacer_sizes_batches_to_the_target_request_time():
+    pacer = Pacer(max_batch=500, duty=0.3, target_request_s=0.02)
+    assert pacer.batch == 100
+    assert abs(pacer.after(100, busy=0.03, slowest=0.01) - 0.07) < 1e-9  # pause = busy * 0.7 / 0.3
+    assert pacer.batch == 200  # fast requests: grow, at most doubling
+    pacer.after(200, busy=0.5, slowest=0.2)
+    assert pacer.batch == 50  # slow requests: shrink, at most to a quarter
+    for _ in range(10):
+        pacer.after(pacer.batch, busy=1.0, slowest=1.0)
+    assert pacer.batch == 10  # never below min_batch
+    for _ in range(20):
+        pacer.after(pacer.batch, busy=0.001, slowest=0.001)
+    assert pacer.batch == 500  # never above max_batch
+    assert Pacer(max_batch=5).batch == 5

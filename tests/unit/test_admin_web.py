@@ -48,7 +48,7 @@ def test_parse_filter_reads_every_condition():
     flt = parse_filter(["failed", "NEW"], "article.*", "wh_1", "A-1", "2h", "2026-01-01T00:00:00", "x")
     assert flt.statuses == [EventStatus.FAILED, EventStatus.NEW] and flt.event_type == "article.*"
     assert flt.since is not None and flt.until is not None and flt.until.tzinfo is not None
-    assert flt.query()["$or"][0] == {"_id": {"$regex": "x", "$options": "i"}}
+    assert flt.query()["$or"][0] == {"change_id": "x"}  # search: one indexed condition per kind of term
 
 
 def test_tokens_are_hashed():
