@@ -86,7 +86,7 @@ async def test_deferred_longer_than_the_reconcile_grace_is_not_sent_twice(settin
     # one slot, requests that time out after 1 s: the other deliveries are deferred for seconds, longer than the
     # reconciler's grace; the reconciler must not take them for lost and publish second copies
     s = settings_factory(prefetch=20, concurrency=20, endpoint_concurrency=1, http_timeout="1s", defer_delay="100ms",
-                         max_attempts=2, retry_delays="1m", reconcile_interval="200ms", reconcile_grace="1500ms")
+                         max_attempts=2, retry_delays="1m", reconcile_interval="200ms", reconcile_grace="3s")
     release = asyncio.Event()
 
     async def hang(n, request):
