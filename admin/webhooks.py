@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.endpoints import endpoint_key, health_label
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.matching import validate_pattern
@@ -53,7 +54,9 @@ class WebhookOps:
     async def view(self, hook: Webhook) -> WebhookView:
         """Return a webhook without secrets, with its success rate over the last 100 attempts."""
         codes = await self.admin.store.attempts.recent_outcomes(hook.id, 100)
-        return WebhookView(**hook.public_dict(), recent_success=success_rate(codes))
+        health = await self.admin.store.endpoints.get(endpoint_key(hook.url))
+        return WebhookView(**hook.public_dict(), recent_success=success_rate(codes),
+                           health=health_label(hook.active, hook.disabled_reason, health))
 
     async def list(self) -> list[WebhookView]:
         """Return every webhook, oldest first."""
@@ -70,7 +73,8 @@ class WebhookOps:
         if spec.secret is not None:
             secret_key(spec.secret)
         hook = await self.admin.store.webhooks.create(spec.url, patterns, description=spec.description,
-                                                      secret=spec.secret, headers=check_headers(spec.headers))
+                                                      secret=spec.secret, headers=check_headers(spec.headers),
+                                                      rate_limit=spec.rate_limit)
         await self.admin.record(actor, "webhook.created", hook.id, url=hook.url, event_types=hook.event_types)
         return hook
 
@@ -88,8 +92,11 @@ class WebhookOps:
         if spec.active is not None:
             fields["active"] = spec.active
             fields["disabled_reason"] = None if spec.active else DISABLED_BY_OPERATOR
+        if spec.rate_limit is not None:
+            fields["rate_limit"] = spec.rate_limit or None  # 0 removes the limit
         if not fields:
-            raise InvalidInputError("nothing to update: give url, event_types, description, headers or active")
+            raise InvalidInputError("nothing to update: give url, event_types, description, headers, active or "
+                                    "rate_limit")
         hook = await self.admin.store.webhooks.update(webhook_id, **fields)
         await self.admin.record(actor, "webhook.updated", webhook_id,
                                 changed={k: v for k, v in fields.items() if k != "disabled_reason"})

@@ -14,6 +14,8 @@ from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import ChangeEvent
 
 JSON_TYPES = {"application/json", "text/json"}
+NOTICE_PREFIX = "hookpost."  # event types of Hookpost's own notices; upstream producers may not use them
+NOTICE_HEADER = "hookpost-notice"  # set by the dispatcher on the notices it publishes
 
 
 class InvalidChangeError(InvalidInputError):
@@ -21,8 +23,11 @@ class InvalidChangeError(InvalidInputError):
 
 
 def decode_change(body: bytes, content_type: str | None, *, max_bytes: int = 65536,
-                  content_encoding: str | None = None) -> ChangeEvent:
-    """Validate ``body`` as a change event; raise :class:`InvalidChangeError` with the reason if it is not one."""
+                  content_encoding: str | None = None, notice: bool = False) -> ChangeEvent:
+    """Validate ``body`` as a change event; raise :class:`InvalidChangeError` with the reason if it is not one.
+
+    A ``hookpost.*`` type is accepted only in a ``notice`` (one the dispatcher published itself).
+    """
     if len(body) > max_bytes:
         raise InvalidChangeError(f"too large: {len(body)} bytes (limit {max_bytes})")
     ctype = (content_type or "").split(";")[0].strip().lower()
@@ -41,11 +46,20 @@ def decode_change(body: bytes, content_type: str | None, *, max_bytes: int = 655
     if not isinstance(data, dict):
         raise InvalidChangeError(f"not a JSON object but {type(data).__name__}")
     try:
-        return ChangeEvent.model_validate(data)
+        change = ChangeEvent.model_validate(data)
     except ValidationError as exc:
         raise InvalidChangeError("; ".join(_describe(e) for e in exc.errors()[:5])) from None
     except RecursionError:
         raise InvalidChangeError("nested too deeply") from None
+    if not notice:
+        check_not_notice(change.type)
+    return change
+
+
+def check_not_notice(event_type: str) -> None:
+    """Refuse a ``hookpost.*`` event type from an upstream producer: those are Hookpost's own notices."""
+    if event_type.startswith(NOTICE_PREFIX):
+        raise InvalidChangeError(f"type: {event_type!r} is reserved: hookpost.* types are Hookpost's own notices")
 
 
 def _describe(err: dict[str, object]) -> str:
@@ -55,6 +69,7 @@ def _describe(err: dict[str, object]) -> str:
 
 def encode_change(change: ChangeEvent, *, max_bytes: int = 65536) -> bytes:
     """Return the wire body of ``change``; raise :class:`InvalidChangeError` if it is over ``max_bytes``."""
+    check_not_notice(change.type)
     body = change.model_dump_json(exclude_none=True).encode()
     if len(body) > max_bytes:
         raise InvalidChangeError(f"too large: {len(body)} bytes (limit {max_bytes})")

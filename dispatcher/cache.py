@@ -54,6 +54,10 @@ class WebhookCache:
             hook = (await self._fresh()).get(webhook_id)
         return hook
 
+    async def all(self) -> list[Webhook]:
+        """Return every (valid) webhook, active or not."""
+        return list((await self._fresh()).values())
+
     async def subscribers(self, event_type: str) -> list[Webhook]:
         """Return the active webhooks subscribed to ``event_type``."""
         return [h for h in (await self._fresh()).values() if h.active and any_matches(h.event_types, event_type)]

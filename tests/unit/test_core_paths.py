@@ -205,12 +205,14 @@ async def test_the_last_attempt_failing_fails_the_event_and_publishes_a_failure_
     ev = d.store.event(event.id)
     assert (ev.status, ev.attempt_count, ev.next_attempt_ms) == (EventStatus.FAILED, last, None)
     assert ev.last_error.startswith(f"gave up after {last} attempts: Timeout")
-    [p] = d.published
+    [p] = d.published_to(d.topology.dead_exchange, "failed")
     assert (p.exchange, p.routing_key, p.message_id) == (d.topology.dead_exchange, "failed", event.id)
     notice = p.notice()
     assert (notice.event_id, notice.webhook_id, notice.attempts, notice.last_status_code) == (
         event.id, hook.id, last, None)
     assert notice.type == "article.updated" and "Timeout" in notice.last_error
+    [n] = d.published_to(d.topology.changes_exchange, "hookpost.event.failed")  # the notice, through the pipeline
+    assert n.json()["entity"] == {"kind": "webhook", "id": hook.id} and n.json()["data"]["event_id"] == event.id
 
 
 async def test_a_410_fails_the_event_and_disables_the_webhook_so_its_next_delivery_sends_nothing():
@@ -243,7 +245,7 @@ async def test_a_deleted_webhook_fails_the_event_without_a_request():
     ev = d.store.event(event.id)
     assert (ev.status, ev.attempt_count, ev.last_error) == (EventStatus.FAILED, 0, "webhook deleted")
     assert d.sender.requests == [] and d.store.attempts_of(event.id) == []
-    [p] = d.published
+    [p] = d.published_to(d.topology.dead_exchange, "failed")
     assert p.routing_key == "failed" and p.notice().attempts == 0 and p.notice().last_error == "webhook deleted"
 
 
