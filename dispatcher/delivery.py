@@ -126,6 +126,8 @@ class DeliveryHandler:
             return Verdict.ACK  # held behind the breaker or parked in the defer ladder, no attempt counted
         started, result = await self.send(hook, dm, endpoint, token)
         await self.breaker.observe(endpoint, result, probe=dm.probe)
+        if dm.probe and not result.ok:  # a failed probe is recorded, but not charged to the event's budget
+            dm = dm.model_copy(update={"budget_start": dm.budget_start + 1})
         decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
         done = started + timedelta(milliseconds=result.duration_ms)
         made = Attempt(id=attempt_id(dm.event_id, dm.attempt), event_id=dm.event_id, webhook_id=hook.id,
@@ -133,6 +135,8 @@ class DeliveryHandler:
                        status_code=result.status_code, error=None if result.ok else result.error,
                        response_excerpt=result.excerpt)
         changes = event_changes(decision, result, done)
+        if dm.probe:
+            changes["budget_start"] = dm.budget_start
         if not await self.record(Outcome(dm.event_id, dm.attempt, changes, made)):
             return await self.on_duplicate(msg, dm)
         await self.schedule_next(dm, decision, result, hook, changes["next_attempt_ms"])

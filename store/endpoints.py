@@ -47,7 +47,8 @@ class EndpointRepo:
             res = await self.coll.update_one(
                 {"_id": key, "state": BreakerState.CLOSED.value},
                 {"$set": {"state": BreakerState.FAILING.value, "failing_since_ms": since_ms, "last_error": error,
-                          "updated_ms": now_ms()}}, upsert=True)
+                          "updated_ms": now_ms()},
+                 "$setOnInsert": {"releasing": False, "release_lease_ms": 0, "release_owner": None}}, upsert=True)
         except DuplicateKeyError:
             return False
         return res.matched_count == 1 or res.upserted_id is not None
@@ -62,7 +63,8 @@ class EndpointRepo:
         since = doc.failing_since_ms if doc is not None and doc.failing_since_ms else since_ms
         return await self._upsert_unless(key, BreakerState.OPEN, {
             "failing_since_ms": since, "opened_ms": now, "next_probe_ms": now + round(probe * 1000),
-            "probe_interval": probe, "last_error": error, "releasing": False})
+            "probe_interval": probe, "last_error": error, "releasing": False, "release_lease_ms": 0,
+            "release_owner": None})
 
     async def claim_probe(self, key: str, seen_next_ms: int, interval: float, next_interval: float) -> bool:
         """Take the probe that was due at ``seen_next_ms``; the one after it is due ``interval`` seconds from now.
@@ -106,7 +108,7 @@ class EndpointRepo:
         now = now_ms()
         res = await self.coll.update_one(
             {"_id": key, "releasing": True,
-             "$or": [{"release_lease_ms": {"$lt": now}}, {"release_owner": owner}]},
+             "$or": [{"release_lease_ms": {"$lt": now}}, {"release_lease_ms": None}, {"release_owner": owner}]},
             {"$set": {"release_lease_ms": now + round(seconds * 1000), "release_owner": owner}})
         return res.matched_count == 1
 

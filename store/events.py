@@ -220,8 +220,9 @@ class EventRepo:
             for event_id, attempt, endpoint, due_ms in items], ordered=False)
 
     async def held_by(self, endpoint: str, limit: int) -> list[WebhookEvent]:
-        """Return up to ``limit`` events held by ``endpoint``'s breaker."""
-        cursor = self.coll.find({"held": endpoint}).limit(limit)
+        """Return up to ``limit`` events held by ``endpoint``'s breaker, held longest first (so probes rotate
+        through the held events)."""
+        cursor = self.coll.find({"held": endpoint}).sort("next_attempt_ms", ASCENDING).limit(limit)
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
     async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
