@@ -200,18 +200,24 @@ class DeliveryHandler:
         the slot back, park the delivery for about the work ahead of it and return False."""
         rate = hook.rate_limit or 0.0
         wait = self.rates.reserve(hook.id, rate)
+        try:
+            while wait is not None:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                wait = self.rates.room(hook.id, rate)  # 0.0: counted as sent now
+                if wait == 0.0:
+                    break
+                if wait > self.rates.max_wait:
+                    wait = None
+        except BaseException:
+            self.limiter.give_back(endpoint, token)
+            raise
         if wait is None:
             self.limiter.give_back(endpoint, token)
             delay = await self.deferrer.defer_for(dm, self.rates.expected_wait(hook.id, rate))
             self.rates.park(hook.id, delay)
             self.metrics.rate_limited.inc()
             return False
-        if wait > 0:
-            try:
-                await asyncio.sleep(wait)
-            except BaseException:
-                self.limiter.give_back(endpoint, token)
-                raise
         return True
 
     async def send(self, hook: Webhook, dm: DeliveryMessage, endpoint: str,
@@ -223,6 +229,8 @@ class DeliveryHandler:
             result = await self.sender.send(hook, dm.event_id, dm.payload)
         finally:
             self.limiter.release(endpoint, token, overloaded=result.overloaded, timed_out=result.timed_out)
+            if hook.rate_limit is not None:
+                self.rates.done(hook.id)
         self.metrics.attempts.labels(status_class(result.status_code)).inc()
         self.metrics.duration.observe(result.duration_ms / 1000)
         return started, result

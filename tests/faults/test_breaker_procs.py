@@ -2,7 +2,6 @@
 out, and both stop sending until the endpoint is back."""
 
 import asyncio
-import time
 
 from hookpost.common.endpoints import BreakerState, endpoint_key
 from hookpost.producer import Publisher
