@@ -107,6 +107,7 @@ class Breaker:
         self._health: dict[str, EndpointHealth] = {}
         self._runs: dict[str, _Run] = {}
         self._held_since_poll: set[str] = set()
+        self._moved_ms: dict[str, int] = {}  # when this process last changed its view of an endpoint itself
         self.holds: Batcher[tuple[str, int, str, int], None] = Batcher(self._write_holds, max_batch=hold_batch)
 
     # ---- the delivery path ------------------------------------------------------------------------------------
@@ -157,12 +158,18 @@ class Breaker:
             return
         if run.count >= self.threshold:
             await self._open(key, run)
-        elif run.count >= self.threshold // 2 and (h is None or h.state != BreakerState.FAILING):
+        elif run.count >= self.threshold // 2 and (h is None or h.state not in (BreakerState.FAILING,
+                                                                                BreakerState.OPEN)):
             if await self.store.endpoints.mark_failing(key, run.since_ms, run.error):
                 self.metrics.breaker_transitions.labels("failing").inc()
-            self._set(key, state=BreakerState.FAILING, failing_since_ms=run.since_ms)
+                self._set(key, state=BreakerState.FAILING, failing_since_ms=run.since_ms)
+            elif (fresh := await self.store.endpoints.get(key)) is not None:
+                self._health[key] = fresh  # another process moved it first
 
     async def _open(self, key: str, run: _Run) -> None:
+        now = now_ms()  # stop sending at once; the store round trips below take a while under load
+        self._set(key, state=BreakerState.OPEN, opened_ms=now, next_probe_ms=now + round(self.probe * 1000),
+                  failing_since_ms=run.since_ms)
         opened = await self.store.endpoints.open(key, run.since_ms, self.probe, run.error)
         fresh = await self.store.endpoints.get(key)
         if fresh is not None:
@@ -186,6 +193,7 @@ class Breaker:
     def _set(self, key: str, **fields: object) -> None:
         h = self._health.get(key) or EndpointHealth(id=key)
         self._health[key] = h.model_copy(update=fields)
+        self._moved_ms[key] = now_ms()
 
     async def _notify(self, key: str, kind: str, data: dict[str, object]) -> None:
         for hook in await self._hooks_of(key):
@@ -203,18 +211,31 @@ class Breaker:
             try:
                 await self.poll()
             except Exception as exc:
-                log.warning("breaker poll failed; will try again", extra={"error": str(exc)[:300]})
+                log.warning("breaker poll failed; will try again", extra={"error": str(exc)[:300]}, exc_info=True)
             try:
                 await asyncio.wait_for(stopping.wait(), interval)
             except TimeoutError:
                 pass
 
     async def poll(self) -> None:
-        """One round of :meth:`run`."""
+        """One round of :meth:`run`. With the breaker turned off, an open breaker left from before is closed (its
+        held deliveries are released)."""
         if not self.enabled:
+            for h in await self.store.endpoints.all():
+                if h.state == BreakerState.OPEN:
+                    await self.store.endpoints.close(h.id)
+                if h.state == BreakerState.OPEN or h.releasing:
+                    await self._release(h.id)
             return
         held_before, self._held_since_poll = self._held_since_poll, set()
-        self._health = {h.id: h for h in await self.store.endpoints.all()}
+        read_at = now_ms()
+        fresh = {h.id: h for h in await self.store.endpoints.all()}
+        for key, at in list(self._moved_ms.items()):  # a move of ours newer than this read is not undone by it
+            if at >= read_at and key in self._health:
+                fresh[key] = self._health[key]
+            elif at < read_at - 60_000:
+                del self._moved_ms[key]
+        self._health = fresh
         self._export()
         now = now_ms()
         for key, h in list(self._health.items()):
@@ -252,8 +273,10 @@ class Breaker:
                                                       min(interval * 2, self.probe_max)):
             return
         event = held[0]
-        await self.store.events.unhold([event.id], key, now_ms())
+        # publish first: a crash before the unhold leaves a held event whose delivery is queued (recorded when it is
+        # sent, or held again), never an unheld event without one
         await self.outbox.deliveries([first_delivery(event).model_copy(update={"probe": True})])
+        await self.store.events.unhold([event.id], key, now_ms())
         self.metrics.probes.inc()
         log.info("probe sent to an endpoint with an open breaker", extra={"endpoint": key, "event_id": event.id,
                                                                           "next_probe_in_s": interval})
@@ -271,9 +294,9 @@ class Breaker:
                 self._set(key, releasing=False)
                 return
             now = now_ms()
-            await self.store.events.unhold([e.id for e in events], key, now)
             await self.outbox.deliveries([first_delivery(e.model_copy(update={"next_attempt_ms": now}))
-                                          for e in events])
+                                          for e in events])  # first, as in _send_probe
+            await self.store.events.unhold([e.id for e in events], key, now)
             self.metrics.released.inc(len(events))
             log.info("held deliveries re-published", extra={"endpoint": key, "count": len(events)})
 
