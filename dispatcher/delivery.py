@@ -48,7 +48,7 @@ from hookpost.common.models import (
     utcnow,
 )
 from hookpost.dispatcher.batcher import Batcher
-from hookpost.dispatcher.breaker import Admission, Breaker
+from hookpost.dispatcher.breaker import Admission, Breaker, counts_as_failure
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.deferral import Deferrer
@@ -126,7 +126,7 @@ class DeliveryHandler:
             return Verdict.ACK  # held behind the breaker or parked in the defer ladder, no attempt counted
         started, result = await self.send(hook, dm, endpoint, token)
         await self.breaker.observe(endpoint, result, probe=dm.probe)
-        if dm.probe and not result.ok:  # a failed probe is recorded, but not charged to the event's budget
+        if dm.probe and counts_as_failure(result):  # a failed probe is recorded, not charged to the event's budget
             dm = dm.model_copy(update={"budget_start": dm.budget_start + 1})
         decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
         done = started + timedelta(milliseconds=result.duration_ms)
