@@ -15,7 +15,8 @@ from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.errors import PublishError
 from hookpost.common.models import EventStatus, due_fields, now_ms
 from hookpost.common.topology import ATTEMPT_HEADER
-from hookpost.dispatcher.consumer import Verdict, settle_after
+from hookpost.dispatcher.consumer import FailureCount, Verdict
+from hookpost.dispatcher.consumer import settle_after as settle_stage
 from hookpost.dispatcher.limits import endpoint_key
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.store.attempts import attempt_id
@@ -28,6 +29,21 @@ from tests.fakes import (
     build_dispatcher,
     make_change,
 )
+
+
+class _Stage:
+    """A stage made of a handler function (its poison ending is never reached in these tests)."""
+
+    def __init__(self, handler) -> None:  # type: ignore[no-untyped-def]
+        self.handle = handler
+
+    async def poisoned(self, msg, reason: str) -> Verdict:  # type: ignore[no-untyped-def]
+        return Verdict.DEAD_LETTER
+
+
+async def settle_after(handler, msg, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """``consumer.settle_after`` for a handler function, with a fresh failure count."""
+    await settle_stage(_Stage(handler), msg, failures=FailureCount(poison_after=5), **kwargs)
 
 
 @pytest.fixture
