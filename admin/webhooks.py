@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hookpost.common.deliveries import first_delivery
-from hookpost.common.endpoints import endpoint_key, health_label
+from hookpost.common.endpoints import EndpointHealth, endpoint_key, health_label
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.matching import validate_pattern
@@ -51,16 +51,19 @@ class WebhookOps:
                      require_https=s.require_https).check_url(url)
         return url
 
-    async def view(self, hook: Webhook) -> WebhookView:
-        """Return a webhook without secrets, with its success rate over the last 100 attempts."""
+    async def view(self, hook: Webhook, endpoints: dict[str, EndpointHealth] | None = None) -> WebhookView:
+        """Return a webhook without secrets, with its success rate over the last 100 attempts and the health of
+        its endpoint (from ``endpoints`` if given, else read)."""
         codes = await self.admin.store.attempts.recent_outcomes(hook.id, 100)
-        health = await self.admin.store.endpoints.get(endpoint_key(hook.url))
+        key = endpoint_key(hook.url)
+        health = endpoints.get(key) if endpoints is not None else await self.admin.store.endpoints.get(key)
         return WebhookView(**hook.public_dict(), recent_success=success_rate(codes),
                            health=health_label(hook.active, hook.disabled_reason, health))
 
     async def list(self) -> list[WebhookView]:
         """Return every webhook, oldest first."""
-        return [await self.view(h) for h in await self.admin.store.webhooks.list()]
+        endpoints = {h.id: h for h in await self.admin.store.endpoints.all()}
+        return [await self.view(h, endpoints) for h in await self.admin.store.webhooks.list()]
 
     async def get(self, webhook_id: str) -> WebhookView:
         """Return one webhook (raise :class:`NotFoundError` if there is none)."""
