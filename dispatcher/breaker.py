@@ -13,7 +13,9 @@ step of the same path for an endpoint that is *down* for minutes or hours:
   delivery is in no queue: while the breaker stays open it costs nothing — no message cycles through a delay
   queue, no store write per hour. Once per probe interval (``HOOKPOST_BREAKER_PROBE``, doubling up to
   ``HOOKPOST_BREAKER_PROBE_MAX``) one process wins the probe (a guarded update of the endpoint document) and
-  re-publishes *one* held delivery as the probe: a real attempt, counted.
+  re-publishes *one* held delivery as the probe: a real attempt, counted. The next probe is due one interval after
+  this one *ended* (a probe that never reports back blocks the next for ``probe_lease`` at most), so requests
+  stay an interval apart even when the probe waited in the deliver queue.
 - A probe (or any request) that succeeds **closes** the breaker; the held deliveries are then re-published in
   pages, only while the deliver queue has room, by one process at a time (a lease), and the limiter spreads them
   at the endpoint's pace.
@@ -91,7 +93,7 @@ class Breaker:
 
     def __init__(self, store: GuardedStore, outbox: Outbox, metrics: Metrics, notices: Notices,
                  cache: WebhookCache, *, enabled: bool, threshold: int, probe: float, probe_max: float,
-                 disable_after: float, page: int = 200, hold_batch: int = 500) -> None:
+                 disable_after: float, page: int = 200, hold_batch: int = 500, probe_lease: float = 60.0) -> None:
         self.store = store
         self.outbox = outbox
         self.metrics = metrics
@@ -102,6 +104,7 @@ class Breaker:
         self.probe = probe
         self.probe_max = max(probe_max, probe)
         self.disable_after = disable_after
+        self.probe_lease = probe_lease  # a probe that never reports back blocks the next one this long at most
         self.page = page
         self.owner = new_id("d")
         self._health: dict[str, EndpointHealth] = {}
@@ -154,7 +157,10 @@ class Breaker:
             run = self._runs[key] = _Run(0, now_ms())
         run.count += 1
         run.error = result.summary()
-        if probe or (h is not None and h.state == BreakerState.OPEN):
+        if probe:  # the next probe is due one interval after this one ended, not after it was taken
+            await self.store.endpoints.probed(key, self.probe_max)
+            return
+        if h is not None and h.state == BreakerState.OPEN:
             return
         if run.count >= self.threshold:
             await self._open(key, run)
@@ -244,10 +250,13 @@ class Breaker:
                     await self._disable(key, h)
                 elif h.next_probe_ms is not None and now >= h.next_probe_ms:
                     await self._send_probe(key, h)
-            elif key in held_before and not h.releasing:
+            elif key in held_before:
                 # held by this process on a stale view after the breaker closed: make sure they are released
-                await self.store.endpoints.mark_releasing(key)
-                self._set(key, releasing=True)
+                if h.releasing:
+                    self._held_since_poll.add(key)  # another release runs: look again once it is over
+                else:
+                    await self.store.endpoints.mark_releasing(key)
+                    self._set(key, releasing=True)
             if self._health[key].releasing and self.outbox.ready:
                 await self._release(key)
 
@@ -269,9 +278,8 @@ class Breaker:
         if not held or h.next_probe_ms is None:
             return
         interval = h.probe_interval or self.probe
-        if not await self.store.endpoints.claim_probe(key, h.next_probe_ms, interval,
-                                                      min(interval * 2, self.probe_max)):
-            return
+        if not await self.store.endpoints.claim_probe(key, h.next_probe_ms, interval + self.probe_lease):
+            return  # another process took it; the next probe is due once that one ends (or its lease runs out)
         event = held[0]
         # publish first: a crash before the unhold leaves a held event whose delivery is queued (recorded when it is
         # sent, or held again), never an unheld event without one

@@ -77,7 +77,8 @@ class Worker:
                                enabled=settings.breaker, threshold=settings.breaker_threshold,
                                probe=settings.breaker_probe, probe_max=settings.breaker_probe_max,
                                disable_after=settings.disable_after, page=settings.prefetch,
-                               hold_batch=settings.store_batch)
+                               hold_batch=settings.store_batch,
+                               probe_lease=settings.http_timeout + settings.breaker_probe_max)
         self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,
                                         self.metrics, self.breaker, self.notices, delays=settings.retry_delays,
                                         max_attempts=settings.max_attempts, batch=settings.store_batch)

@@ -66,15 +66,26 @@ class EndpointRepo:
             "probe_interval": probe, "last_error": error, "releasing": False, "release_lease_ms": 0,
             "release_owner": None})
 
-    async def claim_probe(self, key: str, seen_next_ms: int, interval: float, next_interval: float) -> bool:
-        """Take the probe that was due at ``seen_next_ms``; the one after it is due ``interval`` seconds from now.
-        Return whether this call took it (one process, one probe per interval)."""
+    async def claim_probe(self, key: str, seen_next_ms: int, lease: float) -> bool:
+        """Take the probe that was due at ``seen_next_ms``; no other probe may start for ``lease`` seconds unless
+        :meth:`probed` says this one ended. Return whether this call took it (one process, one probe)."""
         now = now_ms()
         res = await self.coll.update_one(
             {"_id": key, "state": BreakerState.OPEN.value, "next_probe_ms": seen_next_ms},
-            {"$set": {"next_probe_ms": now + round(interval * 1000), "probe_interval": next_interval,
-                      "updated_ms": now}})
+            {"$set": {"next_probe_ms": now + round(lease * 1000), "updated_ms": now}})
         return res.matched_count == 1
+
+    async def probed(self, key: str, cap: float) -> None:
+        """A probe of the open breaker of ``key`` failed: the next one is due ``probe_interval`` seconds from now,
+        and the interval after it doubles (up to ``cap`` seconds)."""
+        doc = await self.get(key)
+        if doc is None or doc.state != BreakerState.OPEN:
+            return
+        now = now_ms()
+        await self.coll.update_one(
+            {"_id": key, "state": BreakerState.OPEN.value, "opened_ms": doc.opened_ms},
+            {"$set": {"next_probe_ms": now + round(doc.probe_interval * 1000),
+                      "probe_interval": min(doc.probe_interval * 2, cap), "updated_ms": now}})
 
     async def close(self, key: str) -> bool:
         """Close the breaker of ``key`` (a probe or a request succeeded) and mark its held deliveries for release;

@@ -323,12 +323,19 @@ class FakeEndpointRepo(_Repo):
         return True
 
     @_op("endpoints.claim_probe")
-    async def claim_probe(self, key: str, seen_next_ms: int, interval: float, next_interval: float) -> bool:
+    async def claim_probe(self, key: str, seen_next_ms: int, lease: float) -> bool:
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.OPEN or doc.next_probe_ms != seen_next_ms:
             return False
-        self._put(key, next_probe_ms=now_ms() + round(interval * 1000), probe_interval=next_interval)
+        self._put(key, next_probe_ms=now_ms() + round(lease * 1000))
         return True
+
+    @_op("endpoints.probed")
+    async def probed(self, key: str, cap: float) -> None:
+        doc = self.docs.get(key)
+        if doc is not None and doc.state == BreakerState.OPEN:
+            self._put(key, next_probe_ms=now_ms() + round(doc.probe_interval * 1000),
+                      probe_interval=min(doc.probe_interval * 2, cap))
 
     @_op("endpoints.close")
     async def close(self, key: str) -> bool:
