@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.endpoints import EndpointHealth, endpoint_key, health_label
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.matching import validate_pattern
@@ -54,10 +55,14 @@ class WebhookOps:
                      require_https=s.require_https).check_url(url)
         return url
 
-    async def view(self, hook: Webhook) -> WebhookView:
-        """Return a webhook without secrets, with its success rate over the last 100 attempts."""
+    async def view(self, hook: Webhook, endpoints: dict[str, EndpointHealth] | None = None) -> WebhookView:
+        """Return a webhook without secrets, with its success rate over the last 100 attempts and the health of
+        its endpoint (from ``endpoints`` if given, else read)."""
         codes = await self.admin.store.attempts.recent_outcomes(hook.id, 100)
-        return WebhookView(**hook.public_dict(), recent_success=success_rate(codes))
+        key = endpoint_key(hook.url)
+        health = endpoints.get(key) if endpoints is not None else await self.admin.store.endpoints.get(key)
+        return WebhookView(**hook.public_dict(), recent_success=success_rate(codes),
+                           health=health_label(hook.active, hook.disabled_reason, health))
 
     async def list(self) -> list[WebhookView]:
         """Return every webhook that validates, oldest first (a broken document is logged: see :meth:`load`)."""
@@ -68,10 +73,11 @@ class WebhookOps:
         return views
 
     async def load(self) -> tuple[list[WebhookView], list[BrokenWebhook]]:
-        """Return every webhook, oldest first, and apart the stored documents that do not validate (edited by
-        hand), with what is wrong with each."""
+        """Return every webhook, oldest first, with its endpoint's health, and apart the stored documents that do
+        not validate (edited by hand), with what is wrong with each."""
         hooks, broken = await self.admin.store.webhooks.load()
-        return [await self.view(h) for h in hooks], broken
+        endpoints = {h.id: h for h in await self.admin.store.endpoints.all()}
+        return [await self.view(h, endpoints) for h in hooks], broken
 
     async def get(self, webhook_id: str) -> WebhookView:
         """Return one webhook (raise :class:`NotFoundError` if there is none)."""
@@ -84,7 +90,8 @@ class WebhookOps:
         if spec.secret is not None:
             secret_key(spec.secret)
         hook = await self.admin.store.webhooks.create(spec.url, patterns, description=spec.description,
-                                                      secret=spec.secret, headers=check_headers(spec.headers))
+                                                      secret=spec.secret, headers=check_headers(spec.headers),
+                                                      rate_limit=spec.rate_limit)
         await self.admin.record(actor, "webhook.created", hook.id, url=hook.url, event_types=hook.event_types)
         return hook
 
@@ -102,8 +109,11 @@ class WebhookOps:
         if spec.active is not None:
             fields["active"] = spec.active
             fields["disabled_reason"] = None if spec.active else DISABLED_BY_OPERATOR
+        if spec.rate_limit is not None:
+            fields["rate_limit"] = spec.rate_limit or None  # 0 removes the limit
         if not fields:
-            raise InvalidInputError("nothing to update: give url, event_types, description, headers or active")
+            raise InvalidInputError("nothing to update: give url, event_types, description, headers, active or "
+                                    "rate_limit")
         hook = await self.admin.store.webhooks.update(webhook_id, **fields)
         await self.admin.record(actor, "webhook.updated", webhook_id,
                                 changed={k: v for k, v in fields.items() if k != "disabled_reason"})

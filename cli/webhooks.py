@@ -24,6 +24,8 @@ def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def _status(hook: Webhook | WebhookView) -> str:
+    if isinstance(hook, WebhookView):
+        return hook.health  # healthy / failing / breaker open since … / disabled (reason)
     return "active" if hook.active else f"disabled ({hook.disabled_reason})" if hook.disabled_reason else "disabled"
 
 
@@ -44,9 +46,11 @@ def webhooks() -> None:
 @click.option("--description", default="", help="Free text shown in lists.")
 @click.option("--secret", default=None, help="Signing secret (whsec_…); generated if omitted.")
 @click.option("--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
+@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Most requests per second to this webhook (per dispatcher process); no limit if omitted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the webhook as JSON (including its secret).")
 def create(url: str, events: tuple[str, ...], description: str, secret: str | None, headers: tuple[str, ...],
-           as_json: bool) -> None:
+           rate_limit: float | None, as_json: bool) -> None:
     """Create a webhook and print its id (its signing secret goes to stderr, shown this once).
 
     \b
@@ -54,7 +58,7 @@ def create(url: str, events: tuple[str, ...], description: str, secret: str | No
       hookpost webhooks create --url https://shop.example/hooks --event 'article.*' --event order.created
     """
     spec = WebhookCreate(url=url, event_types=list(events), description=description, secret=secret,
-                         headers=parse_headers(headers))
+                         headers=parse_headers(headers), rate_limit=rate_limit)
 
     async def go() -> Webhook:
         async with open_admin() as admin:
@@ -118,7 +122,7 @@ def show(webhook_id: str, as_json: bool) -> None:
         echo_json(data)
         return
     data["status"] = _status(hook)
-    for key in ("id", "url", "event_types", "status", "description", "headers", "recent_success",
+    for key in ("id", "url", "event_types", "status", "description", "headers", "rate_limit", "recent_success",
                 "previous_secret_expires_at", "created_at", "updated_at"):
         value = data.get(key)
         if isinstance(value, list | dict):
@@ -134,18 +138,21 @@ def show(webhook_id: str, as_json: bool) -> None:
 @click.option("--description", default=None, help="New description.")
 @click.option("--active/--inactive", default=None, help="Enable or disable.")
 @click.option("--header", "headers", multiple=True, help="Replace the extra headers 'Name: value' (repeatable).")
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=None,
+              help="Most requests per second (per dispatcher process); 0 removes the limit.")
 def update(webhook_id: str, url: str | None, events: tuple[str, ...], description: str | None,
-           active: bool | None, headers: tuple[str, ...]) -> None:
-    """Change a webhook's URL, event types, description, headers or active flag.
+           active: bool | None, headers: tuple[str, ...], rate_limit: float | None) -> None:
+    """Change a webhook's URL, event types, description, headers, active flag or rate limit.
 
     \b
     Example:
       hookpost webhooks update wh_01J9Z… --event 'article.*' --description "PIM sync"
     """
     spec = WebhookUpdate(url=url, event_types=list(events) or None, description=description,
-                         headers=parse_headers(headers) if headers else None, active=active)
+                         headers=parse_headers(headers) if headers else None, active=active, rate_limit=rate_limit)
     if all(v is None for v in spec.model_dump().values()):
-        raise click.UsageError("nothing to update: give --url, --event, --description, --header or --active")
+        raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active or "
+                               "--rate-limit")
 
     async def go() -> Webhook:
         async with open_admin() as admin:

@@ -15,4 +15,5 @@ def first_delivery(event: WebhookEvent) -> DeliveryMessage:
 
 def next_delivery(msg: DeliveryMessage, due_ms: int | None) -> DeliveryMessage:
     """Return the delivery message of the attempt after ``msg``'s, due at ``due_ms`` (the time on record)."""
-    return msg.model_copy(update={"attempt": msg.attempt + 1, "deferrals": 0, "due_ms": due_ms})
+    return msg.model_copy(update={"attempt": msg.attempt + 1, "deferrals": 0, "due_ms": due_ms,
+                                  "probe": False})

@@ -128,6 +128,7 @@ class Webhook(BaseModel):
     disabled_reason: str | None = None
     description: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
+    rate_limit: float | None = Field(default=None, gt=0, le=100_000)  # requests per second (None: no limit)
     created_at: UtcDatetime = Field(default_factory=utcnow)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
 
@@ -174,6 +175,7 @@ class WebhookEvent(BaseModel):
     next_attempt_ms: int | None = None
     last_status_code: int | None = None
     last_error: str | None = None
+    held: str | None = None  # the endpoint whose open breaker holds this event's next delivery (not queued)
     created_at: UtcDatetime = Field(default_factory=utcnow)
     created_ms: int = Field(default_factory=now_ms)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
@@ -209,6 +211,7 @@ class DeliveryMessage(BaseModel):
     deferrals: int = Field(default=0, ge=0)
     payload: dict[str, Any]
     due_ms: int | None = None  # the event's next_attempt_ms on record for this attempt (None: unknown)
+    probe: bool = False  # the probe request of an open circuit breaker (goes through while others are held)
 
 
 class FailedNotice(BaseModel):

@@ -191,9 +191,11 @@ class WebhookView(BaseModel):
     disabled_reason: str | None = None
     description: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
+    rate_limit: float | None = None
     created_at: UtcDatetime
     updated_at: UtcDatetime
     recent_success: str = "-"
+    health: str = "healthy"  # healthy / failing / breaker open since … / disabled (reason)
 
 
 class WebhookCreate(BaseModel):
@@ -206,6 +208,7 @@ class WebhookCreate(BaseModel):
     description: str = Field(default="", max_length=1000)
     secret: str | None = Field(default=None, max_length=200)
     headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+    rate_limit: float | None = Field(default=None, gt=0, le=100_000, description="requests per second")
 
 
 class WebhookUpdate(BaseModel):
@@ -218,6 +221,8 @@ class WebhookUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=1000)
     headers: dict[str, str] | None = Field(default=None, max_length=50)
     active: bool | None = None
+    rate_limit: float | None = Field(default=None, ge=0, le=100_000,
+                                     description="requests per second; 0 removes the limit")
 
 
 class WebhookSecret(BaseModel):

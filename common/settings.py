@@ -79,6 +79,18 @@ class Settings(BaseSettings):
                                                             "hanging and its waiting deliveries are parked")
     defer_delay: Duration = Field("1s", description="first rung of the defer ladder, where deliveries of a hanging "
                                                     "endpoint are parked (no attempt is counted)")
+    breaker: bool = Field(True, description="circuit breaker per endpoint: after a run of failed attempts, hold "
+                                            "its deliveries (no attempt counted) and probe it")
+    breaker_threshold: int = Field(20, ge=2, description="failed attempts in a row (errors, timeouts, 5xx, 429) "
+                                                         "to one endpoint that open its breaker")
+    breaker_probe: Duration = Field("30s", description="first interval between probe requests of an open breaker "
+                                                       "(doubles up to HOOKPOST_BREAKER_PROBE_MAX)")
+    breaker_probe_max: Duration = Field("10m", description="longest interval between probe requests")
+    breaker_poll: Duration = Field("2s", description="how often a dispatcher reads the shared endpoint states and "
+                                                     "re-publishes held deliveries of recovered endpoints")
+    disable_after: Duration = Field("5d", description="disable every webhook of an endpoint whose breaker stayed "
+                                                      "open this long (0 = never)")
+    notice_interval: Duration = Field("5m", description="at most one notice per webhook and kind per interval")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
     webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
@@ -133,8 +145,16 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("defer_delay", "endpoint_hang_after", "http_timeout", "http_connect_timeout", "reconcile_interval",
-                     "reconcile_grace", "janitor_interval", "header_timeout", "session_ttl")
+    @field_validator("disable_after")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative (0 = never)")
+        return value
+
+    @field_validator("breaker_probe", "breaker_probe_max", "breaker_poll", "defer_delay", "endpoint_hang_after",
+                     "http_timeout", "http_connect_timeout", "reconcile_interval", "reconcile_grace",
+                     "janitor_interval", "header_timeout", "session_ttl")
     @classmethod
     def _more_than_zero(cls, value: float) -> float:
         if value <= 0:

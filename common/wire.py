@@ -30,6 +30,8 @@ JSON_TYPES = {"application/json", "text/json"}
 MAX_DEPTH = 32
 """Deepest nesting of objects and arrays accepted in a change event (the event itself is level 1)."""
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+NOTICE_PREFIX = "hookpost."  # event types of Hookpost's own notices; upstream producers may not use them
+NOTICE_HEADER = "hookpost-notice"  # set by the dispatcher on the notices it publishes
 
 
 class InvalidChangeError(InvalidInputError):
@@ -153,10 +155,11 @@ def _check_headers(content_type: str | None, content_encoding: str | None) -> No
 
 
 def decode_change(body: bytes, content_type: str | None, *, max_bytes: int = 65536,
-                  content_encoding: str | None = None) -> ChangeEvent:
+                  content_encoding: str | None = None, notice: bool = False) -> ChangeEvent:
     """Validate ``body`` as a change event; raise :class:`InvalidChangeError` with the reason if it is not one.
 
-    Never raises anything else for any ``body``: a refusal is deterministic, so the caller sets it aside.
+    Never raises anything else for any ``body``: a refusal is deterministic, so the caller sets it aside. A
+    ``hookpost.*`` type is accepted only in a ``notice`` (one the dispatcher published itself).
     """
     if not body:
         raise InvalidChangeError("empty body: send a JSON object")
@@ -175,18 +178,28 @@ def decode_change(body: bytes, content_type: str | None, *, max_bytes: int = 655
     # the full walk only when it can find something: deep enough brackets, or \u escapes (surrogates, NUL)
     if text.count("{") + text.count("[") > MAX_DEPTH or "\\u" in text:
         check_value(data)
-    return _validate(data)
+    change = _validate(data)
+    if not notice:
+        check_not_notice(change.type)
+    return change
 
 
 def _validate(data: dict[str, Any]) -> ChangeEvent:
     try:
-        return ChangeEvent.model_validate(data)
+        change = ChangeEvent.model_validate(data)
     except ValidationError as exc:
         raise InvalidChangeError("; ".join(_describe(e) for e in exc.errors()[:5])) from None
     except RecursionError:
         raise InvalidChangeError(f"nested deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:  # a validator that failed in an unforeseen way is still a refusal, not a crash
         raise InvalidChangeError(f"cannot be validated: {type(exc).__name__}: {exc}") from None
+    return change
+
+
+def check_not_notice(event_type: str) -> None:
+    """Refuse a ``hookpost.*`` event type from an upstream producer: those are Hookpost's own notices."""
+    if event_type.startswith(NOTICE_PREFIX):
+        raise InvalidChangeError(f"type: {event_type!r} is reserved: hookpost.* types are Hookpost's own notices")
 
 
 def _describe(err: Any) -> str:
@@ -196,7 +209,8 @@ def _describe(err: Any) -> str:
 
 def encode_change(change: ChangeEvent, *, max_bytes: int = 65536) -> bytes:
     """Return the wire body of ``change``; raise :class:`InvalidChangeError` if the dispatcher would refuse it
-    (over ``max_bytes``, or data that is not strict JSON: see :func:`check_value`)."""
+    (over ``max_bytes``, a reserved ``hookpost.*`` type, or data that is not strict JSON: see :func:`check_value`)."""
+    check_not_notice(change.type)
     check_value(change.model_dump(exclude_none=True, exclude={"occurred_at"}))
     body = change.model_dump_json(exclude_none=True).encode()
     if len(body) > max_bytes:

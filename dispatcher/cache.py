@@ -177,6 +177,10 @@ class WebhookCache:
             hook = (await self._fresh()).get(webhook_id)
         return hook
 
+    async def all(self) -> list[Webhook]:
+        """Return every (valid) webhook, active or not."""
+        return list((await self._fresh()).values())
+
     async def subscribers(self, event_type: str) -> list[Webhook]:
         """Return the active webhooks subscribed to ``event_type`` (in id order)."""
         by_id = await self._fresh()

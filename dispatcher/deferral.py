@@ -64,6 +64,16 @@ class Deferrer:
         if later:
             self.metrics.deferred.inc(len(later))
 
+    async def defer_for(self, msg: DeliveryMessage, wait: float) -> float:
+        """Park ``msg`` in the defer ladder for about ``wait`` seconds (its webhook's rate limit is reached: no
+        attempt counted); each deferral in a row waits at least twice as long as the one before. Return the
+        delay."""
+        topology = self.outbox.topology
+        level = topology.defer_level(msg.deferrals + 1, wait)
+        delay = topology.defer_delays[level]
+        await self.outbox.deliveries([], [(await self.keep_clear(msg, delay), level)])
+        return delay
+
     def level(self, msg: DeliveryMessage, endpoint: str) -> int:
         """The defer ladder level for ``msg``: see the module docstring."""
         topology = self.outbox.topology

@@ -5,10 +5,13 @@
 1. :meth:`~DeliveryHandler.receive` — parse the message (a malformed one is dead-lettered);
 2. look up the webhook in the in-memory cache (:class:`~hookpost.dispatcher.cache.WebhookCache`); a deleted or
    disabled webhook ends the event ``Failed`` without a request (:meth:`~DeliveryHandler.give_up`);
-3. :meth:`~DeliveryHandler.take_slot` — wait for a slot of the receiver's endpoint, or park the delivery in the
-   defer ladder (:mod:`~hookpost.dispatcher.limits` decides, :mod:`~hookpost.dispatcher.deferral` parks);
+3. :meth:`~DeliveryHandler.take_slot` — hold the delivery in the store if its endpoint's circuit breaker is open
+   (:mod:`~hookpost.dispatcher.breaker`); else wait for a slot of the receiver's endpoint, or park the delivery in
+   the defer ladder (:mod:`~hookpost.dispatcher.limits` decides, :mod:`~hookpost.dispatcher.deferral` parks); then
+   wait for the webhook's rate limit (:mod:`~hookpost.dispatcher.ratelimit`), or park it. None of these counts an
+   attempt;
 4. :meth:`~DeliveryHandler.send` — the signed POST (:mod:`~hookpost.dispatcher.sender`), whose outcome teaches
-   the endpoint's limit;
+   the endpoint's limit and its breaker;
 5. decide — Finished, Retrying at level k, or Failed (:func:`~hookpost.dispatcher.policy.decide`, pure);
 6. :meth:`~DeliveryHandler.record` — the attempt and the event's new state, batched with concurrent deliveries
    (one ``insert_many`` + one ``bulk_write`` per batch), guarded on the event's previous attempt count, so a
@@ -21,6 +24,7 @@ redelivered attempt whose successor may not have been published yet is scheduled
 (:meth:`~DeliveryHandler.on_duplicate`).
 """
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,13 +49,16 @@ from hookpost.common.models import (
     utcnow,
 )
 from hookpost.dispatcher.batcher import Batcher
+from hookpost.dispatcher.breaker import Admission, Breaker, counts_as_failure
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.limits import EndpointBusyError, EndpointLimiter, endpoint_key
 from hookpost.dispatcher.metrics import Metrics, status_class
+from hookpost.dispatcher.notices import EVENT_FAILED, Notices, is_notice
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.policy import AttemptResult, Decision, decide, retry_level
+from hookpost.dispatcher.ratelimit import RateLimits
 from hookpost.dispatcher.sender import Sender
 from hookpost.dispatcher.storeguard import GuardedStore
 from hookpost.store.attempts import attempt_id
@@ -61,7 +68,7 @@ log = logging.getLogger("hookpost.delivery")
 
 def event_changes(decision: Decision, result: AttemptResult | None, now: datetime) -> dict[str, Any]:
     """Return the fields an event gets after an attempt (or after being given up without one) at ``now``."""
-    changes: dict[str, Any] = {"status": decision.status.value, "updated_at": now}
+    changes: dict[str, Any] = {"status": decision.status.value, "updated_at": now, "held": None}
     if result is not None:
         changes["last_status_code"] = result.status_code
         changes["last_error"] = None if result.ok else (decision.reason or result.summary())
@@ -90,8 +97,8 @@ class DeliveryHandler:
     """Consumes ``PREFIX.deliver``: one message, one attempt (see the module docstring)."""
 
     def __init__(self, store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender,
-                 limiter: EndpointLimiter, deferrer: Deferrer, metrics: Metrics, *, delays: tuple[float, ...],
-                 max_attempts: int, batch: int = 500) -> None:
+                 limiter: EndpointLimiter, deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices,
+                 *, delays: tuple[float, ...], max_attempts: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
@@ -99,6 +106,9 @@ class DeliveryHandler:
         self.limiter = limiter
         self.deferrer = deferrer
         self.metrics = metrics
+        self.breaker = breaker
+        self.notices = notices
+        self.rates = RateLimits()
         self.delays = delays
         self.max_attempts = max_attempts
         self.records: Batcher[Outcome, bool] = Batcher(self._write, max_batch=batch)
@@ -112,10 +122,13 @@ class DeliveryHandler:
         if hook is None or not hook.active:
             return await self.give_up(dm, hook)
         endpoint = endpoint_key(hook.url)
-        token = await self.take_slot(dm, endpoint)
+        token = await self.take_slot(dm, hook, endpoint)
         if token is None:
-            return Verdict.ACK  # parked in the defer ladder, no attempt counted
+            return Verdict.ACK  # held behind the breaker or parked in the defer ladder, no attempt counted
         started, result = await self.send(hook, dm, endpoint, token)
+        await self.breaker.observe(endpoint, result, probe=dm.probe)
+        if dm.probe and counts_as_failure(result):  # a failed probe is recorded, not charged to the event's budget
+            dm = dm.model_copy(update={"budget_start": dm.budget_start + 1})
         decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
         done = started + timedelta(milliseconds=result.duration_ms)
         made = Attempt(id=attempt_id(dm.event_id, dm.attempt), event_id=dm.event_id, webhook_id=hook.id,
@@ -123,6 +136,8 @@ class DeliveryHandler:
                        status_code=result.status_code, error=None if result.ok else result.error,
                        response_excerpt=result.excerpt)
         changes = event_changes(decision, result, done)
+        if dm.probe:
+            changes["budget_start"] = dm.budget_start
         if not await self.record(Outcome(dm.event_id, dm.attempt, changes, made)):
             return await self.on_duplicate(msg, dm)
         await self.schedule_next(dm, decision, result, changes["next_attempt_ms"])
@@ -160,15 +175,51 @@ class DeliveryHandler:
             return f"webhook document does not validate: {problem}"
         return "webhook deleted"
 
-    async def take_slot(self, dm: DeliveryMessage, endpoint: str) -> int | None:
-        """Wait for a slot of ``endpoint`` and return its token; or park the delivery and return None."""
+    async def take_slot(self, dm: DeliveryMessage, hook: Webhook, endpoint: str) -> int | None:
+        """Wait for a slot of ``endpoint`` (and the webhook's rate limit) and return its token; or hold or park
+        the delivery and return None."""
+        if self.breaker.admit(dm, endpoint) is Admission.HOLD:
+            await self.breaker.hold(dm, endpoint)
+            return None
         try:
             if self.limiter.should_defer(endpoint):
                 raise EndpointBusyError(endpoint)
-            return await self.limiter.acquire(endpoint)
+            token = await self.limiter.acquire(endpoint)
         except EndpointBusyError:
             await self.deferrer.defer(dm, endpoint)
             return None
+        if self.breaker.admit(dm, endpoint) is Admission.HOLD:  # it opened while the delivery waited
+            self.limiter.give_back(endpoint, token)
+            await self.breaker.hold(dm, endpoint)
+            return None
+        if hook.rate_limit is not None and not await self.pace(dm, hook, endpoint, token):
+            return None
+        return token
+
+    async def pace(self, dm: DeliveryMessage, hook: Webhook, endpoint: str, token: int) -> bool:
+        """Wait for the instant the webhook's rate limit gives this request (holding the slot ``token``); or give
+        the slot back, park the delivery for about the work ahead of it and return False."""
+        rate = hook.rate_limit or 0.0
+        wait = self.rates.reserve(hook.id, rate)
+        try:
+            while wait is not None:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                wait = self.rates.room(hook.id, rate)  # 0.0: counted as sent now
+                if wait == 0.0:
+                    break
+                if wait > self.rates.max_wait:
+                    wait = None
+        except BaseException:
+            self.limiter.give_back(endpoint, token)
+            raise
+        if wait is None:
+            self.limiter.give_back(endpoint, token)
+            delay = await self.deferrer.defer_for(dm, self.rates.expected_wait(hook.id, rate))
+            self.rates.park(hook.id, delay)
+            self.metrics.rate_limited.inc()
+            return False
+        return True
 
     async def send(self, hook: Webhook, dm: DeliveryMessage, endpoint: str,
                    token: int) -> tuple[datetime, AttemptResult]:
@@ -179,6 +230,8 @@ class DeliveryHandler:
             result = await self.sender.send(hook, dm.event_id, dm.payload)
         finally:
             self.limiter.release(endpoint, token, overloaded=result.overloaded, timed_out=result.timed_out)
+            if hook.rate_limit is not None:
+                self.rates.done(hook.id)
         self.metrics.attempts.labels(status_class(result.status_code)).inc()
         self.metrics.duration.observe(result.duration_ms / 1000)
         return started, result
@@ -215,6 +268,10 @@ class DeliveryHandler:
                                         disable=decision.disable_webhook)
             self.metrics.events_failed.inc()
             log.warning("event failed", extra={**extra, "error": error})
+            event_type = str(dm.payload.get("type", ""))
+            if not is_notice(event_type):  # a notice that fails makes no further notice
+                await self.notices.send(EVENT_FAILED, dm.webhook_id, {
+                    "event_id": dm.event_id, "event_type": event_type, "reason": error})
 
     async def announce_failure(self, dm: DeliveryMessage, *, attempts: int, status_code: int | None,
                                error: str | None, disable: bool) -> None:

@@ -31,7 +31,7 @@ from hookpost.common.models import (
     to_ms,
     utcnow,
 )
-from hookpost.common.wire import InvalidChangeError, decode_change
+from hookpost.common.wire import NOTICE_HEADER, NOTICE_PREFIX, InvalidChangeError, decode_change
 from hookpost.dispatcher.batcher import Batcher, Failed
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import Verdict
@@ -78,6 +78,8 @@ class FanOut:
         except InvalidChangeError as exc:
             return await self.set_aside(msg, str(exc))
         hooks = await self.cache.subscribers(change.type)
+        if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
+            hooks = [h for h in hooks if h.id != change.entity.id]
         events = new_events(change, [h.id for h in hooks])
         to_send = await self.store_events(change, events, replay=msg.redelivered)
         await self.publish_deliveries(to_send, {h.id: h for h in hooks})
@@ -94,7 +96,8 @@ class FanOut:
         """Decode and validate the change; raise :class:`InvalidChangeError` with the reason."""
         props = msg.properties
         return decode_change(msg.body, props.content_type, max_bytes=self.max_change_bytes,
-                             content_encoding=props.content_encoding)
+                             content_encoding=props.content_encoding,
+                             notice=bool((props.headers or {}).get(NOTICE_HEADER)))
 
     async def set_aside(self, msg: IncomingMessage, reason: str) -> Verdict:
         """Copy an invalid change to ``PREFIX.invalid`` with ``reason``; then it is done with here."""

@@ -32,20 +32,14 @@ import asyncio
 import heapq
 import time
 from collections import deque
-from functools import lru_cache
 from itertools import count
-from urllib.parse import urlsplit
+
+from hookpost.common.endpoints import endpoint_key
 
 ACTIVE_FOR = 5.0  # seconds an endpoint counts as active after its last delivery arrived
 FORGET_AFTER = 300.0  # an endpoint idle this long loses its learned limit and request time
 
-
-@lru_cache(maxsize=65536)
-def endpoint_key(url: str) -> str:
-    """Return the endpoint a URL belongs to for limiting purposes: ``scheme://host:port``."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{parts.hostname}:{port}"
+__all__ = ["EndpointBusyError", "EndpointLimiter", "endpoint_key"]
 
 
 class EndpointBusyError(Exception):
@@ -210,6 +204,14 @@ class EndpointLimiter:
         self.total.release()
         if timed_out:
             self._evict_waiters(ep, key)
+        self._give_back(ep)
+
+    def give_back(self, key: str, token: int) -> None:
+        """Give back the slots of :meth:`acquire` without a request made (nothing is learned)."""
+        ep = self._endpoints[key]
+        ep.running.pop(token, None)
+        ep.users -= 1
+        self.total.release()
         self._give_back(ep)
 
     # ---- internals ------------------------------------------------------------------------------------------------

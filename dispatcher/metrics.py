@@ -40,6 +40,23 @@ class Metrics:
                                      "Age of the oldest Retrying event (0 if none; sampled)", registry=r)
         self.webhooks_invalid = Gauge("hookpost_webhooks_invalid",
                                       "Stored webhook documents that do not validate (not served)", registry=r)
+        self.endpoints = Gauge("hookpost_endpoints", "Endpoints by breaker state (closed, failing, open, disabled; "
+                               "endpoints that never failed are not counted)", ["state"], registry=r)
+        self.breaker_open_longest = Gauge("hookpost_breaker_open_longest_seconds",
+                                          "How long the longest-open breaker has been open (0 if none)", registry=r)
+        self.breaker_transitions = Counter("hookpost_breaker_transitions",
+                                           "Breaker state changes made by this process", ["to"], registry=r)
+        self.probes = Counter("hookpost_breaker_probes", "Probe requests sent to endpoints with an open breaker",
+                              registry=r)
+        self.held = Counter("hookpost_deliveries_held", "Deliveries held behind an open breaker (no attempt)",
+                            registry=r)
+        self.released = Counter("hookpost_deliveries_released", "Held deliveries re-published", registry=r)
+        self.webhooks_disabled = Counter("hookpost_webhooks_auto_disabled",
+                                         "Webhooks disabled because their endpoint failed too long", registry=r)
+        self.notices = Counter("hookpost_notices_published", "Notices published (hookpost.* events)", ["kind"],
+                               registry=r)
+        self.rate_limited = Counter("hookpost_deliveries_rate_limited",
+                                    "Deliveries parked because their webhook's rate limit was reached", registry=r)
         self.queue_depth = Gauge("hookpost_queue_messages", "Ready messages per queue (sampled)", ["queue"],
                                  registry=r)
 

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
-from hookpost.common.models import DeliveryMessage, FailedNotice, now_ms
+from hookpost.common.models import ChangeEvent, DeliveryMessage, FailedNotice, now_ms
 from hookpost.common.topology import ERROR_HEADERS, ROUTING_KEY_HEADER, SET_ASIDE_AT_HEADER, Topology
+from hookpost.common.wire import NOTICE_HEADER
 from hookpost.producer.deliveries import publish_delivery
 
 
@@ -77,6 +78,13 @@ class Outbox:
         """Publish a notice to the failed queue for an event that failed for good."""
         await self._ch().publish(self.topology.dead_exchange, "failed", notice.model_dump_json().encode(),
                                  message_id=notice.event_id)
+
+    async def notice(self, change: ChangeEvent) -> None:
+        """Publish one of Hookpost's own notices (a ``hookpost.*`` change event) to the changes exchange, marked as
+        a notice so the fan-out accepts its reserved type."""
+        await self._ch().publish(self.topology.changes_exchange, change.type,
+                                 change.model_dump_json(exclude_none=True).encode(), message_id=change.id,
+                                 headers={NOTICE_HEADER: 1})
 
     async def invalid(self, msg: IncomingMessage, reason: str) -> None:
         """Copy a rejected change event to the invalid queue, body and properties intact (but for an expiration and

@@ -20,6 +20,7 @@ from pymongo.errors import ConnectionFailure
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.store import Store
 from hookpost.store.attempts import AttemptRepo
+from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
 from hookpost.store.webhooks import WebhookRepo
 
@@ -104,3 +105,5 @@ class GuardedStore:
         self.events: EventRepo = guarded(store.events, guard)
         self.attempts: AttemptRepo = guarded(store.attempts, guard)
         self.webhooks: WebhookRepo = guarded(store.webhooks, guard)
+        self.endpoints: EndpointRepo = guarded(store.endpoints, guard)
+        self.notices: NoticeRepo = guarded(store.notices, guard)

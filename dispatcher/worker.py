@@ -23,6 +23,7 @@ from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostErro
 from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishError
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
+from hookpost.dispatcher.breaker import Breaker
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
 from hookpost.dispatcher.deferral import Deferrer
@@ -30,6 +31,7 @@ from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics, StoreOpCounter
+from hookpost.dispatcher.notices import Notices
 from hookpost.dispatcher.ops import OpsServer
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.reconciler import Reconciler
@@ -70,8 +72,15 @@ class Worker:
                                  grace=settings.reconcile_grace, request_time=settings.http_timeout)
         self.fanout = FanOut(guarded, self.cache, self.outbox, self.deferrer, self.metrics,
                              max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
+        self.notices = Notices(guarded, self.outbox, self.metrics, interval=settings.notice_interval)
+        self.breaker = Breaker(guarded, self.outbox, self.metrics, self.notices, self.cache,
+                               enabled=settings.breaker, threshold=settings.breaker_threshold,
+                               probe=settings.breaker_probe, probe_max=settings.breaker_probe_max,
+                               disable_after=settings.disable_after, page=settings.prefetch,
+                               hold_batch=settings.store_batch,
+                               probe_lease=settings.http_timeout + settings.breaker_probe_max)
         self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,
-                                        self.metrics, delays=settings.retry_delays,
+                                        self.metrics, self.breaker, self.notices, delays=settings.retry_delays,
                                         max_attempts=settings.max_attempts, batch=settings.store_batch)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
@@ -104,6 +113,7 @@ class Worker:
             background.append(asyncio.create_task(self._sample_queues()))
             background.append(asyncio.create_task(
                 self.reconciler.run(self.settings.reconcile_interval, self.stopping)))
+            background.append(asyncio.create_task(self.breaker.run(self.settings.breaker_poll, self.stopping)))
             await self._supervise()
         finally:
             self.stopping.set()

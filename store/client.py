@@ -15,13 +15,15 @@ from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandListener
 
 from hookpost.store.attempts import AttemptRepo
+from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
 from hookpost.store.records import AuditRepo, JobRepo, TokenRepo
 from hookpost.store.webhooks import WebhookRepo
 
 
 class Store:
-    """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, and ``tokens``, ``audit``, ``jobs``."""
+    """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, ``endpoints``, ``notices``, and
+    ``tokens``, ``audit``, ``jobs``."""
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
         self.client = client
@@ -32,6 +34,8 @@ class Store:
         self.tokens = TokenRepo(self.db["tokens"])
         self.audit = AuditRepo(self.db["audit"])
         self.jobs = JobRepo(self.db["jobs"])
+        self.endpoints = EndpointRepo(self.db["endpoints"])
+        self.notices = NoticeRepo(self.db["notices"])
 
     @classmethod
     def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000,

@@ -292,7 +292,7 @@ class EventRepo:
         await self.coll.create_index([("change_id", ASCENDING), ("webhook_id", ASCENDING)], unique=True,
                                      name="change_webhook_unique")
         for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms",
-                     "created_ms", "last_status_code", "error_kind"):
+                     "created_ms", "last_status_code", "error_kind", "held"):
             await self.coll.create_index([(name, ASCENDING)])
         # an equality on a filter field plus the newest-first order, from one index (MongoDB and the stand-in)
         for name in FILTER_FIELDS:
@@ -481,6 +481,30 @@ class EventRepo:
             {"$set": due_fields(until_ms)})
         return res.matched_count == 1
 
+    async def hold(self, items: list[tuple[str, int, str, int]]) -> None:
+        """Hold deliveries behind an open breaker, in one bulk write: each ``(event_id, attempt, endpoint,
+        due_ms)`` marks the event, still waiting for ``attempt``, as held by ``endpoint`` and due at ``due_ms`` (the
+        breaker's next probe). A held event has no message in any queue; the reconciler leaves it alone."""
+        if not items:
+            return
+        in_flight = [s.value for s in IN_FLIGHT]
+        await self.coll.bulk_write([
+            UpdateOne({"_id": event_id, "attempt_count": attempt - 1, "status": {"$in": in_flight}},
+                      {"$set": {"held": endpoint, **due_fields(due_ms)}})
+            for event_id, attempt, endpoint, due_ms in items], ordered=False)
+
+    async def held_by(self, endpoint: str, limit: int) -> list[WebhookEvent]:
+        """Return up to ``limit`` events held by ``endpoint``'s breaker, held longest first (so probes rotate
+        through the held events)."""
+        cursor = self.coll.find({"held": endpoint}).sort("next_attempt_ms", ASCENDING).limit(limit)
+        return [from_doc(WebhookEvent, d) async for d in cursor]
+
+    async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
+        """Release held events (their deliveries are about to be published), due at ``due_ms``."""
+        if event_ids:
+            await self.coll.update_many({"_id": {"$in": event_ids}, "held": endpoint},
+                                        {"$set": {"held": None, **due_fields(due_ms)}})
+
     async def oldest_retrying_age(self) -> float | None:
         """Return the age in seconds of the oldest ``Retrying`` event, or None if there is none."""
         doc = await self.coll.find_one({"status": EventStatus.RETRYING.value}, {"created_ms": 1},
@@ -489,7 +513,7 @@ class EventRepo:
 
     async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
         """Return in-flight events whose next attempt was due before ``before_ms`` (the reconciler's work)."""
-        cursor = self.coll.find({"next_attempt_ms": {"$lt": before_ms},
+        cursor = self.coll.find({"next_attempt_ms": {"$lt": before_ms}, "held": None,
                                  "status": {"$in": [s.value for s in IN_FLIGHT]}}).sort(
             "next_attempt_ms", ASCENDING).limit(limit)
         return [from_doc(WebhookEvent, d) async for d in cursor]

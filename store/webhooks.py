@@ -57,10 +57,12 @@ class WebhookRepo:
         await self.deleted.create_index([("deleted_ms", ASCENDING)])
 
     async def create(self, url: str, event_types: list[str], *, description: str = "", secret: str | None = None,
-                     headers: dict[str, str] | None = None, active: bool = True) -> Webhook:
+                     headers: dict[str, str] | None = None, active: bool = True,
+                     rate_limit: float | None = None) -> Webhook:
         """Store a new webhook and return it (with a generated secret unless ``secret`` is given)."""
         hook = Webhook(id=new_id("wh"), url=url, event_types=event_types, description=description,
-                       secret=secret or generate_secret(), headers=headers or {}, active=active)
+                       secret=secret or generate_secret(), headers=headers or {}, active=active,
+                       rate_limit=rate_limit)
         await self.coll.insert_one({**to_doc(hook), "updated_ms": now_ms()})
         return hook
 

@@ -31,6 +31,7 @@ from pymongo.errors import ConnectionFailure
 
 from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.endpoints import BreakerState, EndpointHealth
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
@@ -48,6 +49,7 @@ from hookpost.common.models import (
 )
 from hookpost.common.topology import Topology
 from hookpost.common.wire import encode_change
+from hookpost.dispatcher.breaker import Breaker
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import FailureCount, settle_after
 from hookpost.dispatcher.deferral import Deferrer
@@ -55,6 +57,7 @@ from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut, new_events
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.notices import Notices
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.reconciler import Reconciler
@@ -187,7 +190,7 @@ class FakeEventRepo(_Repo):
     async def overdue(self, before_ms: int, limit: int) -> list[WebhookEvent]:
         """In-flight events due before ``before_ms``, earliest first."""
         docs = [d for d in self.docs.values() if d["status"] in _IN_FLIGHT and d["next_attempt_ms"] is not None
-                and d["next_attempt_ms"] < before_ms]
+                and d["next_attempt_ms"] < before_ms and not d.get("held")]
         docs.sort(key=lambda d: d["next_attempt_ms"])
         return [self._model(d) for d in docs[:limit]]
 
@@ -201,6 +204,27 @@ class FakeEventRepo(_Repo):
             return doc is not None and doc.get("writer") == token
         doc.update({**due_fields(until_ms), "writer": token})
         return True
+
+    @_op("events.hold")
+    async def hold(self, items: list[tuple[str, int, str, int]]) -> None:
+        """Mark events still waiting for the attempt as held by an endpoint, due at the given time."""
+        for event_id, attempt, endpoint, due_ms in items:
+            doc = self.docs.get(event_id)
+            if doc is not None and doc["attempt_count"] == attempt - 1 and doc["status"] in _IN_FLIGHT:
+                doc.update(held=endpoint, **due_fields(due_ms))
+
+    @_op("events.held_by")
+    async def held_by(self, endpoint: str, limit: int) -> list[WebhookEvent]:
+        """Events held by ``endpoint``."""
+        return [self._model(d) for d in self.docs.values() if d.get("held") == endpoint][:limit]
+
+    @_op("events.unhold")
+    async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
+        """Release held events."""
+        for event_id in event_ids:
+            doc = self.docs.get(event_id)
+            if doc is not None and doc.get("held") == endpoint:
+                doc.update(held=None, **due_fields(due_ms))
 
     @_op("events.oldest_retrying_age")
     async def oldest_retrying_age(self) -> float | None:
@@ -266,6 +290,121 @@ class FakeWebhookRepo(_Repo):
         return from_doc(Webhook, doc)
 
 
+class FakeEndpointRepo(_Repo):
+    """The ``endpoints`` methods the breaker calls, over :class:`EndpointHealth` values, with the same guards."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__(store)
+        self.docs: dict[str, EndpointHealth] = {}
+
+    def _put(self, key: str, **fields: Any) -> None:
+        self.docs[key] = (self.docs.get(key) or EndpointHealth(id=key)).model_copy(
+            update={**fields, "updated_ms": now_ms()})
+
+    @_op("endpoints.all")
+    async def all(self, limit: int = 100_000) -> list[EndpointHealth]:
+        return list(self.docs.values())[:limit]
+
+    @_op("endpoints.get")
+    async def get(self, key: str) -> EndpointHealth | None:
+        return self.docs.get(key)
+
+    @_op("endpoints.mark_failing")
+    async def mark_failing(self, key: str, since_ms: int, error: str | None) -> bool:
+        doc = self.docs.get(key)
+        if doc is not None and doc.state != BreakerState.CLOSED:
+            return False
+        self._put(key, state=BreakerState.FAILING, failing_since_ms=since_ms, last_error=error)
+        return True
+
+    @_op("endpoints.open")
+    async def open(self, key: str, since_ms: int, probe: float, error: str | None) -> bool:
+        doc = self.docs.get(key)
+        if doc is not None and doc.state == BreakerState.OPEN:
+            return False
+        now = now_ms()
+        self._put(key, state=BreakerState.OPEN, failing_since_ms=(doc.failing_since_ms if doc else None) or since_ms,
+                  opened_ms=now, next_probe_ms=now + round(probe * 1000), probe_interval=probe, last_error=error,
+                  releasing=False)
+        return True
+
+    @_op("endpoints.claim_probe")
+    async def claim_probe(self, key: str, seen_next_ms: int, lease: float) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or doc.state != BreakerState.OPEN or doc.next_probe_ms != seen_next_ms:
+            return False
+        self._put(key, next_probe_ms=now_ms() + round(lease * 1000))
+        return True
+
+    @_op("endpoints.probed")
+    async def probed(self, key: str, cap: float) -> None:
+        doc = self.docs.get(key)
+        if doc is not None and doc.state == BreakerState.OPEN:
+            self._put(key, next_probe_ms=now_ms() + round(doc.probe_interval * 1000),
+                      probe_interval=min(doc.probe_interval * 2, cap))
+
+    @_op("endpoints.close")
+    async def close(self, key: str) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or doc.state != BreakerState.OPEN:
+            return False
+        self._put(key, state=BreakerState.CLOSED, failing_since_ms=None, opened_ms=None, next_probe_ms=None,
+                  releasing=True)
+        return True
+
+    @_op("endpoints.recover")
+    async def recover(self, key: str) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or doc.state != BreakerState.FAILING:
+            return False
+        self._put(key, state=BreakerState.CLOSED, failing_since_ms=None)
+        return True
+
+    @_op("endpoints.disable")
+    async def disable(self, key: str, opened_ms: int) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or doc.state != BreakerState.OPEN or doc.opened_ms != opened_ms:
+            return False
+        self._put(key, state=BreakerState.DISABLED, next_probe_ms=None, releasing=True)
+        return True
+
+    @_op("endpoints.lease_release")
+    async def lease_release(self, key: str, owner: str, seconds: float) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or not doc.releasing or (doc.release_lease_ms >= now_ms() and doc.release_owner != owner):
+            return False
+        self._put(key, release_lease_ms=now_ms() + round(seconds * 1000), release_owner=owner)
+        return True
+
+    @_op("endpoints.mark_releasing")
+    async def mark_releasing(self, key: str) -> None:
+        doc = self.docs.get(key)
+        if doc is not None and doc.state != BreakerState.OPEN:
+            self._put(key, releasing=True)
+
+    @_op("endpoints.released")
+    async def released(self, key: str) -> None:
+        doc = self.docs.get(key)
+        if doc is not None and doc.releasing and doc.state != BreakerState.OPEN:
+            self._put(key, releasing=False, release_lease_ms=0, release_owner=None)
+
+
+class FakeNoticeRepo(_Repo):
+    """The ``notices`` rate limit."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__(store)
+        self.until: dict[str, int] = {}
+
+    @_op("notices.take")
+    async def take(self, kind: str, webhook_id: str, interval: float) -> bool:
+        key, now = f"{kind}:{webhook_id}", now_ms()
+        if self.until.get(key, 0) >= now:
+            return False
+        self.until[key] = now + round(interval * 1000)
+        return True
+
+
 class FakeStore:
     """An in-memory store with ``events``, ``attempts`` and ``webhooks`` repositories — what
     :class:`~hookpost.dispatcher.storeguard.GuardedStore` wraps in production.
@@ -281,6 +420,8 @@ class FakeStore:
         self.events = FakeEventRepo(self)
         self.attempts = FakeAttemptRepo(self)
         self.webhooks = FakeWebhookRepo(self)
+        self.endpoints = FakeEndpointRepo(self)
+        self.notices = FakeNoticeRepo(self)
 
     def fail_next(self, name: str, times: int = 1, *, after_write: bool = False) -> None:
         """Make the next ``times`` calls of ``name`` (``"events.record_attempts"``) raise ``ConnectionFailure``."""
@@ -594,6 +735,7 @@ class FakeDispatcher:
         """Handle and settle ``msg`` as the worker's consumer of ``stage`` does (one failure count per stage)."""
         counter = self.failures.setdefault(type(stage).__name__, FailureCount(poison_after=self.poison_after))
         await settle_after(stage, msg, failures=counter, on_nack=self.outbox.drop)
+    breaker: Breaker | None = None
 
     @property
     def published(self) -> list[Published]:
@@ -631,7 +773,8 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
                            delays: tuple[float, ...] = FAST_DELAYS, max_attempts: int | None = None,
                            prefix: str = "hptest", grace: float = 1.0, request_time: float = 0.05,
                            per_endpoint: int = 10, hang_after: float = 3.0, defer_delay: float = 0.01,
-                           cache_ttl: float = 60.0, batch: int = 500) -> FakeDispatcher:
+                           cache_ttl: float = 60.0, batch: int = 500, breaker_on: bool = True,
+                           breaker_threshold: int = 20) -> FakeDispatcher:
     """Wire fan-out, delivery, deferrer and reconciler like ``worker.py`` over a :class:`FakeStore`, a
     :class:`FakeConnection` and ``sender``, with a millisecond retry schedule (``max_attempts`` defaults to one
     more than the delays, as the settings require)."""
@@ -651,13 +794,17 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
                               max_hold=max(0.1, grace / 2 - request_time))
     deferrer = Deferrer(guarded, outbox, limiter, metrics, grace=grace, request_time=request_time)
     fanout = FanOut(guarded, cache, outbox, deferrer, metrics, max_change_bytes=65536, batch=batch)
-    delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics,
+    notices = Notices(guarded, outbox, metrics, interval=300.0)
+    breaker = Breaker(guarded, outbox, metrics, notices, cache, enabled=breaker_on, threshold=breaker_threshold,
+                      probe=0.05, probe_max=0.4, disable_after=0.0, page=100, hold_batch=batch)
+    delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
                                delays=delays, max_attempts=max_attempts, batch=batch)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)
     return FakeDispatcher(store=store, sender=sender, connection=connection, channel=channel,
                           topology=topology, metrics=metrics, stopping=stopping, guard=guard, guarded=guarded,
                           cache=cache, outbox=outbox, limiter=limiter, deferrer=deferrer, fanout=fanout,
-                          delivery=delivery, reconciler=reconciler, max_attempts=max_attempts, delays=delays)
+                          delivery=delivery, reconciler=reconciler, max_attempts=max_attempts, delays=delays,
+                          breaker=breaker)
 
 
 class FastSleep:

@@ -1,0 +1,154 @@
+"""The ``endpoints`` collection: the shared health of receiver endpoints (circuit breakers), and the ``notices``
+collection that rate-limits Hookpost's own notices across dispatcher processes.
+
+Both are small (one document per endpoint, one per webhook and notice kind). Every write filters on ``_id`` plus
+guard fields, so concurrent dispatchers settle each transition with one atomic update: whoever's update matches
+opened the breaker, owns the next probe, or closed it.
+"""
+
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from hookpost.common.endpoints import BreakerState, EndpointHealth
+from hookpost.common.models import now_ms
+from hookpost.store.docs import from_doc
+
+
+class EndpointRepo:
+    """Endpoint health documents, keyed by the endpoint (``scheme://host:port``)."""
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
+        self.coll = coll
+
+    async def all(self, limit: int = 100_000) -> list[EndpointHealth]:
+        """Return every endpoint document (a small collection: one per endpoint that ever failed)."""
+        return [from_doc(EndpointHealth, d) async for d in self.coll.find({}).limit(limit)]
+
+    async def get(self, key: str) -> EndpointHealth | None:
+        """Return the health of endpoint ``key`` (None if it never failed)."""
+        doc = await self.coll.find_one({"_id": key})
+        return None if doc is None else from_doc(EndpointHealth, doc)
+
+    async def _upsert_unless(self, key: str, state: BreakerState, changes: dict[str, Any]) -> bool:
+        """Set ``changes`` unless the endpoint is in ``state`` already; return whether this call did it."""
+        try:
+            res = await self.coll.update_one({"_id": key, "state": {"$ne": state.value}},
+                                             {"$set": {**changes, "state": state.value, "updated_ms": now_ms()}},
+                                             upsert=True)
+        except DuplicateKeyError:  # it exists in that state: someone else made the move
+            return False
+        return res.matched_count == 1 or res.upserted_id is not None
+
+    async def mark_failing(self, key: str, since_ms: int, error: str | None) -> bool:
+        """Note a run of failures (closed → failing); return whether this call made the move."""
+        try:
+            res = await self.coll.update_one(
+                {"_id": key, "state": BreakerState.CLOSED.value},
+                {"$set": {"state": BreakerState.FAILING.value, "failing_since_ms": since_ms, "last_error": error,
+                          "updated_ms": now_ms()},
+                 "$setOnInsert": {"releasing": False, "release_lease_ms": 0, "release_owner": None}}, upsert=True)
+        except DuplicateKeyError:
+            return False
+        return res.matched_count == 1 or res.upserted_id is not None
+
+    async def open(self, key: str, since_ms: int, probe: float, error: str | None) -> bool:
+        """Open the breaker of ``key`` (first probe after ``probe`` seconds); return whether this call opened it.
+
+        ``failing_since_ms`` keeps the start of the run if a process marked it failing before.
+        """
+        now = now_ms()
+        doc = await self.get(key)
+        since = doc.failing_since_ms if doc is not None and doc.failing_since_ms else since_ms
+        return await self._upsert_unless(key, BreakerState.OPEN, {
+            "failing_since_ms": since, "opened_ms": now, "next_probe_ms": now + round(probe * 1000),
+            "probe_interval": probe, "last_error": error, "releasing": False, "release_lease_ms": 0,
+            "release_owner": None})
+
+    async def claim_probe(self, key: str, seen_next_ms: int, lease: float) -> bool:
+        """Take the probe that was due at ``seen_next_ms``; no other probe may start for ``lease`` seconds unless
+        :meth:`probed` says this one ended. Return whether this call took it (one process, one probe)."""
+        now = now_ms()
+        res = await self.coll.update_one(
+            {"_id": key, "state": BreakerState.OPEN.value, "next_probe_ms": seen_next_ms},
+            {"$set": {"next_probe_ms": now + round(lease * 1000), "updated_ms": now}})
+        return res.matched_count == 1
+
+    async def probed(self, key: str, cap: float) -> None:
+        """A probe of the open breaker of ``key`` failed: the next one is due ``probe_interval`` seconds from now,
+        and the interval after it doubles (up to ``cap`` seconds)."""
+        doc = await self.get(key)
+        if doc is None or doc.state != BreakerState.OPEN:
+            return
+        now = now_ms()
+        await self.coll.update_one(
+            {"_id": key, "state": BreakerState.OPEN.value, "opened_ms": doc.opened_ms},
+            {"$set": {"next_probe_ms": now + round(doc.probe_interval * 1000),
+                      "probe_interval": min(doc.probe_interval * 2, cap), "updated_ms": now}})
+
+    async def close(self, key: str) -> bool:
+        """Close the breaker of ``key`` (a probe or a request succeeded) and mark its held deliveries for release;
+        return whether this call closed an open breaker."""
+        now = now_ms()
+        res = await self.coll.update_one(
+            {"_id": key, "state": BreakerState.OPEN.value},
+            {"$set": {"state": BreakerState.CLOSED.value, "failing_since_ms": None, "opened_ms": None,
+                      "next_probe_ms": None, "releasing": True, "updated_ms": now}})
+        return res.matched_count == 1
+
+    async def recover(self, key: str) -> bool:
+        """A failing (not open) endpoint answered: back to closed; return whether this call moved it."""
+        res = await self.coll.update_one(
+            {"_id": key, "state": BreakerState.FAILING.value},
+            {"$set": {"state": BreakerState.CLOSED.value, "failing_since_ms": None, "updated_ms": now_ms()}})
+        return res.matched_count == 1
+
+    async def disable(self, key: str, opened_ms: int) -> bool:
+        """Move an endpoint whose breaker opened at ``opened_ms`` to disabled (its webhooks are disabled by the
+        caller) and mark its held deliveries for release; return whether this call did it."""
+        res = await self.coll.update_one(
+            {"_id": key, "state": BreakerState.OPEN.value, "opened_ms": opened_ms},
+            {"$set": {"state": BreakerState.DISABLED.value, "next_probe_ms": None, "releasing": True,
+                      "updated_ms": now_ms()}})
+        return res.matched_count == 1
+
+    async def lease_release(self, key: str, owner: str, seconds: float) -> bool:
+        """Take (or keep) the release of ``key``'s held deliveries for ``seconds``: one process re-publishes them
+        at a time."""
+        now = now_ms()
+        res = await self.coll.update_one(
+            {"_id": key, "releasing": True,
+             "$or": [{"release_lease_ms": {"$lt": now}}, {"release_lease_ms": None}, {"release_owner": owner}]},
+            {"$set": {"release_lease_ms": now + round(seconds * 1000), "release_owner": owner}})
+        return res.matched_count == 1
+
+    async def mark_releasing(self, key: str) -> None:
+        """Ask for a release of ``key``'s held deliveries unless its breaker is open (a process held some on a
+        view that was out of date)."""
+        await self.coll.update_one({"_id": key, "state": {"$ne": BreakerState.OPEN.value}},
+                                   {"$set": {"releasing": True}})
+
+    async def released(self, key: str) -> None:
+        """Note that every held delivery of ``key`` was re-published (unless it opened again meanwhile)."""
+        await self.coll.update_one({"_id": key, "releasing": True, "state": {"$ne": BreakerState.OPEN.value}},
+                                   {"$set": {"releasing": False, "release_lease_ms": 0, "release_owner": None}})
+
+
+class NoticeRepo:
+    """When each (kind, webhook) notice may next be sent, so every dispatcher together sends at most one per
+    interval."""
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
+        self.coll = coll
+
+    async def take(self, kind: str, webhook_id: str, interval: float) -> bool:
+        """Take the right to send notice ``kind`` about ``webhook_id`` now; False if one went out within
+        ``interval`` seconds."""
+        now = now_ms()
+        try:
+            res = await self.coll.update_one({"_id": f"{kind}:{webhook_id}", "until_ms": {"$lt": now}},
+                                             {"$set": {"until_ms": now + round(interval * 1000)}}, upsert=True)
+        except DuplicateKeyError:
+            return False
+        return res.matched_count == 1 or res.upserted_id is not None

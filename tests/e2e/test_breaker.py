@@ -1,0 +1,207 @@
+"""Endpoint health end to end (real broker, store and HTTP; millisecond schedules): a circuit breaker holds the
+deliveries of a dead endpoint without counting attempts and lets one probe through per interval; without it the
+usual ten attempts end Failed; a flaky endpoint does not open it."""
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from hookpost.common.endpoints import BreakerState, endpoint_key
+from hookpost.common.models import ChangeEvent, Entity, as_utc
+from hookpost.producer import Publisher
+from hookpost.store import Store
+from hookpost.store.localserver import free_port
+from tests.helpers import Receiver, running_worker, wait_until
+
+
+def changes(prefix: str, event_type: str, n: int) -> list[ChangeEvent]:
+    """``n`` change events ``{prefix}-0`` … of one type."""
+    return [ChangeEvent(id=f"{prefix}-{i}", type=event_type, entity=Entity(kind="a", id=str(i))) for i in range(n)]
+
+
+@dataclass
+class Switch:
+    """A receiver's behaviour: answers ``status_down`` while ``down``, else 200; records wall-clock times."""
+
+    down: bool = True
+    status_down: int = 503
+    times: list[float] = field(default_factory=list)
+    down_times: list[float] = field(default_factory=list)
+
+    async def respond(self, n: int, request: web.Request) -> web.StreamResponse:
+        now = time.time()
+        self.times.append(now)
+        if self.down:
+            self.down_times.append(now)
+            return web.Response(status=self.status_down)
+        return web.Response(status=200)
+
+
+async def counts(store: Store) -> dict[str, int]:
+    """Events by status."""
+    return await store.events.group_counts("status", {})
+
+
+def most_in_window(times: list[float], width: float) -> int:
+    """The most of ``times`` that fall in any window ``width`` seconds wide."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - width:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+BREAKER = dict(breaker_threshold=10, breaker_probe="500ms", breaker_probe_max="1s", breaker_poll="100ms",
+               http_timeout="1s", endpoint_hang_after="500ms")
+
+
+class LateReceiver:
+    """A receiver on a fixed port that is not listening yet (connections are refused) until :meth:`start`."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def ok(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            return web.Response(status=200)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", ok)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def attempt_times(store: Store, webhook_id: str) -> list[float]:
+    """When each attempt to ``webhook_id`` started (epoch seconds), from the attempt records."""
+    docs = await store.attempts.coll.find({"webhook_id": webhook_id}, {"started_at": 1}).to_list()
+    return sorted(as_utc(d["started_at"]).timestamp() for d in docs)
+
+
+@pytest.mark.parametrize("down_as", ["503", "refused"])
+async def test_a_dead_endpoint_gets_one_probe_per_interval_and_every_event_finishes_once_it_is_back(
+        settings_factory, new_receiver, down_as):
+    s = settings_factory(**BREAKER)
+    dead, late = Switch(), LateReceiver()
+    url = (await new_receiver(respond=dead.respond)).url if down_as == "503" else late.url
+    healthy = await new_receiver([200])
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    hook = await store.webhooks.create(url, ["article.*"])
+    await store.webhooks.create(healthy.url, ["article.*"])
+    key = endpoint_key(url)
+    try:
+        async with running_worker(s) as worker:
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("c", "article.updated", 500))
+
+            async def opened():
+                h = await store.endpoints.get(key)
+                return h if h is not None and h.state == BreakerState.OPEN else None
+
+            health = await wait_until(opened, 30, message="the breaker opened")
+            await wait_until(lambda: len(healthy.requests) == 500, 60, message="the healthy endpoint got all 500")
+            # down far longer than the whole retry schedule (2.25 s)
+            outage_until = time.time() + 8
+            while time.time() < outage_until:
+                await asyncio.sleep(0.2)
+            assert (await counts(store)).get("Failed", 0) == 0
+            assert await store.events.count({"held": key}) > 400  # held in the store, in no queue
+            back_at = time.time()
+            dead.down = False
+            await late.start()
+
+            async def all_finished():
+                return (await counts(store)).get("Finished", 0) == 1000
+
+            await wait_until(all_finished, 90, interval=0.25, message="every event Finished")
+            probes = worker.metrics.registry.get_sample_value("hookpost_breaker_probes_total")
+        opened_at = health.opened_ms / 1000
+        tried = await attempt_times(store, hook.id)
+        while_down = [t for t in tried if t < back_at]
+        after_open = [t for t in while_down if t > opened_at + 0.3]  # requests in flight at opening may land
+        c = await counts(store)
+        print(f"{down_as}: {len(while_down)} requests while down ({len(while_down) - len(after_open)} before the "
+              f"breaker opened), probes {probes}; statuses {c}; after opening at +s: "
+              f"{[round(t - opened_at, 2) for t in after_open]}")
+        assert c == {"Finished": 1000}
+        assert most_in_window(after_open, 0.5) <= 2 and len(after_open) <= 2 * (8 / 0.5)
+        assert len(healthy.requests) == 500
+        # waiting behind the breaker cost no attempts: no event came near its ten
+        assert await store.events.count({"attempt_count": {"$gte": 10}}) == 0
+        h = await store.endpoints.get(key)
+        assert h is not None and h.state == BreakerState.CLOSED and not h.releasing
+        assert await store.events.count({"held": {"$ne": None}}) == 0
+    finally:
+        await late.stop()
+        await store.close()
+
+
+async def test_without_the_breaker_a_dead_endpoint_fails_events_after_ten_attempts(settings_factory, new_receiver):
+    s = settings_factory(breaker=False, **{k: v for k, v in BREAKER.items() if k != "breaker_threshold"})
+    dead = Switch()
+    rx = await new_receiver(respond=dead.respond)
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(rx.url, ["article.*"])
+    try:
+        async with running_worker(s):
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("n", "article.updated", 30))
+
+            async def all_failed():
+                return (await counts(store)).get("Failed", 0) == 30
+
+            await wait_until(all_failed, 60, interval=0.25, message="30 events Failed")
+        assert await store.events.count({"attempt_count": 10}) == 30
+        assert len(dead.times) == 300
+        assert await store.endpoints.get(endpoint_key(rx.url)) is None
+    finally:
+        await store.close()
+
+
+async def test_a_flaky_endpoint_does_not_open_the_breaker(settings_factory, new_receiver):
+    s = settings_factory(**{**BREAKER, "breaker_threshold": 20})
+    rng = random.Random(19)
+
+    async def flaky(n: int, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=500 if rng.random() < 0.5 else 200)
+
+    rx: Receiver = await new_receiver(respond=flaky)
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(rx.url, ["article.*"])
+    try:
+        async with running_worker(s) as worker:
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("f", "article.updated", 200))
+
+            async def settled():
+                c = await counts(store)
+                return c.get("Finished", 0) + c.get("Failed", 0) == 200
+
+            await wait_until(settled, 90, interval=0.25, message="every event Finished or Failed")
+            assert worker.metrics.registry.get_sample_value("hookpost_breaker_transitions_total",
+                                                            {"to": "open"}) is None
+        h = await store.endpoints.get(endpoint_key(rx.url))
+        assert h is None or h.state != BreakerState.OPEN
+        # an event that failed did so after exactly ten attempts
+        failed = await store.events.count({"status": "Failed"})
+        assert await store.events.count({"status": "Failed", "attempt_count": 10}) == failed
+        assert await store.events.count({"held": {"$ne": None}}) == 0
+        print(f"flaky: {await counts(store)}, {len(rx.requests)} requests")
+    finally:
+        await store.close()
