@@ -155,19 +155,11 @@ class InsightOps:
         topo = topology_from(self.admin.settings)
 
         async def read() -> dict[str, int | None]:
-            out: dict[str, int | None] = {}
             conn = await AmqpConnection.connect(self.admin.settings.rabbitmq_urls)
             try:
-                for spec in topo.queues:
-                    try:  # a passive declare of a missing queue closes its channel: one channel per queue
-                        ch = await conn.channel()
-                        out[spec.name] = await ch.queue_depth(spec.name)
-                        await ch.close()
-                    except Exception:
-                        out[spec.name] = None
+                return await conn.queue_depths([spec.name for spec in topo.queues])
             finally:
                 await conn.close()
-            return out
 
         try:
             return await asyncio.wait_for(read(), timeout)

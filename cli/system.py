@@ -103,16 +103,8 @@ def topology_show(as_json: bool) -> None:
     topo = topology_from(s)
 
     async def depths() -> dict[str, int | None]:
-        out: dict[str, int | None] = {}
         async with open_broker(s) as conn:
-            for spec in topo.queues:
-                try:  # a passive declare of a missing queue closes its channel: one channel per queue
-                    ch = await conn.channel()
-                    out[spec.name] = await ch.queue_depth(spec.name)
-                    await ch.close()
-                except Exception:
-                    out[spec.name] = None
-        return out
+            return await conn.queue_depths([spec.name for spec in topo.queues])
 
     try:
         counts = run(depths())

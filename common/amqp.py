@@ -386,6 +386,21 @@ class AmqpConnection:
             await channel.qos(prefetch)
         return channel
 
+    async def queue_depths(self, queues: list[str]) -> dict[str, int | None]:
+        """Return the ready messages of each queue (None for one that does not exist or cannot be read).
+
+        A passive declare of a missing queue closes its channel, so each queue is read on a channel of its own.
+        """
+        out: dict[str, int | None] = {}
+        for name in queues:
+            try:
+                ch = await self.channel()
+                out[name] = await ch.queue_depth(name)
+                await ch.close()
+            except Exception:
+                out[name] = None
+        return out
+
     async def close(self) -> None:
         """Close the connection and wait until it is closed.
 
