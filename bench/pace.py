@@ -194,7 +194,7 @@ async def isolation(bench: Bench, n: int) -> dict[str, Any]:
 
 
 BEFORE = ("Before the adaptive limits (the 0.1 deferral rule: defer once the expected wait passed 1 s), measured "
-          "with this script on the same machine on 2026-11-30 06:45 UTC, under a similar load: `stdlib:5` backlog "
+          "with this script on the same machine on 2026-11-30 06:45 UTC while other work loaded it: `stdlib:5` backlog "
           "30 deliveries/s with 2,269 deferrals for 2,000 deliveries (p99 66 s); `stdlib:128:0.02` 208/s with 1,322 "
           "deferrals; `aiohttp:0.02` 304/s with none.")
 
