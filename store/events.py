@@ -29,6 +29,21 @@ from hookpost.store.docs import from_doc, to_doc
 FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_status_code", "error_kind")
 FILTER_FIELDS = ("status", "webhook_id", "type", "entity.id", "change_id", "last_status_code", "error_kind")
 
+# every index but the unique (change, webhook) one: an equality on a filter field plus the newest-first order
+# (MongoDB and the stand-in alike), the janitor's age query, the list without filter, and the held / overdue queries
+EVENT_INDEXES: tuple[tuple[tuple[str, int], ...], ...] = (
+    *(((name, ASCENDING), ("created_ms", ASCENDING)) for name in FILTER_FIELDS if name != "change_id"),
+    (("status", ASCENDING), ("updated_ms", ASCENDING)),
+    (("created_ms", ASCENDING),),
+    (("held", ASCENDING), ("next_attempt_ms", ASCENDING)),
+)
+# the fields of indexes earlier versions created whose queries one of the above now serves (dropped on start-up)
+RETIRED_INDEXES = frozenset({
+    *((name,) for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms",
+                           "last_status_code", "error_kind", "held")),
+    ("change_id", "created_ms"),
+})
+
 # what ``error_kind`` holds: the first kind whose words appear in the error text (lower-cased)
 ERROR_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("timeout", ("timeout", "timed out")),
@@ -281,6 +296,28 @@ def _derived(changes: dict[str, Any]) -> dict[str, Any]:
     return {"error_kind": error_kind(changes["last_error"])} if "last_error" in changes else {}
 
 
+def indexable(query: dict[str, Any]) -> dict[str, Any]:
+    """Return ``query`` with each equality to a value written ``{"$eq": value}``: the same filter on MongoDB.
+
+    The local stand-in reads a bare ``{field: value}`` as "equals, or is an array holding it" and then uses no
+    index unless a single-field index on ``field`` exists; ``$eq`` it serves from any index that starts with the
+    field. So the ``(field, created_ms)`` indexes serve every equality without a single-field copy written on
+    each insert and update.
+
+    >>> indexable({"status": "Failed", "held": None, "created_ms": {"$gte": 1}})
+    {'status': {'$eq': 'Failed'}, 'held': None, 'created_ms': {'$gte': 1}}
+    """
+    out: dict[str, Any] = {}
+    for key, value in query.items():
+        if key in ("$or", "$and", "$nor"):
+            out[key] = [indexable(q) for q in value]
+        elif key.startswith("$") or key == "_id" or value is None or isinstance(value, dict):
+            out[key] = value
+        else:
+            out[key] = {"$eq": value}
+    return out
+
+
 class EventRepo:
     """Webhook event documents, keyed by ``evt_`` ids."""
 
@@ -288,16 +325,19 @@ class EventRepo:
         self.coll = coll
 
     async def ensure_indexes(self) -> None:
-        """Create the unique (change, webhook) index and single-field indexes for every filter."""
+        """Create the indexes the queries need, and drop those an earlier version created that no query needs.
+
+        Each index is written on every event insert and update (on the stand-in the row's every index is
+        rewritten), so there is one per query shape and no single-field index that a compound one starts with:
+        ``(field, created_ms)`` serves an equality on ``field`` alone as well as with the newest-first order.
+        """
         await self.coll.create_index([("change_id", ASCENDING), ("webhook_id", ASCENDING)], unique=True,
                                      name="change_webhook_unique")
-        for name in ("status", "webhook_id", "type", "entity.id", "change_id", "next_attempt_ms", "updated_ms",
-                     "created_ms", "last_status_code", "error_kind", "held"):
-            await self.coll.create_index([(name, ASCENDING)])
-        # an equality on a filter field plus the newest-first order, from one index (MongoDB and the stand-in)
-        for name in FILTER_FIELDS:
-            await self.coll.create_index([(name, ASCENDING), ("created_ms", ASCENDING)])
-        await self.coll.create_index([("status", ASCENDING), ("updated_ms", ASCENDING)])  # the janitor
+        for keys in EVENT_INDEXES:
+            await self.coll.create_index(list(keys))
+        for name, info in (await self.coll.index_information()).items():
+            if tuple(k[0] for k in info["key"]) in RETIRED_INDEXES:
+                await self.coll.drop_index(name)
 
     async def insert_new(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
         """Insert fanned-out events in one round trip; return those that were new.
@@ -336,7 +376,7 @@ class EventRepo:
 
     async def find_for_change(self, change_id: str) -> list[WebhookEvent]:
         """Return the events fanned out from change ``change_id``."""
-        cursor = self.coll.find({"change_id": change_id}).limit(10000)
+        cursor = self.coll.find(indexable({"change_id": change_id})).limit(10000)
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
     async def find(self, flt: EventFilter, *, limit: int = 50, newest_first: bool = True) -> list[WebhookEvent]:
@@ -360,7 +400,7 @@ class EventRepo:
         direction = DESCENDING if newest_first else ASCENDING
         extra = 64 if before or id_prefix else 0
         while True:
-            docs = await self.coll.find(query).sort([("created_ms", direction), ("_id", direction)]).limit(
+            docs = await self.coll.find(indexable(query)).sort([("created_ms", direction), ("_id", direction)]).limit(
                 limit + extra).to_list()
             kept = [d for d in docs if (not before or d["_id"] < before)
                     and (not id_prefix or d["_id"].startswith(id_prefix))]
@@ -370,23 +410,23 @@ class EventRepo:
 
     async def find_ids(self, query: dict[str, Any], *, limit: int) -> list[str]:
         """Return up to ``limit`` ids matching a raw filter, oldest first."""
-        cursor = self.coll.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
+        cursor = self.coll.find(indexable(query), {"_id": 1}).sort("_id", ASCENDING).limit(limit)
         return [d["_id"] async for d in cursor]
 
     async def expired(self, query: dict[str, Any], *, limit: int) -> list[tuple[str, int]]:
         """Return up to ``limit`` ``(id, attempt_count)`` of events matching a raw filter, in no particular order
         (the janitor's batches: no sort, so the store stops at ``limit``)."""
-        cursor = self.coll.find(query, {"_id": 1, "attempt_count": 1}).limit(limit)
+        cursor = self.coll.find(indexable(query), {"_id": 1, "attempt_count": 1}).limit(limit)
         return [(d["_id"], int(d.get("attempt_count") or 0)) async for d in cursor]
 
     async def count(self, query: dict[str, Any]) -> int:
         """Count events matching ``query`` (an aggregation: ``count_documents`` is too slow on the stand-in)."""
-        res = await (await self.coll.aggregate([{"$match": query}, {"$count": "n"}])).to_list()
+        res = await (await self.coll.aggregate([{"$match": indexable(query)}, {"$count": "n"}])).to_list()
         return int(res[0]["n"]) if res else 0
 
     async def group_counts(self, key: str, query: dict[str, Any]) -> dict[str, int]:
         """Return ``{value of key: count}`` over events matching ``query``."""
-        pipeline = [{"$match": query}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
+        pipeline = [{"$match": indexable(query)}, {"$group": {"_id": f"${key}", "n": {"$sum": 1}}}]
         res = await (await self.coll.aggregate(pipeline)).to_list()
         return {str(r["_id"]): int(r["n"]) for r in res if r["n"]}
 
@@ -398,7 +438,7 @@ class EventRepo:
         On the stand-in an aggregation whose ``$match`` has a ``created_ms`` range materialises every matching
         document (0.7 s per key for one day of 100,000 events); counting per value takes milliseconds each.
         """
-        values = await self.coll.distinct(key, query)
+        values = await self.coll.distinct(key, indexable(query))
         if len(values) > max_values:
             return await self.group_counts(key, query)
         out = {}
@@ -496,18 +536,18 @@ class EventRepo:
     async def held_by(self, endpoint: str, limit: int) -> list[WebhookEvent]:
         """Return up to ``limit`` events held by ``endpoint``'s breaker, held longest first (so probes rotate
         through the held events)."""
-        cursor = self.coll.find({"held": endpoint}).sort("next_attempt_ms", ASCENDING).limit(limit)
+        cursor = self.coll.find(indexable({"held": endpoint})).sort("next_attempt_ms", ASCENDING).limit(limit)
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
     async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
         """Release held events (their deliveries are about to be published), due at ``due_ms``."""
         if event_ids:
-            await self.coll.update_many({"_id": {"$in": event_ids}, "held": endpoint},
+            await self.coll.update_many(indexable({"_id": {"$in": event_ids}, "held": endpoint}),
                                         {"$set": {"held": None, **due_fields(due_ms)}})
 
     async def oldest_retrying_age(self) -> float | None:
         """Return the age in seconds of the oldest ``Retrying`` event, or None if there is none."""
-        doc = await self.coll.find_one({"status": EventStatus.RETRYING.value}, {"created_ms": 1},
+        doc = await self.coll.find_one(indexable({"status": EventStatus.RETRYING.value}), {"created_ms": 1},
                                        sort=[("created_ms", ASCENDING)])
         return None if doc is None else max(0.0, (now_ms() - int(doc["created_ms"])) / 1000)
 
