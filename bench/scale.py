@@ -221,10 +221,9 @@ def render(res: dict[str, Any]) -> str:
                   f"({st['wall_s']['min']:.2f}–{st['wall_s']['max']:.2f}), counting alone {st['query_s']['median']:.2f}"
                   f" s: target {'met' if st['wall_s']['median'] <= STATS_MAX_S else '**not met**'}.", "",
               "\"queries\" is how many indexed queries the filter becomes (one per search condition and status, "
-              "merged newest first). Most of the wall time is starting the interpreter and importing the CLI: "
-              "`hookpost --help` alone took from about 0.45 s to 1.8 s between runs on this shared machine, so the "
-              "wall-time verdicts say more about the machine's load than about the query. Load "
-              f"average at the start and end of the run: {res['load_start']} / {res['load_end']}."]
+              "merged newest first). Most of the wall time is starting the interpreter and importing the CLI "
+              "(`hookpost --help` alone, above), which rises with the machine's load: load average (1, 5, 15 min) "
+              f"at the start and end of the run: {res['load_start']} / {res['load_end']}."]
     return "\n".join(lines)
 
 
@@ -249,7 +248,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 if ln.startswith("model name")), "?")
     res = {"events": args.events, "repeats": args.repeats, "seed_s": meta.get("seed_s"), "measure": measured,
            "when": stamp, "machine": f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} "
-                                     f"cores ({cpu}), shared with other work",
+                                     f"cores ({cpu})",
            "load_start": " ".join(load_start), "load_end": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"scale-{stamp}.json"
