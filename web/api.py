@@ -6,6 +6,7 @@ pydantic models from :mod:`hookpost.common`); handlers are a few lines over :mod
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -121,6 +122,15 @@ def query_one(request: web.Request, name: str) -> str | None:
     if len(values) > 1:
         raise InvalidFieldError(name, f"{name} may be given once")
     return values[0] if values else None
+
+
+def query_since(request: web.Request) -> datetime | None:
+    """Return the ``since`` parameter (``24h``, ``2d`` or an ISO time) as a time, or None (400 if unreadable)."""
+    since = query_one(request, "since")
+    try:
+        return parse_when(since) if since else None
+    except Exception as exc:
+        raise InvalidFieldError("since", f"since: {exc}") from None
 
 
 def query_limit(request: web.Request, default: int = 50) -> int:
@@ -255,12 +265,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def get_stats(request: web.Request) -> web.Response:
     """Counts of events."""
-    since = query_one(request, "since")
-    try:
-        when = parse_when(since) if since else None
-    except Exception as exc:
-        raise InvalidFieldError("since", f"since: {exc}") from None
-    return reply(await admin_of(request).events.stats(when))
+    return reply(await admin_of(request).events.stats(query_since(request)))
 
 
 # --- changes, tokens, audit ----------------------------------------------------------------------------------
@@ -297,13 +302,8 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 async def list_audit(request: web.Request) -> web.Response:
     """List audit entries."""
-    since = query_one(request, "since")
-    try:
-        when = parse_when(since) if since else None
-    except Exception as exc:
-        raise InvalidFieldError("since", f"since: {exc}") from None
     found = await admin_of(request).audit.list(actor=query_one(request, "actor"), action=query_one(request, "action"),
-                                               since=when, limit=query_limit(request))
+                                               since=query_since(request), limit=query_limit(request))
     return reply(found, kind=list[AuditEntry])
 
 

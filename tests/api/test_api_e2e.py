@@ -136,6 +136,7 @@ async def test_bad_input_is_a_problem_naming_the_field(api):
         ("GET", "/events", {"type": "a..b"}, "type"),
         ("GET", "/events", {"before": "nope"}, "before"),
         ("GET", "/stats", {"since": "soon"}, "since"),
+        ("GET", "/audit", {"since": "soon"}, "since"),
         ("GET", "/events", {"colour": "red"}, "colour"),
         ("GET", "/events", {"webhook": "w" * 101}, "webhook"),
         ("GET", "/audit", [("actor", "a"), ("actor", "b")], "actor"),
