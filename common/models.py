@@ -7,7 +7,7 @@ for one subscribed webhook, with its delivery status. An *attempt* is one HTTP r
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -25,6 +25,20 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse_choice(choices: type[E], text: str, what: str) -> E:
+    """Return the member of ``choices`` whose value is ``text`` in any case; raise ``ValueError`` naming them.
+
+    >>> parse_choice(EventStatus, " failed", "status")
+    <EventStatus.FAILED: 'Failed'>
+    """
+    for member in choices:
+        if member.value.lower() == text.strip().lower():
+            return member
+    raise ValueError(f"unknown {what} {text!r}: choose from {', '.join(m.value for m in choices)}")
+
 class EventStatus(StrEnum):
     """Where a webhook event stands. Exactly these four words, in the store and in the CLI."""
 
@@ -36,10 +50,7 @@ class EventStatus(StrEnum):
     @classmethod
     def parse(cls, text: str) -> "EventStatus":
         """Read a status case-insensitively (``failed`` → ``Failed``); raise ``ValueError`` naming the choices."""
-        for status in cls:
-            if status.value.lower() == text.strip().lower():
-                return status
-        raise ValueError(f"unknown status {text!r}: choose from {', '.join(s.value for s in cls)}")
+        return parse_choice(cls, text, "status")
 
 
 def now_ms() -> int:

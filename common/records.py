@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hookpost.common.models import Attempt, UtcDatetime, WebhookEvent, now_ms, utcnow
+from hookpost.common.models import Attempt, UtcDatetime, WebhookEvent, now_ms, parse_choice, utcnow
 
 
 class Role(StrEnum):
@@ -22,10 +22,7 @@ class Role(StrEnum):
     @classmethod
     def parse(cls, text: str) -> "Role":
         """Read a role case-insensitively; raise ``ValueError`` naming the choices."""
-        for role in cls:
-            if role.value == text.strip().lower():
-                return role
-        raise ValueError(f"unknown role {text!r}: choose from {', '.join(r.value for r in cls)}")
+        return parse_choice(cls, text, "role")
 
     def allows(self, needed: "Role") -> bool:
         """Tell whether this role may do what ``needed`` may.
