@@ -420,9 +420,13 @@ class EventRepo:
         return [(d["_id"], int(d.get("attempt_count") or 0)) async for d in cursor]
 
     async def count(self, query: dict[str, Any]) -> int:
-        """Count events matching ``query`` (an aggregation: ``count_documents`` is too slow on the stand-in)."""
-        res = await (await self.coll.aggregate([{"$match": indexable(query)}, {"$count": "n"}])).to_list()
-        return int(res[0]["n"]) if res else 0
+        """Count events matching ``query`` with the ``count`` command (an index count on MongoDB).
+
+        Not ``count_documents``: pymongo sends it as an aggregation, and on the stand-in every aggregation first
+        counts the whole collection (25–90 ms at 1,000,000 events, against 2–7 ms for the command).
+        """
+        res = await self.coll.database.command("count", self.coll.name, query=indexable(query))
+        return int(res["n"])
 
     async def group_counts(self, key: str, query: dict[str, Any]) -> dict[str, int]:
         """Return ``{value of key: count}`` over events matching ``query``."""
@@ -431,14 +435,14 @@ class EventRepo:
         return {str(r["_id"]): int(r["n"]) for r in res if r["n"]}
 
     async def counts_by(self, key: str, query: dict[str, Any], *, max_values: int = 50) -> dict[str, int]:
-        """Return ``{value of key: count}`` over events matching ``query``: the distinct values, then one indexed
-        count per value (``(key, created_ms)`` serves a count over a time range), or, beyond ``max_values``
-        values, one aggregation.
+        """Return ``{value of key: count}`` over events matching ``query``: the values ``key`` has ever had (read
+        from its index, :meth:`values_of`), then one indexed count per value (``(key, created_ms)`` serves a count
+        over a time range), or, beyond ``max_values`` values, one aggregation.
 
-        On the stand-in an aggregation whose ``$match`` has a ``created_ms`` range materialises every matching
-        document (0.7 s per key for one day of 100,000 events); counting per value takes milliseconds each.
+        On the stand-in an aggregation or a ``distinct`` whose filter has a ``created_ms`` range reads every
+        matching document (0.7 s per key for one day of 100,000 events); counting per value takes milliseconds.
         """
-        values = await self.coll.distinct(key, indexable(query))
+        values = await self.values_of(key, limit=max_values + 1)
         if len(values) > max_values:
             return await self.group_counts(key, query)
         out = {}
@@ -447,6 +451,21 @@ class EventRepo:
             if n:
                 out[str(value)] = n
         return out
+
+    async def values_of(self, key: str, *, limit: int) -> list[str]:
+        """Return up to ``limit`` distinct values of the string field ``key`` over all events, in order: one
+        seek in the ``(key, created_ms)`` index per value (a loose index scan), not a read of every event."""
+        values: list[str] = []
+        while len(values) < limit:
+            after = values[-1] if values else ""
+            doc = await self.coll.find_one({key: {"$gt": after}}, {key: 1}, sort=[(key, ASCENDING)])
+            if doc is None:
+                return values
+            value = doc
+            for part in key.split("."):
+                value = value[part]
+            values.append(value)
+        return values
 
     async def reindex(self, *, batch: int = 1000) -> tuple[int, int]:
         """Write the search fields derived from others (``error_kind``) on events stored without them (before

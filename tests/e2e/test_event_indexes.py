@@ -1,6 +1,6 @@
 """The event collection's indexes on the real store: one per query shape, and the single-field indexes earlier
 versions created (each written on every insert and update, serving no query the compound ones do not) dropped on
-start-up; equalities written ``$eq`` find what bare equalities find."""
+start-up; equalities written ``$eq`` find what bare equalities find, and counts count what finds find."""
 
 from pymongo import ASCENDING
 
@@ -31,7 +31,9 @@ async def test_eq_filters_find_what_bare_equalities_find(store):
     events = make(120, ["wh_a", "wh_b"])
     await store.events.insert_new(events)
     for flt in (EventFilter(statuses=[EventStatus.FAILED]), EventFilter(webhook_id="wh_b"),
-                EventFilter(entity_id="A-3"), EventFilter(event_type="order.created", webhook_id="wh_a")):
+                EventFilter(entity_id="A-3"), EventFilter(event_type="order.created", webhook_id="wh_a"),
+                EventFilter(statuses=[EventStatus.FAILED, EventStatus.FINISHED], webhook_id="wh_a"),
+                EventFilter(search="503"), EventFilter(event_type="article.*", search="A-3")):
         query = flt.query()
         bare = {d["_id"] async for d in store.events.coll.find(query)}
         assert bare, query
