@@ -25,6 +25,10 @@ Example::
         leader = cluster.leader_of("hookpost.deliver")
         cluster.kill9(leader)
         cluster.start_node(leader)
+
+    with RabbitNode() as node:                # one private node: a broker the tests may restart or alarm
+        node.restart_app()                    # rabbitmqctl stop_app + start_app, on this node only
+        node.queue_counts("hookpost.")        # {queue: (ready, unacked)}
 """
 
 from __future__ import annotations
@@ -399,3 +403,42 @@ class RabbitCluster:
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
             atexit.unregister(self.stop)
+
+
+class RabbitNode(RabbitCluster):
+    """One private RabbitMQ node (a cluster of one) that a test may restart, alarm or fill as it likes.
+
+    Same isolation as :class:`RabbitCluster`: its own node name, ports, data directory and Erlang cookie; the
+    machine's shared broker is never touched. :meth:`stop` stops the node and wipes its directory.
+    """
+
+    def __init__(self, base: Path | None = None, *, host: str = "localhost", sbin: Path = SBIN) -> None:
+        super().__init__(base, size=1, host=host, sbin=sbin)
+
+    @property
+    def node(self) -> Node:
+        """The one node."""
+        return self.nodes[0]
+
+    @property
+    def url(self) -> str:
+        """AMQP URL of the node (guest/guest, default vhost)."""
+        return self.node.url
+
+    def restart_app(self, timeout: float = 120.0) -> float:
+        """Restart the RabbitMQ application on the node (``rabbitmqctl stop_app``, ``start_app``,
+        ``await_startup``), as an operator's broker restart does: every connection drops, durable queues and
+        persistent messages stay. Return the seconds it took."""
+        t0 = time.monotonic()
+        self.ctl(self.node, "stop_app", timeout=timeout)
+        self.ctl(self.node, "start_app", timeout=timeout)
+        self.ctl(self.node, "await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
+        return time.monotonic() - t0
+
+    def queue_counts(self, prefix: str = "") -> dict[str, tuple[int, int]]:
+        """Return ``{queue: (ready messages, unacknowledged messages)}`` for the queues whose name starts with
+        ``prefix``, as the broker counts them now."""
+        out = self.ctl(self.node, "list_queues", "name", "messages_ready", "messages_unacknowledged",
+                       "--formatter", "json")
+        return {str(q["name"]): (int(q.get("messages_ready") or 0), int(q.get("messages_unacknowledged") or 0))
+                for q in json.loads(out or "[]") if str(q.get("name", "")).startswith(prefix)}
