@@ -151,6 +151,10 @@ class TcpProxy:
                 self._server.close()
             self._abort_all()
             self._release_stalled()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # pumps of links closed meanwhile, late writers: the loop is ours alone
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
@@ -267,6 +271,8 @@ class TcpProxy:
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            if late is not None:
+                late.stop()
             # one side closed: close the other one too (half-open links are not what we simulate)
             if pair in self._pairs:
                 self._pairs.discard(pair)
@@ -285,6 +291,7 @@ class _Late:
         self._more = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def waiting(self) -> bool:
@@ -292,8 +299,14 @@ class _Late:
         return bool(self._chunks)
 
     def start(self) -> "asyncio.Task[None]":
-        """Start the writer task (cancelled with its link)."""
-        return asyncio.create_task(self._run())
+        """Start the writer task (cancelled with its link, or by :meth:`stop`)."""
+        self._task = asyncio.create_task(self._run())
+        return self._task
+
+    def stop(self) -> None:
+        """Stop writing (the link is gone): cancel the writer task."""
+        if self._task is not None:
+            self._task.cancel()
 
     def put(self, due: float, data: bytes) -> None:
         """Queue ``data`` to be written at ``due`` (monotonic seconds)."""
