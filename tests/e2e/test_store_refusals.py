@@ -21,6 +21,7 @@ ELEMENTS = 1_500_000
 
 
 def change(cid: str, data: dict) -> ChangeEvent:
+    """An ``article.updated`` change ``cid`` carrying ``data``."""
     return ChangeEvent(id=cid, type="article.updated", entity=Entity(kind="article", id=cid), data=data)
 
 

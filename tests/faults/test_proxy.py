@@ -8,6 +8,7 @@ from tests.faults.proxy import TcpProxy
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send back whatever arrives, until the client closes."""
     while data := await reader.read(65536):
         writer.write(data)
         await writer.drain()
