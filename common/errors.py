@@ -27,3 +27,7 @@ class BrokerUnavailableError(HookpostError):
 
 class BrokerBlockedError(PublishError):
     """The broker is blocking publishes (a resource alarm: memory or disk) and did not confirm in time."""
+
+
+class StoreRefusedError(HookpostError):
+    """The store refuses a write for good (a document over its size limit): trying again cannot make it succeed."""

@@ -6,7 +6,8 @@
    invalid one is copied to ``PREFIX.invalid`` with its reason (:meth:`~FanOut.set_aside`);
 2. match the active webhooks subscribed to its type (the in-memory :class:`~hookpost.dispatcher.cache.WebhookCache`);
 3. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook, batched with concurrent changes (the
-   unique (change, webhook) index makes a replay insert nothing);
+   unique (change, webhook) index makes a replay insert nothing); a change whose events the store refuses for good
+   (over its document size limit) is set aside with the reason at once, not retried;
 4. :meth:`~FanOut.publish_deliveries` — publish each event's first delivery, confirmed (one for an endpoint known
    to hang goes straight to the defer ladder);
 5. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
@@ -19,6 +20,7 @@ import logging
 
 from hookpost.common.amqp import IncomingMessage
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.errors import StoreRefusedError
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
     ChangeEvent,
@@ -81,7 +83,10 @@ class FanOut:
         if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
             hooks = [h for h in hooks if h.id != change.entity.id]
         events = new_events(change, [h.id for h in hooks])
-        to_send = await self.store_events(change, events, replay=msg.redelivered)
+        try:
+            to_send = await self.store_events(change, events, replay=msg.redelivered)
+        except StoreRefusedError as exc:  # the same every time: no retry, no poison count
+            return await self.set_aside(msg, f"fan-out: {exc}")
         await self.publish_deliveries(to_send, {h.id: h for h in hooks})
         self.metrics.changes_consumed.labels("ok").inc()
         log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})

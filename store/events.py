@@ -17,14 +17,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bson import encode
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from hookpost.common.errors import NotFoundError
+from hookpost.common.errors import NotFoundError, StoreRefusedError
 from hookpost.common.ids import id_time_ms, new_id
 from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
 from hookpost.store.docs import from_doc, to_doc
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+"""MongoDB's limit on one document (``maxBsonObjectSize``). The local stand-in reports it too but stores larger
+documents, so the limit is checked here rather than left to the store."""
+EVENT_ROOM = 64 * 1024
+"""Room a new event document keeps under :data:`MAX_DOCUMENT_BYTES` for the fields its attempts set later."""
 
 FIELDS_SEARCHED = ("_id", "change_id", "entity.id", "type", "last_status_code", "error_kind")
 FILTER_FIELDS = ("status", "webhook_id", "type", "entity.id", "change_id", "last_status_code", "error_kind")
@@ -291,6 +300,20 @@ def event_doc(event: WebhookEvent) -> dict[str, Any]:
     return doc
 
 
+def encode_event(event: WebhookEvent, codec_options: CodecOptions[Any]) -> RawBSONDocument:
+    """Return ``event``'s stored document as BSON, ready to insert (encoded once, here).
+
+    Raise :class:`StoreRefusedError` if it is over the store's document limit (less :data:`EVENT_ROOM`): MongoDB
+    would refuse it every time, whoever retries.
+    """
+    raw = encode(event_doc(event), codec_options=codec_options)
+    if len(raw) > MAX_DOCUMENT_BYTES - EVENT_ROOM:
+        raise StoreRefusedError(
+            f"webhook event too large for the store: {len(raw):,} bytes of BSON, over MongoDB's limit of 16 MiB per "
+            f"document (less {EVENT_ROOM // 1024} KiB kept for its attempts)")
+    return RawBSONDocument(raw)
+
+
 def _derived(changes: dict[str, Any]) -> dict[str, Any]:
     """The derived fields a set of changes implies (``error_kind`` when ``last_error`` changes)."""
     return {"error_kind": error_kind(changes["last_error"])} if "last_error" in changes else {}
@@ -343,11 +366,13 @@ class EventRepo:
         """Insert fanned-out events in one round trip; return those that were new.
 
         An event whose (change id, webhook id) already exists is skipped: a replayed change makes no second event.
+        Raise :class:`StoreRefusedError`, writing nothing, if one of them is too large to store.
         """
         if not events:
             return []
+        docs = [encode_event(e, self.coll.codec_options) for e in events]
         try:
-            await self.coll.insert_many([event_doc(e) for e in events], ordered=False)
+            await self.coll.insert_many(docs, ordered=False)
             return events
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])

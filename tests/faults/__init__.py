@@ -90,10 +90,12 @@ async def status_counts(store: Store) -> dict[str, int]:
 
 
 async def wait_settled(store: Store, expected: int, timeout: float, *, failed_ok: bool = False,
-                       stall: float | None = None, message: str = "every event Finished") -> dict[str, int]:
+                       stall: float | None = None, message: str = "every event Finished",
+                       interval: float = 0.25) -> dict[str, int]:
     """Wait until the store holds ``expected`` events, none New or Retrying (none Failed unless ``failed_ok``).
 
     Fails after ``timeout`` seconds, or earlier once the status counts have not changed for ``stall`` seconds.
+    The counts are read every ``interval`` seconds (each read groups every event: keep it long for big runs).
     """
     last: dict[str, Any] = {"counts": None, "since": time.monotonic()}
 
@@ -109,7 +111,7 @@ async def wait_settled(store: Store, expected: int, timeout: float, *, failed_ok
             raise AssertionError(f"no progress for {stall:.0f}s waiting for {message}")
         return None
     try:
-        return await wait_until(settled, timeout, interval=0.25, message=message)
+        return await wait_until(settled, timeout, interval=interval, message=message)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; status counts now {await status_counts(store)}, expected {expected}") from None
 

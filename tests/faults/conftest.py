@@ -1,5 +1,6 @@
-"""Fixtures of the fault-injection tests: a dedicated store, TCP proxies for the broker and the store, and
-``hookpost dispatcher`` subprocesses that are stopped after each test.
+"""Fixtures of the fault-injection tests: a dedicated store, TCP proxies for the broker and the store,
+``hookpost dispatcher`` subprocesses that are stopped after each test, and a private one-node RabbitMQ for the
+tests that restart the broker or read its unacked counts (never the machine's shared broker).
 
 Teardown order matters and follows the dependencies: dispatchers stop first, then the proxies close, then
 ``settings_factory`` deletes each test's topology and database, then the dedicated store stops.
@@ -14,6 +15,7 @@ import pytest
 
 from hookpost.common.settings import Settings
 from hookpost.store.localserver import LocalMongo
+from tests.cluster.rabbit_cluster import RabbitNode, missing_binaries
 from tests.conftest import RABBIT_URL
 from tests.faults.procs import DispatcherProcess
 from tests.faults.proxy import TcpProxy
@@ -30,6 +32,24 @@ def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMong
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A private one-node RabbitMQ (own node name, ports, data and Erlang cookie), started on first use and stopped
+    and wiped at the end of the session. Tests may restart it; each test still uses its own topology prefix.
+
+    Skipped only when the RabbitMQ server scripts or Erlang are not installed on this machine.
+    """
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"needs a local RabbitMQ installation for a private node; missing: {', '.join(missing)}")
+    node = RabbitNode()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture

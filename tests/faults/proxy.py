@@ -9,6 +9,8 @@ Example::
     url = f"amqp://guest:guest@{proxy.address}/%2F"     # give this to the client
     await proxy.cut()                                    # drop every connection, refuse new ones
     await proxy.restore()                                # forward again
+    proxy.set_latency(2.0)                               # every reply arrives 2 s late (a slow server)
+    proxy.set_latency(0.0)                               # fast again (what was delayed still arrives in order)
     proxy.stop()
 """
 
@@ -16,6 +18,8 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 CutMode = Literal["refuse", "stall"]
+Direction = Literal["reply", "request", "both"]
 T = TypeVar("T")
 
 
@@ -38,6 +43,7 @@ class ProxyStats:
     connections_cut: int = 0
     replies_dropped: int = 0
     upstream_errors: int = 0
+    delayed: int = 0
 
 
 @dataclass(eq=False)
@@ -61,6 +67,12 @@ class TcpProxy:
     (``mode="stall"``: accepted and never answered, like a black-holed network). ``lose_replies`` first keeps
     forwarding requests for that many seconds while discarding the replies, so operations in flight run on the
     server but their outcome never reaches the client (the ambiguous failure a real network produces).
+
+    :meth:`set_latency` makes the link slow instead: every chunk read in the chosen direction (by default the
+    server's replies) is passed on ``seconds`` after it arrived, in order, per connection. Nothing is lost and
+    nothing is throttled, so a client that pipelines sees each round trip take ``seconds`` longer, and a client that
+    waits for each reply (a MongoDB connection) does at most one operation per ``seconds`` per connection: a store
+    whose every write and read takes that long.
     """
 
     def __init__(self, target_host: str, target_port: int, *, name: str = "proxy",
@@ -73,6 +85,7 @@ class TcpProxy:
         self.stats = ProxyStats()
         self._mode: CutMode | None = None
         self._drop_replies = False
+        self._latency = {"reply": 0.0, "request": 0.0}
         self._pairs: set[_Pair] = set()
         self._stalled: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,6 +101,11 @@ class TcpProxy:
     def is_cut(self) -> bool:
         """True between :meth:`cut` and :meth:`restore`."""
         return self._mode is not None
+
+    @property
+    def latency(self) -> dict[str, float]:
+        """The delay added to each direction now, in seconds (``reply``: server to client)."""
+        return dict(self._latency)
 
     @property
     def active(self) -> int:
@@ -133,6 +151,10 @@ class TcpProxy:
                 self._server.close()
             self._abort_all()
             self._release_stalled()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # pumps of links closed meanwhile, late writers: the loop is ours alone
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
@@ -148,6 +170,17 @@ class TcpProxy:
     async def restore(self) -> None:
         """Forward new connections again (stalled ones are closed, so their clients reconnect)."""
         await self._call(self._restore())
+
+    def set_latency(self, seconds: float, direction: Direction = "reply") -> None:
+        """Delay what is forwarded in ``direction`` by ``seconds`` from now on (0 ends the delay).
+
+        Chunks already waiting keep their own due time and order, so lowering the latency never reorders bytes:
+        newer chunks wait behind older ones.
+        """
+        if seconds < 0:
+            raise ValueError("latency cannot be negative")
+        for d in ("reply", "request") if direction == "both" else (direction,):
+            self._latency[d] = float(seconds)
 
     def __enter__(self) -> "TcpProxy":
         return self.start()
@@ -217,22 +250,93 @@ class TcpProxy:
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, pair: _Pair, *,
                     reply: bool) -> None:
+        direction = "reply" if reply else "request"
+        late: _Late | None = None
         try:
             while data := await src.read(65536):
                 if reply and self._drop_replies:
                     self.stats.replies_dropped += 1
                     continue
+                delay = self._latency[direction]
+                if delay > 0 or (late is not None and late.waiting):
+                    if late is None:
+                        late = _Late(dst, self.stats)
+                        pair.tasks.append(late.start())
+                    late.put(time.monotonic() + delay, data)
+                    continue
                 dst.write(data)
                 await dst.drain()
+            if late is not None:
+                await late.flushed()  # the peer closed: what it sent before still arrives, late
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            if late is not None:
+                late.stop()
             # one side closed: close the other one too (half-open links are not what we simulate)
             if pair in self._pairs:
                 self._pairs.discard(pair)
                 for w in (pair.client, pair.upstream):
                     with contextlib.suppress(Exception):
                         w.close()
+
+
+class _Late:
+    """Writes chunks to ``dst`` at their due times, in the order they were put (one direction of one link)."""
+
+    def __init__(self, dst: asyncio.StreamWriter, stats: ProxyStats) -> None:
+        self.dst = dst
+        self.stats = stats
+        self._chunks: deque[tuple[float, bytes]] = deque()
+        self._more = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """True while chunks wait to be written (a new chunk must queue behind them, even with no latency)."""
+        return bool(self._chunks)
+
+    def start(self) -> "asyncio.Task[None]":
+        """Start the writer task (cancelled with its link, or by :meth:`stop`)."""
+        self._task = asyncio.create_task(self._run())
+        return self._task
+
+    def stop(self) -> None:
+        """Stop writing (the link is gone): cancel the writer task."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def put(self, due: float, data: bytes) -> None:
+        """Queue ``data`` to be written at ``due`` (monotonic seconds)."""
+        self._chunks.append((due, data))
+        self.stats.delayed += 1
+        self._empty.clear()
+        self._more.set()
+
+    async def flushed(self) -> None:
+        """Wait until every queued chunk has been written."""
+        await self._empty.wait()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._chunks:
+                    self._empty.set()
+                    self._more.clear()
+                    await self._more.wait()
+                    continue
+                due, data = self._chunks[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._chunks.popleft()
+                self.dst.write(data)
+                await self.dst.drain()
+        except (OSError, ConnectionError):
+            self._chunks.clear()
+            self._empty.set()
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:

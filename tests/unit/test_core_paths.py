@@ -12,7 +12,7 @@ import pytest
 import hookpost.dispatcher.consumer as consumer_module
 import hookpost.dispatcher.storeguard as storeguard_module
 from hookpost.common.amqp import ConnectionLostError
-from hookpost.common.errors import PublishError
+from hookpost.common.errors import PublishError, StoreRefusedError
 from hookpost.common.models import EventStatus, due_fields, now_ms
 from hookpost.common.topology import ATTEMPT_HEADER, ROUTING_KEY_HEADER
 from hookpost.dispatcher.consumer import FailureCount, Verdict, settle_after
@@ -672,3 +672,26 @@ async def test_a_change_the_store_refuses_fails_alone_not_the_changes_batched_wi
     assert results[0] is Verdict.ACK
     assert isinstance(results[1], ValueError)
     assert [e.change_id for e in d.store.all_events()] == [good.id]
+
+
+async def test_a_change_whose_events_the_store_refuses_for_good_is_set_aside_at_once_alone():
+    d = await build_dispatcher()
+    d.store.add_webhook("http://a.example/hook", ["article.*"])
+    good, bad = make_change("article.updated"), make_change("article.updated")
+    real = d.store.events.insert_flags
+
+    async def insert_flags(events):
+        if any(e.change_id == bad.id for e in events):
+            raise StoreRefusedError("webhook event too large for the store: 17,000,000 bytes of BSON")
+        return await real(events)
+
+    d.store.events.insert_flags = insert_flags
+    good_msg, bad_msg = FakeMessage.of_change(good), FakeMessage.of_change(bad)
+    await asyncio.gather(d.consume(d.fanout, good_msg), d.consume(d.fanout, bad_msg))
+
+    assert good_msg.settled == bad_msg.settled == [("ack", None)]  # the refused one on its first try
+    assert [e.change_id for e in d.store.all_events()] == [good.id]
+    [aside] = [p for p in without_notices(d) if p.exchange == d.topology.dead_exchange]
+    assert aside.routing_key == "invalid" and aside.body == bad_msg.body
+    assert aside.headers["x-hookpost-error"] == ("fan-out: webhook event too large for the store: 17,000,000 bytes "
+                                                 "of BSON")
