@@ -1,10 +1,14 @@
 """Endpoint health end to end (real broker, store and HTTP; millisecond schedules): a circuit breaker holds the
 deliveries of a dead endpoint without counting attempts and lets one probe through per interval; without it the
-usual ten attempts end Failed; a flaky endpoint does not open it."""
+usual ten attempts end Failed (500 events); a flaky endpoint (500 events, half of the requests fail) does not open
+it, and each of its events ends as its own answers dictate."""
 
 import asyncio
+import json
 import random
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -150,58 +154,125 @@ async def test_a_dead_endpoint_gets_one_probe_per_interval_and_every_event_finis
         await store.close()
 
 
+class PerEvent:
+    """A receiver that answers each event's n-th request by a rule of (entity id, n) — so each event's outcome is
+    fixed in advance whatever order the requests come in — and counts the requests per event (by the payload's
+    entity id) and the answers it gave."""
+
+    def __init__(self, fails: Callable[[str, int], bool], status_failed: int = 503) -> None:
+        self.fails = fails
+        self.status_failed = status_failed
+        self.requests: Counter[str] = Counter()
+        self.answers: dict[str, list[int]] = {}
+
+    async def respond(self, n: int, request: web.Request) -> web.StreamResponse:
+        entity = json.loads(await request.read())["data"]["entity"]["id"]
+        self.requests[entity] += 1
+        status = self.status_failed if self.fails(entity, self.requests[entity]) else 200
+        self.answers.setdefault(entity, []).append(status)
+        return web.Response(status=status)
+
+
+async def events_by_entity(store: Store) -> dict[str, tuple[str, int]]:
+    """``{entity id: (status, attempt_count)}`` of every event in the store (one webhook per test here)."""
+    docs = await store.events.coll.find({}, {"entity": 1, "status": 1, "attempt_count": 1}).to_list()
+    return {d["entity"]["id"]: (d["status"], d["attempt_count"]) for d in docs}
+
+
+async def attempts_per_event(store: Store) -> Counter[int]:
+    """How many events have each number of attempt records (read with one aggregation)."""
+    rows = await (await store.attempts.coll.aggregate([{"$group": {"_id": "$event_id", "n": {"$sum": 1}}}])).to_list()
+    return Counter(int(r["n"]) for r in rows)
+
+
+EVENTS = 500
+
+
 async def test_without_the_breaker_a_dead_endpoint_fails_events_after_ten_attempts(settings_factory, new_receiver):
     s = settings_factory(breaker=False, **{k: v for k, v in BREAKER.items() if k != "breaker_threshold"})
-    dead = Switch()
+    dead = PerEvent(lambda entity, n: True)
     rx = await new_receiver(respond=dead.respond)
     store = Store.connect(s.mongodb_url, s.mongodb_db)
     await store.ensure_indexes()
     await store.webhooks.create(rx.url, ["article.*"])
     try:
-        async with running_worker(s):
+        began = time.monotonic()
+        async with running_worker(s) as worker:
             async with Publisher.from_settings(s) as p:
-                await p.publish_many(changes("n", "article.updated", 30))
+                await p.publish_many(changes("n", "article.updated", EVENTS))
 
             async def all_failed():
-                return (await counts(store)).get("Failed", 0) == 30
+                return (await counts(store)).get("Failed", 0) == EVENTS
 
-            await wait_until(all_failed, 60, interval=0.25, message="30 events Failed")
-        assert await store.events.count({"attempt_count": 10}) == 30
-        assert len(dead.times) == 300
-        assert await store.endpoints.get(endpoint_key(rx.url)) is None
+            await wait_until(all_failed, 60, interval=0.25, message=f"{EVENTS} events Failed")
+            failed_metric = worker.metrics.registry.get_sample_value("hookpost_events_failed_total")
+        took = time.monotonic() - began
+        print(f"breaker off: {EVENTS} events Failed after {sum(dead.requests.values())} requests in {took:.1f} s")
+        # the store: every event Failed after exactly ten attempts, each recorded
+        assert await events_by_entity(store) == {str(i): ("Failed", 10) for i in range(EVENTS)}
+        assert await store.events.count({"status": "Failed", "last_status_code": 503}) == EVENTS
+        assert await attempts_per_event(store) == {10: EVENTS}
+        assert failed_metric == EVENTS
+        # the receiver: ten requests per event, no more, no fewer
+        assert dead.requests == {str(i): 10 for i in range(EVENTS)}
+        assert await store.endpoints.get(endpoint_key(rx.url)) is None  # the breaker kept no state
+        assert await store.events.count({"held": {"$ne": None}}) == 0
     finally:
         await store.close()
 
 
+FLAKY_SEED = 15  # with this seed, events "10" … of 500 fail ten times in a row (checked below, before the run)
+
+
+def flaky_fails(entity: str, n: int) -> bool:
+    """Whether the flaky endpoint fails the ``n``-th request of the event of ``entity``: 50 % at random, seeded
+    per (entity, n)."""
+    return random.Random(f"{FLAKY_SEED}/{entity}/{n}").random() < 0.5
+
+
+def expected_outcome(entity: str, max_attempts: int = 10) -> tuple[str, int]:
+    """The (status, attempts) an event must end with under :func:`flaky_fails`: Finished at its first success, or
+    Failed after ``max_attempts`` failures."""
+    for n in range(1, max_attempts + 1):
+        if not flaky_fails(entity, n):
+            return "Finished", n
+    return "Failed", max_attempts
+
+
 async def test_a_flaky_endpoint_does_not_open_the_breaker(settings_factory, new_receiver):
     s = settings_factory(**{**BREAKER, "breaker_threshold": 20})
-    rng = random.Random(19)
-
-    async def flaky(n: int, request: web.Request) -> web.StreamResponse:
-        return web.Response(status=500 if rng.random() < 0.5 else 200)
-
-    rx: Receiver = await new_receiver(respond=flaky)
+    expected = {str(i): expected_outcome(str(i)) for i in range(EVENTS)}
+    must_fail = [e for e, (status, _) in expected.items() if status == "Failed"]
+    assert len(must_fail) == 2  # the seed makes the "ten attempts, then Failed" path part of this test
+    flaky = PerEvent(flaky_fails, status_failed=500)
+    rx: Receiver = await new_receiver(respond=flaky.respond)
     store = Store.connect(s.mongodb_url, s.mongodb_db)
     await store.ensure_indexes()
     await store.webhooks.create(rx.url, ["article.*"])
     try:
+        began = time.monotonic()
         async with running_worker(s) as worker:
             async with Publisher.from_settings(s) as p:
-                await p.publish_many(changes("f", "article.updated", 200))
+                await p.publish_many(changes("f", "article.updated", EVENTS))
 
             async def settled():
                 c = await counts(store)
-                return c.get("Finished", 0) + c.get("Failed", 0) == 200
+                return c.get("Finished", 0) + c.get("Failed", 0) == EVENTS
 
-            await wait_until(settled, 90, interval=0.25, message="every event Finished or Failed")
-            assert worker.metrics.registry.get_sample_value("hookpost_breaker_transitions_total",
-                                                            {"to": "open"}) is None
+            await wait_until(settled, 60, interval=0.25, message="every event Finished or Failed")
+            opened = worker.metrics.registry.get_sample_value("hookpost_breaker_transitions_total", {"to": "open"})
+            held = worker.metrics.registry.get_sample_value("hookpost_deliveries_held_total")
+        took = time.monotonic() - began
+        print(f"flaky: {await counts(store)}, {sum(flaky.requests.values())} requests in {took:.1f} s; "
+              f"Failed: {must_fail}")
+        assert opened is None and held == 0
         h = await store.endpoints.get(endpoint_key(rx.url))
         assert h is None or h.state != BreakerState.OPEN
-        # an event that failed did so after exactly ten attempts
-        failed = await store.events.count({"status": "Failed"})
-        assert await store.events.count({"status": "Failed", "attempt_count": 10}) == failed
+        # every event ended as its own answers dictate: Finished at its first 200, or Failed after ten failures
+        assert await events_by_entity(store) == expected
+        assert flaky.requests == {e: n for e, (_, n) in expected.items()}
+        assert all(flaky.answers[e] == [500] * 10 for e in must_fail)
+        assert await attempts_per_event(store) == Counter(n for _, n in expected.values())
         assert await store.events.count({"held": {"$ne": None}}) == 0
-        print(f"flaky: {await counts(store)}, {len(rx.requests)} requests")
     finally:
         await store.close()
