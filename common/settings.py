@@ -90,6 +90,9 @@ class Settings(BaseSettings):
                                                      "re-publishes held deliveries of recovered endpoints")
     disable_after: Duration = Field("5d", description="disable every webhook of an endpoint whose breaker stayed "
                                                       "open this long (0 = never)")
+    breaker_recovery: Duration = Field("1h", description="how long an endpoint must stay closed after its breaker "
+                                                         "closed before its failures count afresh (a flapping "
+                                                         "endpoint keeps its failing-since time; 0 = at every close)")
     notice_interval: Duration = Field("5m", description="at most one notice per webhook and kind per interval")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
     webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
@@ -145,7 +148,7 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("disable_after")
+    @field_validator("disable_after", "breaker_recovery")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:

@@ -19,9 +19,11 @@ step of the same path for an endpoint that is *down* for minutes or hours:
 - A probe (or any request) that succeeds **closes** the breaker; the held deliveries are then re-published in
   pages, only while the deliver queue has room, by one process at a time (a lease), and the limiter spreads them
   at the endpoint's pace.
-- An endpoint whose breaker stays open for ``HOOKPOST_DISABLE_AFTER`` (5 days; 0 = never) is **disabled**: every
-  webhook on it is disabled with the reason, and its held deliveries are re-published so that their events end
-  ``Failed`` with that reason.
+- An endpoint whose trouble lasts ``HOOKPOST_DISABLE_AFTER`` (5 days; 0 = never) is **disabled**: every webhook on
+  it is disabled with the reason, and its held deliveries are re-published so that their events end ``Failed``
+  with that reason. Its trouble began with the first failure of the run that marked it failing or opened the
+  breaker, and goes on across a close until the endpoint has stayed closed for ``HOOKPOST_BREAKER_RECOVERY`` (1 h):
+  a flapping endpoint (opens, one probe succeeds, fails again within minutes) is disabled like a dead one.
 
 The state lives in the ``endpoints`` collection (one small document per endpoint that ever failed): it survives a
 restart, and each process re-reads it every ``HOOKPOST_BREAKER_POLL``, so N processes run one outage, not N.
@@ -29,7 +31,7 @@ restart, and each process re-reads it every ``HOOKPOST_BREAKER_POLL``, so N proc
 Example::
 
     breaker = Breaker(store, outbox, metrics, notices, cache, enabled=True, threshold=20, probe=30.0,
-                      probe_max=600.0, disable_after=432000.0)
+                      probe_max=600.0, disable_after=432000.0, recovery=3600.0)
     if await breaker.admit(message, endpoint) is Admission.HOLD:
         await breaker.hold(message, endpoint)      # ack it: the store holds it now
     ...
@@ -93,7 +95,8 @@ class Breaker:
 
     def __init__(self, store: GuardedStore, outbox: Outbox, metrics: Metrics, notices: Notices,
                  cache: WebhookCache, *, enabled: bool, threshold: int, probe: float, probe_max: float,
-                 disable_after: float, page: int = 200, hold_batch: int = 500, probe_lease: float = 60.0) -> None:
+                 disable_after: float, recovery: float = 3600.0, page: int = 200, hold_batch: int = 500,
+                 probe_lease: float = 60.0) -> None:
         self.store = store
         self.outbox = outbox
         self.metrics = metrics
@@ -104,6 +107,7 @@ class Breaker:
         self.probe = probe
         self.probe_max = max(probe_max, probe)
         self.disable_after = disable_after
+        self.recovery = recovery  # closed this long without opening again: the endpoint's trouble is over
         self.probe_lease = probe_lease  # a probe that never reports back blocks the next one this long at most
         self.page = page
         self.owner = new_id("d")
@@ -149,7 +153,7 @@ class Breaker:
             if probe or (h is not None and h.state == BreakerState.OPEN):
                 await self._close(key)
             elif h is not None and h.state == BreakerState.FAILING and await self.store.endpoints.recover(key):
-                self._set(key, state=BreakerState.CLOSED, failing_since_ms=None)
+                self._set(key, state=BreakerState.CLOSED)
                 self.metrics.breaker_transitions.labels("closed").inc()
             return
         run = self._runs.get(key)
@@ -166,7 +170,7 @@ class Breaker:
             await self._open(key, run)
         elif run.count >= self.threshold // 2 and (h is None or h.state not in (BreakerState.FAILING,
                                                                                 BreakerState.OPEN)):
-            if await self.store.endpoints.mark_failing(key, run.since_ms, run.error):
+            if await self.store.endpoints.mark_failing(key, run.since_ms, run.error, self.recovery):
                 self.metrics.breaker_transitions.labels("failing").inc()
                 self._set(key, state=BreakerState.FAILING, failing_since_ms=run.since_ms)
             elif (fresh := await self.store.endpoints.get(key)) is not None:
@@ -176,7 +180,7 @@ class Breaker:
         now = now_ms()  # stop sending at once; the store round trips below take a while under load
         self._set(key, state=BreakerState.OPEN, opened_ms=now, next_probe_ms=now + round(self.probe * 1000),
                   failing_since_ms=run.since_ms)
-        opened = await self.store.endpoints.open(key, run.since_ms, self.probe, run.error)
+        opened = await self.store.endpoints.open(key, run.since_ms, self.probe, run.error, self.recovery)
         fresh = await self.store.endpoints.get(key)
         if fresh is not None:
             self._health[key] = fresh
@@ -188,9 +192,9 @@ class Breaker:
                                                                          f"{run.error}"})
 
     async def _close(self, key: str) -> None:
-        closed = await self.store.endpoints.close(key)
-        self._set(key, state=BreakerState.CLOSED, failing_since_ms=None, opened_ms=None, next_probe_ms=None,
-                  releasing=True)
+        closed = await self.store.endpoints.close(key, self.recovery)
+        self._set(key, state=BreakerState.CLOSED, opened_ms=None, next_probe_ms=None, releasing=True,
+                  closed_ms=now_ms() if self.recovery > 0 else None)
         if closed:
             self.metrics.breaker_transitions.labels("closed").inc()
             log.info("breaker closed: the endpoint answers again; held deliveries follow", extra={"endpoint": key})
@@ -229,7 +233,7 @@ class Breaker:
         if not self.enabled:
             for h in await self.store.endpoints.all():
                 if h.state == BreakerState.OPEN:
-                    await self.store.endpoints.close(h.id)
+                    await self.store.endpoints.close(h.id, 0.0)
                 if h.state == BreakerState.OPEN or h.releasing:
                     await self._release(h.id)
             return
@@ -250,7 +254,12 @@ class Breaker:
                     await self._disable(key, h)
                 elif h.next_probe_ms is not None and now >= h.next_probe_ms:
                     await self._send_probe(key, h)
-            elif key in held_before:
+            elif h.state == BreakerState.DISABLED:
+                self._runs.pop(key, None)  # the run ended with the disabling: re-enabled webhooks count afresh
+            elif (h.state == BreakerState.CLOSED and h.closed_ms is not None
+                  and now - h.closed_ms >= self.recovery * 1000):
+                await self.store.endpoints.settle(key, h.closed_ms)  # it stayed closed: its trouble is over
+            if h.state != BreakerState.OPEN and key in held_before:
                 # held by this process on a stale view after the breaker closed: make sure they are released
                 if h.releasing:
                     self._held_since_poll.add(key)  # another release runs: look again once it is over
@@ -284,7 +293,7 @@ class Breaker:
         # publish first: a crash before the unhold leaves a held event whose delivery is queued (recorded when it is
         # sent, or held again), never an unheld event without one
         await self.outbox.deliveries([first_delivery(event).model_copy(update={"probe": True})])
-        await self.store.events.unhold([event.id], key, now_ms())
+        await self.store.events.unhold([(event.id, event.next_attempt_ms)], key, now_ms())
         self.metrics.probes.inc()
         log.info("probe sent to an endpoint with an open breaker", extra={"endpoint": key, "event_id": event.id,
                                                                           "next_probe_in_s": interval})
@@ -294,6 +303,8 @@ class Breaker:
         if not await self.store.endpoints.lease_release(key, self.owner, 30.0):
             return
         for _ in range(10):
+            if self.is_open(key):
+                return  # it opened again meanwhile: what is still held waits for the next close
             if await self.outbox.queue_depth(self.outbox.topology.deliver_queue) >= self.page:
                 return  # the deliver queue has work: the next poll goes on
             events = await self.store.events.held_by(key, self.page)
@@ -304,7 +315,7 @@ class Breaker:
             now = now_ms()
             await self.outbox.deliveries([first_delivery(e.model_copy(update={"next_attempt_ms": now}))
                                           for e in events])  # first, as in _send_probe
-            await self.store.events.unhold([e.id for e in events], key, now)
+            await self.store.events.unhold([(e.id, e.next_attempt_ms) for e in events], key, now)
             self.metrics.released.inc(len(events))
             log.info("held deliveries re-published", extra={"endpoint": key, "count": len(events)})
 
@@ -312,7 +323,11 @@ class Breaker:
         """Disable every webhook of an endpoint whose breaker stayed open too long, with the reason."""
         since = from_ms(h.failing_since_ms or now_ms()).isoformat(timespec="seconds").replace("+00:00", "Z")
         reason = (f"endpoint {key} failing since {since} (longer than HOOKPOST_DISABLE_AFTER="
-                  f"{format_duration(self.disable_after)}): {h.last_error or 'no answer'}")
+                  f"{format_duration(self.disable_after)}")
+        if h.closed_ms is not None:
+            reason += (f"; it recovered only briefly in between, closed for less than HOOKPOST_BREAKER_RECOVERY="
+                       f"{format_duration(self.recovery)} each time")
+        reason += f"): {h.last_error or 'no answer'}"
         hooks = await self._hooks_of(key)
         for webhook_id in hooks:  # first the webhooks (idempotent), then the state: a crash in between redoes it
             await self.store.webhooks.set_active(webhook_id, False, reason)
@@ -325,3 +340,4 @@ class Breaker:
             for webhook_id in hooks:
                 await self.notices.send(DISABLED, webhook_id, {"endpoint": key, "reason": reason})
         self._set(key, state=BreakerState.DISABLED, releasing=True)
+        self._runs.pop(key, None)

@@ -76,7 +76,8 @@ class Worker:
         self.breaker = Breaker(guarded, self.outbox, self.metrics, self.notices, self.cache,
                                enabled=settings.breaker, threshold=settings.breaker_threshold,
                                probe=settings.breaker_probe, probe_max=settings.breaker_probe_max,
-                               disable_after=settings.disable_after, page=settings.prefetch,
+                               disable_after=settings.disable_after, recovery=settings.breaker_recovery,
+                               page=settings.prefetch,
                                hold_batch=settings.store_batch,
                                probe_lease=settings.http_timeout + settings.breaker_probe_max)
         self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,

@@ -31,7 +31,7 @@ from pymongo.errors import ConnectionFailure
 
 from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.deliveries import first_delivery
-from hookpost.common.endpoints import BreakerState, EndpointHealth
+from hookpost.common.endpoints import BreakerState, EndpointHealth, trouble_since
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
@@ -219,11 +219,11 @@ class FakeEventRepo(_Repo):
         return [self._model(d) for d in self.docs.values() if d.get("held") == endpoint][:limit]
 
     @_op("events.unhold")
-    async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
-        """Release held events."""
-        for event_id in event_ids:
+    async def unhold(self, events: list[tuple[str, int | None]], endpoint: str, due_ms: int) -> None:
+        """Release held events that are still held as read (by their due time)."""
+        for event_id, seen_ms in events:
             doc = self.docs.get(event_id)
-            if doc is not None and doc.get("held") == endpoint:
+            if doc is not None and doc.get("held") == endpoint and doc.get("next_attempt_ms") == seen_ms:
                 doc.update(held=None, **due_fields(due_ms))
 
     @_op("events.oldest_retrying_age")
@@ -310,22 +310,25 @@ class FakeEndpointRepo(_Repo):
         return self.docs.get(key)
 
     @_op("endpoints.mark_failing")
-    async def mark_failing(self, key: str, since_ms: int, error: str | None) -> bool:
+    async def mark_failing(self, key: str, since_ms: int, error: str | None, recovery: float) -> bool:
         doc = self.docs.get(key)
         if doc is not None and doc.state != BreakerState.CLOSED:
             return False
-        self._put(key, state=BreakerState.FAILING, failing_since_ms=since_ms, last_error=error)
+        kept = trouble_since(doc, now_ms(), recovery)
+        self._put(key, state=BreakerState.FAILING, failing_since_ms=kept or since_ms, last_error=error,
+                  **({"closed_ms": None} if kept is None else {}))
         return True
 
     @_op("endpoints.open")
-    async def open(self, key: str, since_ms: int, probe: float, error: str | None) -> bool:
+    async def open(self, key: str, since_ms: int, probe: float, error: str | None, recovery: float) -> bool:
         doc = self.docs.get(key)
         if doc is not None and doc.state == BreakerState.OPEN:
             return False
         now = now_ms()
-        self._put(key, state=BreakerState.OPEN, failing_since_ms=(doc.failing_since_ms if doc else None) or since_ms,
-                  opened_ms=now, next_probe_ms=now + round(probe * 1000), probe_interval=probe, last_error=error,
-                  releasing=False)
+        kept = trouble_since(doc, now, recovery)
+        self._put(key, state=BreakerState.OPEN, failing_since_ms=kept or since_ms, opened_ms=now,
+                  next_probe_ms=now + round(probe * 1000), probe_interval=probe, last_error=error, releasing=False,
+                  **({"closed_ms": None} if kept is None else {}))
         return True
 
     @_op("endpoints.claim_probe")
@@ -344,12 +347,13 @@ class FakeEndpointRepo(_Repo):
                       probe_interval=min(doc.probe_interval * 2, cap))
 
     @_op("endpoints.close")
-    async def close(self, key: str) -> bool:
+    async def close(self, key: str, recovery: float) -> bool:
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.OPEN:
             return False
-        self._put(key, state=BreakerState.CLOSED, failing_since_ms=None, opened_ms=None, next_probe_ms=None,
-                  releasing=True)
+        keep = recovery > 0
+        self._put(key, state=BreakerState.CLOSED, opened_ms=None, next_probe_ms=None, releasing=True,
+                  closed_ms=now_ms() if keep else None, **({} if keep else {"failing_since_ms": None}))
         return True
 
     @_op("endpoints.recover")
@@ -357,7 +361,15 @@ class FakeEndpointRepo(_Repo):
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.FAILING:
             return False
-        self._put(key, state=BreakerState.CLOSED, failing_since_ms=None)
+        self._put(key, state=BreakerState.CLOSED, **({"failing_since_ms": None} if doc.closed_ms is None else {}))
+        return True
+
+    @_op("endpoints.settle")
+    async def settle(self, key: str, closed_ms: int) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or doc.state != BreakerState.CLOSED or doc.closed_ms != closed_ms:
+            return False
+        self._put(key, failing_since_ms=None, closed_ms=None)
         return True
 
     @_op("endpoints.disable")
@@ -774,7 +786,8 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
                            prefix: str = "hptest", grace: float = 1.0, request_time: float = 0.05,
                            per_endpoint: int = 10, hang_after: float = 3.0, defer_delay: float = 0.01,
                            cache_ttl: float = 60.0, batch: int = 500, breaker_on: bool = True,
-                           breaker_threshold: int = 20) -> FakeDispatcher:
+                           breaker_threshold: int = 20, breaker_disable_after: float = 0.0,
+                           breaker_recovery: float = 3600.0) -> FakeDispatcher:
     """Wire fan-out, delivery, deferrer and reconciler like ``worker.py`` over a :class:`FakeStore`, a
     :class:`FakeConnection` and ``sender``, with a millisecond retry schedule (``max_attempts`` defaults to one
     more than the delays, as the settings require)."""
@@ -796,7 +809,8 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
     fanout = FanOut(guarded, cache, outbox, deferrer, metrics, max_change_bytes=65536, batch=batch)
     notices = Notices(guarded, outbox, metrics, interval=300.0)
     breaker = Breaker(guarded, outbox, metrics, notices, cache, enabled=breaker_on, threshold=breaker_threshold,
-                      probe=0.05, probe_max=0.4, disable_after=0.0, page=100, hold_batch=batch)
+                      probe=0.05, probe_max=0.4, disable_after=breaker_disable_after, recovery=breaker_recovery,
+                      page=100, hold_batch=batch)
     delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
                                delays=delays, max_attempts=max_attempts, batch=batch)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)

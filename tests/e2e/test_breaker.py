@@ -276,3 +276,71 @@ async def test_a_flaky_endpoint_does_not_open_the_breaker(settings_factory, new_
         assert await store.events.count({"held": {"$ne": None}}) == 0
     finally:
         await store.close()
+
+
+class Flapper:
+    """Answers 503, except for one 200 each time it is :meth:`arm` ed; records when each request came."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.times: list[float] = []
+
+    def arm(self) -> None:
+        """Let the next request succeed (and only that one)."""
+        self.armed = True
+
+    async def respond(self, n: int, request: web.Request) -> web.StreamResponse:
+        self.times.append(time.time())
+        if self.armed:
+            self.armed = False
+            return web.Response(status=200)
+        return web.Response(status=503)
+
+
+async def test_a_flapping_endpoint_is_disabled_counting_from_its_first_failure(settings_factory, new_receiver):
+    # each time the breaker opens, exactly one request (its probe) succeeds: it closes, the released deliveries fail
+    # at once and it opens again, every half second or so — far shorter than HOOKPOST_DISABLE_AFTER (3 s) each time
+    s = settings_factory(**{**BREAKER, "breaker_threshold": 5, "breaker_probe": "200ms", "breaker_probe_max": "200ms",
+                            "disable_after": "3s"})
+    flapper = Flapper()
+    rx = await new_receiver(respond=flapper.respond)
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    hook = await store.webhooks.create(rx.url, ["article.*"])
+    key = endpoint_key(rx.url)
+    try:
+        async with running_worker(s) as worker:
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("flap", "article.updated", 300))
+            armed_for: set[int] = set()
+
+            async def disabled_after_flapping():
+                h = await store.endpoints.get(key)
+                if h is not None and h.state == BreakerState.OPEN and h.opened_ms not in armed_for:
+                    armed_for.add(h.opened_ms)
+                    flapper.arm()
+                return h if h is not None and h.state == BreakerState.DISABLED else None
+
+            health = await wait_until(disabled_after_flapping, 30, interval=0.02, message="the endpoint disabled")
+            disabled_at = time.time()
+            closes = worker.metrics.registry.get_sample_value("hookpost_breaker_transitions_total", {"to": "closed"})
+
+            async def none_waiting():
+                c = await counts(store)
+                return c.get("New", 0) + c.get("Retrying", 0) == 0
+
+            await wait_until(none_waiting, 30, interval=0.25, message="every event Finished or Failed")
+        first_failure = flapper.times[0]
+        print(f"flapping: opened {len(armed_for)}x, closed {closes}x, disabled {disabled_at - first_failure:.1f} s "
+              f"after the first failure; {await counts(store)}")
+        assert closes is not None and closes >= 3  # it did flap
+        assert health.failing_since_ms is not None and abs(health.failing_since_ms / 1000 - first_failure) < 0.5
+        assert disabled_at - first_failure >= 3.0
+        webhook = await store.webhooks.get(hook.id)
+        assert not webhook.active and "failing since" in (webhook.disabled_reason or "")
+        assert "recovered only briefly" in (webhook.disabled_reason or "")
+        failed = await store.events.find_ids({"status": "Failed", "last_error": {"$regex": "^webhook disabled: "}},
+                                            limit=1000)
+        assert failed  # what it still held ended Failed with the reason
+    finally:
+        await store.close()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from hookpost.common.endpoints import BreakerState, endpoint_key, health_label
-from hookpost.common.models import EventStatus
+from hookpost.common.models import EventStatus, now_ms
 from hookpost.common.wire import InvalidChangeError, decode_change
 from hookpost.dispatcher.breaker import Admission
 from hookpost.dispatcher.consumer import Verdict
@@ -122,3 +122,104 @@ def test_429_counts_towards_the_breaker_and_200_does_not():
     from hookpost.dispatcher.breaker import counts_as_failure
 
     assert counts_as_failure(AttemptResult(status_code=429)) and not counts_as_failure(AttemptResult(status_code=200))
+
+
+async def open_breaker(d, hook, key: str) -> None:
+    """Fail first attempts of new events until the breaker of ``key`` opens."""
+    d.sender.default = 503
+    while not d.breaker.is_open(key):
+        await fail_n(d, hook, 1)
+
+
+async def close_by_probe(d, hook, key: str) -> bool:
+    """Hold one delivery behind the open breaker, wait for the probe to be due and let the probe succeed; return
+    whether it closed the breaker (False: the poll disabled the endpoint instead of sending a probe)."""
+    _, dm = d.seed_event(hook)
+    await d.delivery.handle(FakeMessage.of_delivery(dm))  # held
+    due = d.store.endpoints.docs[key].next_probe_ms
+    await asyncio.sleep(max(0.0, (due - now_ms()) / 1000) + 0.005)
+    sent = len(d.published)
+    await d.breaker.poll()
+    if d.store.endpoints.docs[key].state == BreakerState.DISABLED:
+        return False
+    [probe] = [p.delivery() for p in d.published[sent:] if p.routing_key == "deliver" and p.delivery().probe]
+    d.sender.default = 200
+    await d.delivery.handle(FakeMessage.of_delivery(probe))
+    assert d.store.endpoints.docs[key].state == BreakerState.CLOSED
+    await d.breaker.poll()  # the release
+    return True
+
+
+async def test_a_flapping_endpoint_keeps_its_failing_since_across_closes_and_is_disabled():
+    # fails, opens, one probe succeeds, closes, fails again at once — over and over, each opening far shorter than
+    # HOOKPOST_DISABLE_AFTER (0.4 s here): its trouble began with the first run, and it is disabled 0.4 s after that
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4, breaker_disable_after=0.4)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    first_failure = now_ms()
+    closes = 0
+    while now_ms() - first_failure < 2000:
+        await open_breaker(d, hook, key)
+        assert d.store.endpoints.docs[key].failing_since_ms - first_failure < 5  # not reset by the closes
+        if not await close_by_probe(d, hook, key):
+            break
+        closes += 1
+    h = d.store.endpoints.docs[key]
+    assert h.state == BreakerState.DISABLED and closes >= 3
+    assert now_ms() - first_failure >= 400
+    webhook = d.store.webhooks.docs[hook.id]
+    assert not webhook["active"] and "failing since" in webhook["disabled_reason"]
+    assert "recovered only briefly" in webhook["disabled_reason"]
+
+
+async def test_an_endpoint_closed_for_the_recovery_window_starts_afresh():
+    # the same flapping, but each time the endpoint stays closed longer than HOOKPOST_BREAKER_RECOVERY (30 ms here)
+    # before it fails again: every opening counts from its own run, and none lasts HOOKPOST_DISABLE_AFTER
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4, breaker_disable_after=0.3,
+                               breaker_recovery=0.03)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    began = now_ms()
+    while now_ms() - began < 500:
+        run_began = now_ms()
+        await open_breaker(d, hook, key)
+        assert d.store.endpoints.docs[key].failing_since_ms >= run_began
+        assert await close_by_probe(d, hook, key)
+        await asyncio.sleep(0.04)
+        await d.breaker.poll()  # settles it: closed for the whole window
+        h = d.store.endpoints.docs[key]
+        assert (h.state, h.failing_since_ms, h.closed_ms) == (BreakerState.CLOSED, None, None)
+    assert d.store.webhooks.docs[hook.id]["active"]
+
+
+async def test_a_failing_run_after_a_recovery_window_is_not_charged_to_the_old_trouble():
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4, breaker_recovery=0.03)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    await open_breaker(d, hook, key)
+    assert await close_by_probe(d, hook, key)
+    await asyncio.sleep(0.04)  # closed for longer than the window, but nobody polled (no settle written)
+    d.sender.default = 503
+    run_began = now_ms()
+    await fail_n(d, hook, 2)  # half the threshold: failing
+    h = d.store.endpoints.docs[key]
+    assert h.state == BreakerState.FAILING and h.failing_since_ms >= run_began and h.closed_ms is None
+
+
+async def test_re_enabled_webhooks_of_a_disabled_endpoint_get_a_fresh_count():
+    # disabled after failing too long; the operator fixes the receiver and enables the webhook again: a later outage
+    # counts from its own start, not from the old one (which would disable it again at the first poll)
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4, breaker_disable_after=0.1)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    await open_breaker(d, hook, key)
+    await asyncio.sleep(0.12)
+    await d.breaker.poll()
+    assert d.store.endpoints.docs[key].state == BreakerState.DISABLED
+    await d.store.webhooks.set_active(hook.id, True)
+    d.cache.invalidate()
+    run_began = now_ms()
+    await open_breaker(d, hook, key)
+    await d.breaker.poll()
+    h = d.store.endpoints.docs[key]
+    assert h.state == BreakerState.OPEN and h.failing_since_ms >= run_began
