@@ -46,6 +46,8 @@ class EndpointHealth(BaseModel):
     next_probe_ms: int | None = None  # when the next probe request may go (while open)
     probe_interval: float = 0.0  # seconds until the probe after the next one (grows to the cap)
     last_error: str | None = None
+    run: int = 0  # failed attempts in a row, counted by every dispatcher process together (0 after any answer)
+    run_since_ms: int | None = None  # when that run began (absent while there is none)
     releasing: bool = False  # held deliveries wait to be re-published (the breaker closed, or webhooks disabled)
     release_lease_ms: int = 0  # a process re-publishing held deliveries owns the release until then
     release_owner: str | None = None

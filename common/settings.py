@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     breaker: bool = Field(True, description="circuit breaker per endpoint: after a run of failed attempts, hold "
                                             "its deliveries (no attempt counted) and probe it")
     breaker_threshold: int = Field(20, ge=2, description="failed attempts in a row (errors, timeouts, 5xx, 429) "
-                                                         "to one endpoint that open its breaker")
+                                                         "to one endpoint, counted across all dispatchers, that "
+                                                         "open its breaker")
     breaker_probe: Duration = Field("30s", description="first interval between probe requests of an open breaker "
                                                        "(doubles up to HOOKPOST_BREAKER_PROBE_MAX)")
     breaker_probe_max: Duration = Field("10m", description="longest interval between probe requests")

@@ -4,9 +4,11 @@ The limiter (:mod:`~hookpost.dispatcher.limits`) copes with an endpoint that is 
 endpoint's concurrency and parks deliveries in the defer ladder while a request hangs. The breaker is the next
 step of the same path for an endpoint that is *down* for minutes or hours:
 
-- **closed** — requests go through. Each process counts the failed attempts in a row to each endpoint
-  (connection errors, timeouts, 5xx, 408 and 429; any other answer ends the run). At half
-  ``HOOKPOST_BREAKER_THRESHOLD`` the endpoint is marked *failing*; at the threshold the breaker **opens**.
+- **closed** — requests go through. The failed attempts in a row to each endpoint (connection errors, timeouts,
+  5xx, 408 and 429; any other answer ends the run) are counted by every process together in the endpoint's
+  document: an ``$inc`` per batch of failures, and a reset only from a process that knows of a run when it sees
+  an answer (a healthy endpoint costs no write). At half ``HOOKPOST_BREAKER_THRESHOLD`` the endpoint is marked
+  *failing*; at the threshold the breaker **opens**, whichever process sees it.
 - **open** — a delivery to the endpoint is *held*: its event is marked ``held`` in the store (one batched write,
   guarded by ``_id`` and the attempt number) and its message is acked. No attempt is counted; the event keeps
   ``New`` or ``Retrying``, its attempts so far, and ``next_attempt_at`` = the breaker's next probe. A held
@@ -83,7 +85,8 @@ class Admission(Enum):
 
 @dataclass
 class _Run:
-    """A run of failed attempts in a row to one endpoint, seen by this process."""
+    """A run of failed attempts in a row to one endpoint that this process took part in: ``count`` and
+    ``since_ms`` are the shared run's (every process's failures), as of this process's last failed attempt."""
 
     count: int
     since_ms: int
@@ -112,10 +115,14 @@ class Breaker:
         self.page = page
         self.owner = new_id("d")
         self._health: dict[str, EndpointHealth] = {}
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, _Run] = {}  # runs this process took part in (the count is the shared one)
+        self._shared_runs: dict[str, int] = {}  # the shared runs this process knows of (its own counts, the polls)
         self._held_since_poll: set[str] = set()
         self._moved_ms: dict[str, int] = {}  # when this process last changed its view of an endpoint itself
         self.holds: Batcher[tuple[str, int, str, int], None] = Batcher(self._write_holds, max_batch=hold_batch)
+        # one batch at a time, so that the run changes of this process reach the store in order
+        self.runs: Batcher[tuple[str, _Run | None, int], tuple[int, int | None]] = Batcher(
+            self._write_runs, max_batch=hold_batch, max_in_flight=1)
 
     # ---- the delivery path ------------------------------------------------------------------------------------
 
@@ -144,28 +151,48 @@ class Breaker:
         return [None] * len(items)
 
     async def observe(self, key: str, result: AttemptResult, *, probe: bool = False) -> None:
-        """Learn from an attempt's outcome: end or extend the run of failures; open or close the breaker."""
+        """Learn from an attempt's outcome: end or extend the run of failures; open or close the breaker.
+
+        The run is counted in the endpoint's document by every process together: a failed attempt adds to it (one
+        batched ``$inc``), and an answer ends it — written only if this process knows of a run (it counted a
+        failure since, or the last poll showed one), so a healthy endpoint costs no store write.
+        """
         if not self.enabled:
             return
         h = self._health.get(key)
         if not counts_as_failure(result):
-            self._runs.pop(key, None)
+            knew_run = self._runs.pop(key, None) is not None
+            knew_run = self._shared_runs.pop(key, 0) > 0 or knew_run
             if probe or (h is not None and h.state == BreakerState.OPEN):
-                await self._close(key)
+                await self._close(key)  # which ends the shared run as well
             elif h is not None and h.state == BreakerState.FAILING and await self.store.endpoints.recover(key):
                 self._set(key, state=BreakerState.CLOSED)
                 self.metrics.breaker_transitions.labels("closed").inc()
+            elif knew_run:
+                await self.runs.submit((key, None, 0))
             return
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(0, now_ms())
-        run.count += 1
         run.error = result.summary()
         if probe:  # the next probe is due one interval after this one ended, not after it was taken
             await self.store.endpoints.probed(key, self.probe_max)
             return
         if h is not None and h.state == BreakerState.OPEN:
-            return
+            return  # no count while open: the close ends the run anyway
+        # what this process knows of the shared run (never more than there is), plus this failure: enough to open
+        # at once, as a count of its own would be; else add it to the shared count and learn the others'
+        known = self._shared_runs[key] = self._shared_runs.get(key, 0) + 1
+        if known < self.threshold:
+            count, since = await self.runs.submit((key, run, now_ms()))
+            if self._runs.get(key) is not run:
+                return  # an answer ended the run while the count was written
+            known = self._shared_runs[key] = max(self._shared_runs.get(key, 0), count)
+            run.since_ms = min(run.since_ms, since) if since is not None else run.since_ms
+            h = self._health.get(key)  # it may have moved meanwhile
+            if h is not None and h.state == BreakerState.OPEN:
+                return
+        run.count = known
         if run.count >= self.threshold:
             await self._open(key, run)
         elif run.count >= self.threshold // 2 and (h is None or h.state not in (BreakerState.FAILING,
@@ -175,6 +202,25 @@ class Breaker:
                 self._set(key, state=BreakerState.FAILING, failing_since_ms=run.since_ms)
             elif (fresh := await self.store.endpoints.get(key)) is not None:
                 self._health[key] = fresh  # another process moved it first
+
+    async def _write_runs(self, items: list[tuple[str, _Run | None, int]]) -> list[tuple[int, int | None]]:
+        """Write a batch of run changes — ``(endpoint, its run, when it failed)`` for a failed attempt, or
+        ``(endpoint, None, 0)`` for an answer that ends the run — at most two writes per endpoint; return each
+        endpoint's shared run afterwards and when it began.
+
+        A failure whose run an answer ended before this write is left out: written after the end, it would count
+        towards the next run.
+        """
+        out: dict[str, tuple[int, int | None]] = {}
+        for key in dict.fromkeys(k for k, _, _ in items):
+            current = self._runs.get(key)
+            mine = [(run, ms) for k, run, ms in items if k == key]
+            failed = [ms for run, ms in mine if run is not None and run is current]
+            if any(run is None for run, _ in mine):
+                await self.store.endpoints.end_run(key)
+            out[key] = (await self.store.endpoints.count_failures(key, len(failed), min(failed)) if failed
+                        else (0, None))
+        return [out[k] for k, _, _ in items]
 
     async def _open(self, key: str, run: _Run) -> None:
         now = now_ms()  # stop sending at once; the store round trips below take a while under load
@@ -246,6 +292,7 @@ class Breaker:
             elif at < read_at - 60_000:
                 del self._moved_ms[key]
         self._health = fresh
+        self._shared_runs = {h.id: h.run for h in fresh.values() if h.run > 0}  # behind by the counts on the way
         self._export()
         now = now_ms()
         for key, h in list(self._health.items()):
@@ -341,3 +388,4 @@ class Breaker:
                 await self.notices.send(DISABLED, webhook_id, {"endpoint": key, "reason": reason})
         self._set(key, state=BreakerState.DISABLED, releasing=True)
         self._runs.pop(key, None)
+        self._shared_runs.pop(key, None)

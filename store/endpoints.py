@@ -3,17 +3,23 @@ collection that rate-limits Hookpost's own notices across dispatcher processes.
 
 Both are small (one document per endpoint, one per webhook and notice kind). Every write filters on ``_id`` plus
 guard fields, so concurrent dispatchers settle each transition with one atomic update: whoever's update matches
-opened the breaker, owns the next probe, or closed it.
+opened the breaker, owns the next probe, or closed it. The run of failed attempts in a row is counted here too, by
+every process together: an ``$inc`` per batch of failed attempts, and a reset only when a process that knows of a
+run sees an answer — a healthy endpoint costs no write.
 """
 
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from hookpost.common.endpoints import BreakerState, EndpointHealth, trouble_since
 from hookpost.common.models import now_ms
 from hookpost.store.docs import from_doc
+
+# ends a run: absent, not null (``$min`` would keep a null on MongoDB, where null sorts before numbers)
+_NO_RUN_SINCE: dict[str, Any] = {"$unset": {"run_since_ms": ""}}
 
 
 class EndpointRepo:
@@ -30,6 +36,27 @@ class EndpointRepo:
         """Return the health of endpoint ``key`` (None if it never failed)."""
         doc = await self.coll.find_one({"_id": key})
         return None if doc is None else from_doc(EndpointHealth, doc)
+
+    async def count_failures(self, key: str, n: int, first_ms: int) -> tuple[int, int | None]:
+        """Add ``n`` failed attempts (the first at ``first_ms``) to the run of ``key`` shared by every process;
+        return the run and when it began. One ``$inc`` by ``_id`` (a document is made on the first failure)."""
+        change = {"$inc": {"run": n}, "$min": {"run_since_ms": first_ms}}
+        for _ in range(2):
+            doc = await self.coll.find_one_and_update({"_id": key}, change, return_document=ReturnDocument.AFTER)
+            if doc is not None:
+                return int(doc["run"]), doc.get("run_since_ms")
+            try:
+                await self.coll.update_one({"_id": key}, {
+                    **change, "$setOnInsert": {"state": BreakerState.CLOSED.value, "releasing": False,
+                                               "release_lease_ms": 0, "release_owner": None}}, upsert=True)
+                return n, first_ms
+            except DuplicateKeyError:  # another process made it first: add to it
+                continue
+        raise RuntimeError(f"endpoint document {key!r} neither found nor made")  # not reached
+
+    async def end_run(self, key: str) -> None:
+        """The endpoint answered: its shared run of failures is over (no write unless there is one)."""
+        await self.coll.update_one({"_id": key, "run": {"$gt": 0}}, {"$set": {"run": 0}, **_NO_RUN_SINCE})
 
     async def _upsert_unless(self, key: str, state: BreakerState, changes: dict[str, Any]) -> bool:
         """Set ``changes`` unless the endpoint is in ``state`` already; return whether this call did it."""
@@ -104,10 +131,12 @@ class EndpointRepo:
         now = now_ms()
         keep = recovery > 0
         changes: dict[str, Any] = {"state": BreakerState.CLOSED.value, "opened_ms": None, "next_probe_ms": None,
-                                   "releasing": True, "closed_ms": now if keep else None, "updated_ms": now}
+                                   "releasing": True, "closed_ms": now if keep else None, "run": 0,
+                                   "updated_ms": now}
         if not keep:
             changes["failing_since_ms"] = None
-        res = await self.coll.update_one({"_id": key, "state": BreakerState.OPEN.value}, {"$set": changes})
+        res = await self.coll.update_one({"_id": key, "state": BreakerState.OPEN.value},
+                                         {"$set": changes, **_NO_RUN_SINCE})
         return res.matched_count == 1
 
     async def recover(self, key: str) -> bool:
@@ -116,11 +145,12 @@ class EndpointRepo:
         doc = await self.get(key)
         if doc is None or doc.state != BreakerState.FAILING:
             return False
-        changes: dict[str, Any] = {"state": BreakerState.CLOSED.value, "updated_ms": now_ms()}
+        changes: dict[str, Any] = {"state": BreakerState.CLOSED.value, "run": 0, "updated_ms": now_ms()}
         if doc.closed_ms is None:
             changes["failing_since_ms"] = None
         res = await self.coll.update_one(
-            {"_id": key, "state": BreakerState.FAILING.value, "closed_ms": doc.closed_ms}, {"$set": changes})
+            {"_id": key, "state": BreakerState.FAILING.value, "closed_ms": doc.closed_ms},
+            {"$set": changes, **_NO_RUN_SINCE})
         return res.matched_count == 1
 
     async def settle(self, key: str, closed_ms: int) -> bool:
@@ -136,8 +166,8 @@ class EndpointRepo:
         caller) and mark its held deliveries for release; return whether this call did it."""
         res = await self.coll.update_one(
             {"_id": key, "state": BreakerState.OPEN.value, "opened_ms": opened_ms},
-            {"$set": {"state": BreakerState.DISABLED.value, "next_probe_ms": None, "releasing": True,
-                      "updated_ms": now_ms()}})
+            {"$set": {"state": BreakerState.DISABLED.value, "next_probe_ms": None, "releasing": True, "run": 0,
+                      "updated_ms": now_ms()}, **_NO_RUN_SINCE})
         return res.matched_count == 1
 
     async def lease_release(self, key: str, owner: str, seconds: float) -> bool:

@@ -309,6 +309,19 @@ class FakeEndpointRepo(_Repo):
     async def get(self, key: str) -> EndpointHealth | None:
         return self.docs.get(key)
 
+    @_op("endpoints.count_failures")
+    async def count_failures(self, key: str, n: int, first_ms: int) -> tuple[int, int | None]:
+        doc = self.docs.get(key) or EndpointHealth(id=key)
+        since = first_ms if doc.run_since_ms is None else min(doc.run_since_ms, first_ms)
+        self._put(key, run=doc.run + n, run_since_ms=since)
+        return doc.run + n, since
+
+    @_op("endpoints.end_run")
+    async def end_run(self, key: str) -> None:
+        doc = self.docs.get(key)
+        if doc is not None and doc.run > 0:
+            self._put(key, run=0, run_since_ms=None)
+
     @_op("endpoints.mark_failing")
     async def mark_failing(self, key: str, since_ms: int, error: str | None, recovery: float) -> bool:
         doc = self.docs.get(key)
@@ -352,8 +365,9 @@ class FakeEndpointRepo(_Repo):
         if doc is None or doc.state != BreakerState.OPEN:
             return False
         keep = recovery > 0
-        self._put(key, state=BreakerState.CLOSED, opened_ms=None, next_probe_ms=None, releasing=True,
-                  closed_ms=now_ms() if keep else None, **({} if keep else {"failing_since_ms": None}))
+        self._put(key, state=BreakerState.CLOSED, opened_ms=None, next_probe_ms=None, releasing=True, run=0,
+                  run_since_ms=None, closed_ms=now_ms() if keep else None,
+                  **({} if keep else {"failing_since_ms": None}))
         return True
 
     @_op("endpoints.recover")
@@ -361,7 +375,8 @@ class FakeEndpointRepo(_Repo):
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.FAILING:
             return False
-        self._put(key, state=BreakerState.CLOSED, **({"failing_since_ms": None} if doc.closed_ms is None else {}))
+        self._put(key, state=BreakerState.CLOSED, run=0, run_since_ms=None,
+                  **({"failing_since_ms": None} if doc.closed_ms is None else {}))
         return True
 
     @_op("endpoints.settle")
@@ -377,7 +392,7 @@ class FakeEndpointRepo(_Repo):
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.OPEN or doc.opened_ms != opened_ms:
             return False
-        self._put(key, state=BreakerState.DISABLED, next_probe_ms=None, releasing=True)
+        self._put(key, state=BreakerState.DISABLED, next_probe_ms=None, releasing=True, run=0, run_since_ms=None)
         return True
 
     @_op("endpoints.lease_release")

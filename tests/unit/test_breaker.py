@@ -223,3 +223,65 @@ async def test_re_enabled_webhooks_of_a_disabled_endpoint_get_a_fresh_count():
     await d.breaker.poll()
     h = d.store.endpoints.docs[key]
     assert h.state == BreakerState.OPEN and h.failing_since_ms >= run_began
+
+
+def endpoint_writes(d) -> list[str]:
+    """The names of the endpoint repository's calls so far, reads left out."""
+    return [c.name for c in d.store.calls if c.name.startswith("endpoints.") and c.name not in (
+        "endpoints.get", "endpoints.all")]
+
+
+async def test_two_processes_count_one_run_of_failures():
+    d1 = await build_dispatcher(FakeSender(default=503), breaker_threshold=4)
+    d2 = await build_dispatcher(FakeSender(default=503), store=d1.store, breaker_threshold=4)
+    hook = d1.store.add_webhook()
+    key = endpoint_key(hook.url)
+    for d in (d1, d2, d1):
+        await fail_n(d, hook, 1)
+    assert d1.store.endpoints.docs[key].run == 3 and not d1.breaker.is_open(key)
+    await fail_n(d2, hook, 1)  # the fourth failure in a row, the second this process saw
+    assert d2.breaker.is_open(key) and d1.store.endpoints.docs[key].state == BreakerState.OPEN
+    await d1.breaker.poll()
+    assert d1.breaker.is_open(key)
+
+
+async def test_an_answer_ends_the_shared_run_with_one_write_and_a_healthy_endpoint_costs_none():
+    d = await build_dispatcher(FakeSender(default=200), breaker_threshold=10)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    await fail_n(d, hook, 20)  # every answer a 200
+    assert endpoint_writes(d) == []
+    d.sender.default = 503
+    await fail_n(d, hook, 3)
+    assert d.store.endpoints.docs[key].run == 3
+    d.sender.default = 200
+    before = len(endpoint_writes(d))
+    await fail_n(d, hook, 5)
+    assert endpoint_writes(d)[before:] == ["endpoints.end_run"]
+    assert (d.store.endpoints.docs[key].run, d.store.endpoints.docs[key].run_since_ms) == (0, None)
+
+
+async def test_a_process_that_saw_only_answers_ends_a_run_the_poll_showed():
+    d1 = await build_dispatcher(FakeSender(default=503), breaker_threshold=10)
+    d2 = await build_dispatcher(FakeSender(default=200), store=d1.store, breaker_threshold=10)
+    hook = d1.store.add_webhook()
+    key = endpoint_key(hook.url)
+    await fail_n(d1, hook, 3)
+    before = len(endpoint_writes(d1))  # one store, one call log
+    await fail_n(d2, hook, 1)  # d2 knows of no run yet: no write
+    assert d1.store.endpoints.docs[key].run == 3
+    await d2.breaker.poll()
+    await fail_n(d2, hook, 2)
+    assert d1.store.endpoints.docs[key].run == 0
+    assert endpoint_writes(d2)[before:] == ["endpoints.end_run"]
+
+
+async def test_failures_still_on_their_way_when_an_answer_ends_the_run_do_not_count_towards_the_next():
+    d = await build_dispatcher(FakeSender(*[503] * 6, 200, default=503), breaker_threshold=40)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    messages = [FakeMessage.of_delivery(d.seed_event(hook)[1]) for _ in range(7)]
+    await asyncio.gather(*(d.delivery.handle(m) for m in messages))  # six failures and an answer, all at once
+    assert key not in d.store.endpoints.docs or d.store.endpoints.docs[key].run == 0
+    await fail_n(d, hook, 1)
+    assert d.store.endpoints.docs[key].run == 1
