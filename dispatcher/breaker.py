@@ -10,8 +10,10 @@ step of the same path for an endpoint that is *down* for minutes or hours:
   an answer (a healthy endpoint costs no write). At half ``HOOKPOST_BREAKER_THRESHOLD`` the endpoint is marked
   *failing*; at the threshold the breaker **opens**, whichever process sees it.
 - **open** — a delivery to the endpoint is *held*: its event is marked ``held`` in the store (one batched write,
-  guarded by ``_id`` and the attempt number) and its message is acked. No attempt is counted; the event keeps
-  ``New`` or ``Retrying``, its attempts so far, and ``next_attempt_at`` = the breaker's next probe. A held
+  guarded by ``_id`` and the attempt number) and its message is acked (a new event for an endpoint this process
+  knows to be open is stored held by fan-out in the first place, with no delivery published at all). No attempt
+  is counted; the event keeps ``New`` or ``Retrying``, its attempts so far, and ``next_attempt_at`` = the
+  breaker's next probe. A held
   delivery is in no queue: while the breaker stays open it costs nothing — no message cycles through a delay
   queue, no store write per hour. Once per probe interval (``HOOKPOST_BREAKER_PROBE``, doubling up to
   ``HOOKPOST_BREAKER_PROBE_MAX``) one process wins the probe (a guarded update of the endpoint document) and
@@ -145,6 +147,21 @@ class Breaker:
         await self.holds.submit((msg.event_id, msg.attempt, key, due))
         self._held_since_poll.add(key)
         self.metrics.held.inc()
+
+    def hold_new_at(self, key: str) -> int | None:
+        """For fan-out: if this process knows the breaker of ``key`` to be open, return when a new event for it is
+        due (the next probe), so that the event is stored held, with no delivery published; else None."""
+        if not self.is_open(key):
+            return None
+        h = self._health[key]
+        return h.next_probe_ms if h.next_probe_ms else now_ms() + round(self.probe * 1000)
+
+    def held_new(self, key: str, n: int) -> None:
+        """Note that fan-out stored ``n`` new events of ``key`` held: counted like other holds, and looked at by
+        the next poll in case the breaker had closed meanwhile (as :meth:`hold` does)."""
+        self._held_since_poll.add(key)
+        self.metrics.held.inc(n)
+        self.metrics.held_at_fanout.inc(n)
 
     async def _write_holds(self, items: list[tuple[str, int, str, int]]) -> list[None]:
         await self.store.events.hold(items)

@@ -821,11 +821,11 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
     limiter = EndpointLimiter(100, per_endpoint, window=100, hang_after=hang_after,
                               max_hold=max(0.1, grace / 2 - request_time))
     deferrer = Deferrer(guarded, outbox, limiter, metrics, grace=grace, request_time=request_time)
-    fanout = FanOut(guarded, cache, outbox, deferrer, metrics, max_change_bytes=65536, batch=batch)
     notices = Notices(guarded, outbox, metrics, interval=300.0)
     breaker = Breaker(guarded, outbox, metrics, notices, cache, enabled=breaker_on, threshold=breaker_threshold,
                       probe=0.05, probe_max=0.4, disable_after=breaker_disable_after, recovery=breaker_recovery,
                       page=100, hold_batch=batch)
+    fanout = FanOut(guarded, cache, outbox, deferrer, metrics, breaker, max_change_bytes=65536, batch=batch)
     delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
                                delays=delays, max_attempts=max_attempts, batch=batch)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from hookpost.common.endpoints import BreakerState, endpoint_key
-from hookpost.common.models import ChangeEvent, Entity, as_utc
+from hookpost.common.models import ChangeEvent, DeliveryMessage, Entity, as_utc
 from hookpost.producer import Publisher
 from hookpost.store import Store
 from hookpost.store.localserver import free_port
@@ -342,5 +342,66 @@ async def test_a_flapping_endpoint_is_disabled_counting_from_its_first_failure(s
         failed = await store.events.find_ids({"status": "Failed", "last_error": {"$regex": "^webhook disabled: "}},
                                             limit=1000)
         assert failed  # what it still held ended Failed with the reason
+    finally:
+        await store.close()
+
+
+async def test_new_events_of_an_open_endpoint_are_held_by_fan_out_without_a_trip_through_the_deliver_queue(
+        settings_factory, new_receiver):
+    s = settings_factory(**BREAKER)
+    dead = Switch()
+    rx = await new_receiver(respond=dead.respond)
+    healthy = await new_receiver([200])
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    hook = await store.webhooks.create(rx.url, ["article.*"])
+    await store.webhooks.create(healthy.url, ["article.*"])
+    key = endpoint_key(rx.url)
+    new = 300
+    try:
+        async with running_worker(s) as worker:
+            # every delivery the dispatcher consumes from PREFIX.deliver, as (change id, probe?), for the dead webhook
+            consumed: list[tuple[str, bool]] = []
+            handle = worker.delivery.handle
+
+            async def spy(msg):  # type: ignore[no-untyped-def]
+                dm = DeliveryMessage.model_validate_json(msg.body)
+                if dm.webhook_id == hook.id:
+                    consumed.append((str(dm.payload["data"]["change_id"]), dm.probe))
+                return await handle(msg)
+
+            worker.delivery.handle = spy  # type: ignore[method-assign]
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("before", "article.updated", 30))
+            await wait_until(lambda: worker.breaker.is_open(key), 30, message="the breaker open")
+            async with Publisher.from_settings(s) as p:
+                await p.publish_many(changes("while-open", "article.updated", new))
+
+            async def fanned_out():
+                return await store.events.count({"change_id": {"$regex": "^while-open-"}}) == 2 * new
+
+            await wait_until(fanned_out, 30, interval=0.1, message="the new changes fanned out")
+            await wait_until(lambda: len(healthy.requests) >= new, 30, message="the healthy webhook's deliveries")
+            assert worker.breaker.is_open(key)  # open all along (its probes failed)
+            trips = [c for c, probe in consumed if c.startswith("while-open-") and not probe]
+            held_at_fanout = worker.metrics.registry.get_sample_value("hookpost_deliveries_held_at_fanout_total")
+            print(f"while open: {new} new changes, {len(trips)} deliveries of theirs consumed from the deliver "
+                  f"queue for the dead endpoint, {held_at_fanout:.0f} held at fan-out, "
+                  f"{sum(1 for c, probe in consumed if probe)} probes")
+            assert trips == []
+            assert held_at_fanout == new
+            new_dead = {"change_id": {"$regex": "^while-open-"}, "webhook_id": hook.id}
+            probed = {c for c, probe in consumed if probe and c.startswith("while-open-")}
+            assert await store.events.count({**new_dead, "held": key, "status": "New", "attempt_count": 0}) \
+                == new - len(probed)
+
+            dead.down = False
+
+            async def all_finished():
+                return (await counts(store)).get("Finished", 0) == 2 * (30 + new)
+
+            await wait_until(all_finished, 90, interval=0.25, message="every event Finished")
+        assert await store.events.count({"held": {"$ne": None}}) == 0
+        assert await store.events.count({**new_dead, "status": "Finished"}) == new
     finally:
         await store.close()

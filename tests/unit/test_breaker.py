@@ -13,7 +13,7 @@ from hookpost.dispatcher.breaker import Admission
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.ratelimit import RateLimits
-from tests.fakes import FakeMessage, FakeSender, build_dispatcher
+from tests.fakes import FakeMessage, FakeSender, build_dispatcher, make_change
 
 
 async def fail_n(d, hook, n: int) -> None:
@@ -285,3 +285,31 @@ async def test_failures_still_on_their_way_when_an_answer_ends_the_run_do_not_co
     assert key not in d.store.endpoints.docs or d.store.endpoints.docs[key].run == 0
     await fail_n(d, hook, 1)
     assert d.store.endpoints.docs[key].run == 1
+
+
+async def test_fan_out_stores_a_new_event_of_an_open_endpoint_held_and_publishes_nothing_for_it():
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4)
+    dead = d.store.add_webhook()
+    healthy = d.store.add_webhook("http://other.example/hook")
+    key = endpoint_key(dead.url)
+    await open_breaker(d, dead, key)
+    sent = len(d.published)
+    change = make_change("article.updated")
+    assert await d.fanout.handle(FakeMessage.of_change(change)) is Verdict.ACK
+    assert await d.fanout.handle(FakeMessage.of_change(change, redelivered=True)) is Verdict.ACK  # a replay
+    deliveries = [p.delivery() for p in d.published[sent:] if p.routing_key == "deliver"]
+    [held] = [e for e in d.store.all_events() if e.change_id == change.id and e.webhook_id == dead.id]
+    assert {m.webhook_id for m in deliveries} == {healthy.id}  # a replay publishes the healthy one's again
+    assert (held.status, held.attempt_count, held.held) == (EventStatus.NEW, 0, key)
+    assert held.next_attempt_ms == d.store.endpoints.docs[key].next_probe_ms
+    assert d.metrics.registry.get_sample_value("hookpost_deliveries_held_at_fanout_total") == 1
+    # the probe takes it like any held delivery, and its success closes the breaker
+    await asyncio.sleep(max(0.0, (held.next_attempt_ms - now_ms()) / 1000) + 0.005)
+    sent = len(d.published)
+    await d.breaker.poll()
+    [probe] = [p.delivery() for p in d.published[sent:] if p.routing_key == "deliver"]
+    assert probe.probe and probe.event_id == held.id
+    d.sender.default = 200
+    await d.delivery.handle(FakeMessage.of_delivery(probe))
+    ev = d.store.event(held.id)
+    assert (ev.status, ev.attempt_count, ev.held) == (EventStatus.FINISHED, 1, None)
