@@ -13,11 +13,11 @@ step of the same path for an endpoint that is *down* for minutes or hours:
   guarded by ``_id`` and the attempt number) and its message is acked (a new event for an endpoint this process
   knows to be open is stored held by fan-out in the first place, with no delivery published at all). No attempt
   is counted; the event keeps ``New`` or ``Retrying``, its attempts so far, and ``next_attempt_at`` = the
-  breaker's next probe. A held
-  delivery is in no queue: while the breaker stays open it costs nothing — no message cycles through a delay
-  queue, no store write per hour. Once per probe interval (``HOOKPOST_BREAKER_PROBE``, doubling up to
-  ``HOOKPOST_BREAKER_PROBE_MAX``) one process wins the probe (a guarded update of the endpoint document) and
-  re-publishes *one* held delivery as the probe: a real attempt, counted. The next probe is due one interval after
+  breaker's next probe. A held delivery is in no queue: while the breaker stays open it costs nothing — no
+  message cycles through a delay queue, no store write per hour. Once per probe interval
+  (``HOOKPOST_BREAKER_PROBE``, doubling up to ``HOOKPOST_BREAKER_PROBE_MAX``) one process wins the probe (a
+  guarded update of the endpoint document) and re-publishes *one* held delivery as the probe: a real attempt,
+  counted. The next probe is due one interval after
   this one *ended* (a probe that never reports back blocks the next for ``probe_lease`` at most), so requests
   stay an interval apart even when the probe waited in the deliver queue.
 - A probe (or any request) that succeeds **closes** the breaker; the held deliveries are then re-published in
@@ -384,7 +384,8 @@ class Breaker:
             log.info("held deliveries re-published", extra={"endpoint": key, "count": len(events)})
 
     async def _disable(self, key: str, h: EndpointHealth) -> None:
-        """Disable every webhook of an endpoint whose breaker stayed open too long, with the reason."""
+        """Disable every webhook of an endpoint whose trouble lasted too long (see the module docstring), with the
+        reason."""
         since = from_ms(h.failing_since_ms or now_ms()).isoformat(timespec="seconds").replace("+00:00", "Z")
         reason = (f"endpoint {key} failing since {since} (longer than HOOKPOST_DISABLE_AFTER="
                   f"{format_duration(self.disable_after)}")
