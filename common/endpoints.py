@@ -39,15 +39,38 @@ class EndpointHealth(BaseModel):
 
     id: str
     state: BreakerState = BreakerState.CLOSED
-    failing_since_ms: int | None = None  # when the current run of failures began (None while healthy)
+    failing_since_ms: int | None = None  # when the endpoint's trouble began: the first failure of the run that
+    # marked it failing or opened its breaker, kept across a close until it stayed closed for the recovery window
+    closed_ms: int | None = None  # when its breaker last closed within the current trouble (None once recovered)
     opened_ms: int | None = None  # when the breaker opened (None unless open)
     next_probe_ms: int | None = None  # when the next probe request may go (while open)
     probe_interval: float = 0.0  # seconds until the probe after the next one (grows to the cap)
     last_error: str | None = None
+    run: int = 0  # failed attempts in a row, counted by every dispatcher process together (0 after any answer)
+    run_since_ms: int | None = None  # when that run began (absent while there is none)
     releasing: bool = False  # held deliveries wait to be re-published (the breaker closed, or webhooks disabled)
     release_lease_ms: int = 0  # a process re-publishing held deliveries owns the release until then
     release_owner: str | None = None
     updated_ms: int = 0
+
+
+def trouble_since(health: EndpointHealth | None, now_ms: int, recovery: float) -> int | None:
+    """Return when the endpoint's current trouble began, if it is still in trouble: failing or open, or closed
+    again for less than ``recovery`` seconds since a breaker opening (a flapping endpoint keeps its start); None if
+    it is healthy, recovered, or was disabled (re-enabling its webhooks starts the count afresh).
+
+    >>> h = EndpointHealth(id="x", state=BreakerState.CLOSED, failing_since_ms=1_000, closed_ms=60_000)
+    >>> trouble_since(h, 90_000, 3600.0), trouble_since(h, 60_000 + 3_600_000, 3600.0)
+    (1000, None)
+    """
+    if health is None or health.failing_since_ms is None:
+        return None
+    if health.state in (BreakerState.FAILING, BreakerState.OPEN):
+        return health.failing_since_ms
+    if health.state == BreakerState.CLOSED and health.closed_ms is not None \
+            and now_ms - health.closed_ms < recovery * 1000:
+        return health.failing_since_ms
+    return None
 
 
 def health_label(active: bool, disabled_reason: str | None, health: EndpointHealth | None) -> str:

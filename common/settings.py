@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     breaker: bool = Field(True, description="circuit breaker per endpoint: after a run of failed attempts, hold "
                                             "its deliveries (no attempt counted) and probe it")
     breaker_threshold: int = Field(20, ge=2, description="failed attempts in a row (errors, timeouts, 5xx, 429) "
-                                                         "to one endpoint that open its breaker")
+                                                         "to one endpoint, counted across all dispatchers, that "
+                                                         "open its breaker")
     breaker_probe: Duration = Field("30s", description="first interval between probe requests of an open breaker "
                                                        "(doubles up to HOOKPOST_BREAKER_PROBE_MAX)")
     breaker_probe_max: Duration = Field("10m", description="longest interval between probe requests")
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
                                                      "re-publishes held deliveries of recovered endpoints")
     disable_after: Duration = Field("5d", description="disable every webhook of an endpoint whose breaker stayed "
                                                       "open this long (0 = never)")
+    breaker_recovery: Duration = Field("1h", description="how long an endpoint must stay closed after its breaker "
+                                                         "closed before its failures count afresh (a flapping "
+                                                         "endpoint keeps its failing-since time; 0 = at every close)")
     notice_interval: Duration = Field("5m", description="at most one notice per webhook and kind per interval")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
     webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
@@ -145,7 +149,7 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("disable_after")
+    @field_validator("disable_after", "breaker_recovery")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:

@@ -5,18 +5,23 @@
 1. :meth:`~FanOut.receive` — decode and validate the change (:func:`~hookpost.common.wire.decode_change`); an
    invalid one is copied to ``PREFIX.invalid`` with its reason (:meth:`~FanOut.set_aside`);
 2. match the active webhooks subscribed to its type (the in-memory :class:`~hookpost.dispatcher.cache.WebhookCache`);
-3. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook, batched with concurrent changes (the
+3. :meth:`~FanOut.hold_for_open_breakers` — an event for an endpoint whose circuit breaker this process knows to
+   be open is to be stored *held* (due at the next probe), like a delivery held behind the breaker, but without a
+   trip through the deliver queue;
+4. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook, batched with concurrent changes (the
    unique (change, webhook) index makes a replay insert nothing); a change whose events the store refuses for good
    (over its document size limit) is set aside with the reason at once, not retried;
-4. :meth:`~FanOut.publish_deliveries` — publish each event's first delivery, confirmed (one for an endpoint known
-   to hang goes straight to the defer ladder);
-5. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
+5. :meth:`~FanOut.publish_deliveries` — publish the first delivery of each event not held, confirmed (one for an
+   endpoint known to hang goes straight to the defer ladder);
+6. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
 
 A crash anywhere replays safely: a redelivered change whose events exist already publishes the deliveries of
-those still waiting for their first attempt (the first try may have stored them without publishing).
+those still waiting for their first attempt (the first try may have stored them without publishing), except the
+held ones: the breaker's probe and release publish those.
 """
 
 import logging
+from collections import Counter
 
 from hookpost.common.amqp import IncomingMessage
 from hookpost.common.deliveries import first_delivery
@@ -35,6 +40,7 @@ from hookpost.common.models import (
 )
 from hookpost.common.wire import NOTICE_HEADER, NOTICE_PREFIX, InvalidChangeError, decode_change
 from hookpost.dispatcher.batcher import Batcher, Failed
+from hookpost.dispatcher.breaker import Breaker
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.deferral import Deferrer
@@ -64,12 +70,13 @@ class FanOut:
     """Consumes ``PREFIX.changes``: one change, one event and one delivery per subscribed webhook."""
 
     def __init__(self, store: GuardedStore, cache: WebhookCache, outbox: Outbox, deferrer: Deferrer,
-                 metrics: Metrics, *, max_change_bytes: int, batch: int = 500) -> None:
+                 metrics: Metrics, breaker: Breaker, *, max_change_bytes: int, batch: int = 500) -> None:
         self.store = store
         self.cache = cache
         self.outbox = outbox
         self.deferrer = deferrer
         self.metrics = metrics
+        self.breaker = breaker
         self.max_change_bytes = max_change_bytes
         self.inserts: Batcher[list[WebhookEvent], list[bool]] = Batcher(self._insert, max_batch=batch)
 
@@ -82,12 +89,13 @@ class FanOut:
         hooks = await self.cache.subscribers(change.type)
         if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
             hooks = [h for h in hooks if h.id != change.entity.id]
-        events = new_events(change, [h.id for h in hooks])
+        by_id = {h.id: h for h in hooks}
+        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks]), by_id)
         try:
-            to_send = await self.store_events(change, events, replay=msg.redelivered)
+            stored = await self.store_events(change, events, replay=msg.redelivered)
         except StoreRefusedError as exc:  # the same every time: no retry, no poison count
             return await self.set_aside(msg, f"fan-out: {exc}")
-        await self.publish_deliveries(to_send, {h.id: h for h in hooks})
+        await self.publish_deliveries([e for e in stored if e.held is None], by_id)
         self.metrics.changes_consumed.labels("ok").inc()
         log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})
         return Verdict.ACK
@@ -112,17 +120,32 @@ class FanOut:
                     extra={"message_id": msg.properties.message_id, "reason": reason})
         return Verdict.ACK
 
+    def hold_for_open_breakers(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> list[WebhookEvent]:
+        """Mark the events whose endpoint's breaker this process knows to be open as held by it, due at its next
+        probe: they are stored so, and no delivery is published for them (the probe and the release after the
+        breaker closes pick them up like any held delivery). The others are returned unchanged."""
+        out = []
+        for e in events:
+            hook = hooks.get(e.webhook_id)
+            endpoint = endpoint_key(hook.url) if hook is not None else None
+            due = self.breaker.hold_new_at(endpoint) if endpoint is not None else None
+            out.append(e if due is None else e.model_copy(update={"held": endpoint, **due_fields(due)}))
+        return out
+
     async def store_events(self, change: ChangeEvent, events: list[WebhookEvent], *,
                            replay: bool) -> list[WebhookEvent]:
-        """Insert ``events``; return those whose first delivery is to be published: the new ones, and on a
-        ``replay`` (a redelivered change) also those stored before that still wait for their first attempt."""
+        """Insert ``events``; return those stored by this call (held ones included: the breaker is told of
+        them) and, on a ``replay`` (a redelivered change), those stored before that still wait for their first
+        attempt and are not held."""
         flags = await self.inserts.submit(events) if events else []
         created = [e for e, new in zip(events, flags, strict=True) if new]
         self.metrics.events_created.inc(len(created))
+        for endpoint, n in Counter(e.held for e in created if e.held is not None).items():
+            self.breaker.held_new(endpoint, n)
         if len(created) == len(events) or not replay:
             return created
         existing = await self.store.events.find_for_change(change.id)
-        return [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0]
+        return [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0 and e.held is None]
 
     async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool] | Failed]:
         """Insert the events of several changes in one round trip; return per change which were new. If the

@@ -50,6 +50,9 @@ class Metrics:
                               registry=r)
         self.held = Counter("hookpost_deliveries_held", "Deliveries held behind an open breaker (no attempt)",
                             registry=r)
+        self.held_at_fanout = Counter("hookpost_deliveries_held_at_fanout",
+                                      "Of the held deliveries, those of new events stored held by fan-out (their "
+                                      "endpoint's breaker open), with no trip through the deliver queue", registry=r)
         self.released = Counter("hookpost_deliveries_released", "Held deliveries re-published", registry=r)
         self.webhooks_disabled = Counter("hookpost_webhooks_auto_disabled",
                                          "Webhooks disabled because their endpoint failed too long", registry=r)

@@ -70,15 +70,16 @@ class Worker:
         self.metrics.in_flight.set_function(lambda: self.limiter.in_flight)
         self.deferrer = Deferrer(guarded, self.outbox, self.limiter, self.metrics,
                                  grace=settings.reconcile_grace, request_time=settings.http_timeout)
-        self.fanout = FanOut(guarded, self.cache, self.outbox, self.deferrer, self.metrics,
-                             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
         self.notices = Notices(guarded, self.outbox, self.metrics, interval=settings.notice_interval)
         self.breaker = Breaker(guarded, self.outbox, self.metrics, self.notices, self.cache,
                                enabled=settings.breaker, threshold=settings.breaker_threshold,
                                probe=settings.breaker_probe, probe_max=settings.breaker_probe_max,
-                               disable_after=settings.disable_after, page=settings.prefetch,
+                               disable_after=settings.disable_after, recovery=settings.breaker_recovery,
+                               page=settings.prefetch,
                                hold_batch=settings.store_batch,
                                probe_lease=settings.http_timeout + settings.breaker_probe_max)
+        self.fanout = FanOut(guarded, self.cache, self.outbox, self.deferrer, self.metrics, self.breaker,
+                             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
         self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,
                                         self.metrics, self.breaker, self.notices, delays=settings.retry_delays,
                                         max_attempts=settings.max_attempts, batch=settings.store_batch)

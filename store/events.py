@@ -583,11 +583,18 @@ class EventRepo:
         cursor = self.coll.find(indexable({"held": endpoint})).sort("next_attempt_ms", ASCENDING).limit(limit)
         return [from_doc(WebhookEvent, d) async for d in cursor]
 
-    async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
-        """Release held events (their deliveries are about to be published), due at ``due_ms``."""
-        if event_ids:
-            await self.coll.update_many(indexable({"_id": {"$in": event_ids}, "held": endpoint}),
-                                        {"$set": {"held": None, **due_fields(due_ms)}})
+    async def unhold(self, events: list[tuple[str, int | None]], endpoint: str, due_ms: int) -> None:
+        """Release held events (their deliveries are about to be published), due at ``due_ms``; one bulk write.
+
+        Each ``(event_id, next_attempt_ms)`` is released only if it is still held as it was read: a delivery that
+        was consumed and held again meanwhile (its breaker opened again) carries the new probe's time and stays
+        held, rather than being left unheld with no message in any queue.
+        """
+        if events:
+            await self.coll.bulk_write([
+                UpdateOne({"_id": event_id, "held": endpoint, "next_attempt_ms": seen_ms},
+                          {"$set": {"held": None, **due_fields(due_ms)}})
+                for event_id, seen_ms in events], ordered=False)
 
     async def oldest_retrying_age(self) -> float | None:
         """Return the age in seconds of the oldest ``Retrying`` event, or None if there is none."""

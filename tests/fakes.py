@@ -31,7 +31,7 @@ from pymongo.errors import ConnectionFailure
 
 from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.deliveries import first_delivery
-from hookpost.common.endpoints import BreakerState, EndpointHealth
+from hookpost.common.endpoints import BreakerState, EndpointHealth, trouble_since
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
@@ -219,11 +219,11 @@ class FakeEventRepo(_Repo):
         return [self._model(d) for d in self.docs.values() if d.get("held") == endpoint][:limit]
 
     @_op("events.unhold")
-    async def unhold(self, event_ids: list[str], endpoint: str, due_ms: int) -> None:
-        """Release held events."""
-        for event_id in event_ids:
+    async def unhold(self, events: list[tuple[str, int | None]], endpoint: str, due_ms: int) -> None:
+        """Release held events that are still held as read (by their due time)."""
+        for event_id, seen_ms in events:
             doc = self.docs.get(event_id)
-            if doc is not None and doc.get("held") == endpoint:
+            if doc is not None and doc.get("held") == endpoint and doc.get("next_attempt_ms") == seen_ms:
                 doc.update(held=None, **due_fields(due_ms))
 
     @_op("events.oldest_retrying_age")
@@ -309,23 +309,39 @@ class FakeEndpointRepo(_Repo):
     async def get(self, key: str) -> EndpointHealth | None:
         return self.docs.get(key)
 
+    @_op("endpoints.count_failures")
+    async def count_failures(self, key: str, n: int, first_ms: int) -> tuple[int, int | None]:
+        doc = self.docs.get(key) or EndpointHealth(id=key)
+        since = first_ms if doc.run_since_ms is None else min(doc.run_since_ms, first_ms)
+        self._put(key, run=doc.run + n, run_since_ms=since)
+        return doc.run + n, since
+
+    @_op("endpoints.end_run")
+    async def end_run(self, key: str) -> None:
+        doc = self.docs.get(key)
+        if doc is not None and doc.run > 0:
+            self._put(key, run=0, run_since_ms=None)
+
     @_op("endpoints.mark_failing")
-    async def mark_failing(self, key: str, since_ms: int, error: str | None) -> bool:
+    async def mark_failing(self, key: str, since_ms: int, error: str | None, recovery: float) -> bool:
         doc = self.docs.get(key)
         if doc is not None and doc.state != BreakerState.CLOSED:
             return False
-        self._put(key, state=BreakerState.FAILING, failing_since_ms=since_ms, last_error=error)
+        kept = trouble_since(doc, now_ms(), recovery)
+        self._put(key, state=BreakerState.FAILING, failing_since_ms=kept or since_ms, last_error=error,
+                  **({"closed_ms": None} if kept is None else {}))
         return True
 
     @_op("endpoints.open")
-    async def open(self, key: str, since_ms: int, probe: float, error: str | None) -> bool:
+    async def open(self, key: str, since_ms: int, probe: float, error: str | None, recovery: float) -> bool:
         doc = self.docs.get(key)
         if doc is not None and doc.state == BreakerState.OPEN:
             return False
         now = now_ms()
-        self._put(key, state=BreakerState.OPEN, failing_since_ms=(doc.failing_since_ms if doc else None) or since_ms,
-                  opened_ms=now, next_probe_ms=now + round(probe * 1000), probe_interval=probe, last_error=error,
-                  releasing=False)
+        kept = trouble_since(doc, now, recovery)
+        self._put(key, state=BreakerState.OPEN, failing_since_ms=kept or since_ms, opened_ms=now,
+                  next_probe_ms=now + round(probe * 1000), probe_interval=probe, last_error=error, releasing=False,
+                  **({"closed_ms": None} if kept is None else {}))
         return True
 
     @_op("endpoints.claim_probe")
@@ -344,12 +360,14 @@ class FakeEndpointRepo(_Repo):
                       probe_interval=min(doc.probe_interval * 2, cap))
 
     @_op("endpoints.close")
-    async def close(self, key: str) -> bool:
+    async def close(self, key: str, recovery: float) -> bool:
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.OPEN:
             return False
-        self._put(key, state=BreakerState.CLOSED, failing_since_ms=None, opened_ms=None, next_probe_ms=None,
-                  releasing=True)
+        keep = recovery > 0
+        self._put(key, state=BreakerState.CLOSED, opened_ms=None, next_probe_ms=None, releasing=True, run=0,
+                  run_since_ms=None, closed_ms=now_ms() if keep else None,
+                  **({} if keep else {"failing_since_ms": None}))
         return True
 
     @_op("endpoints.recover")
@@ -357,7 +375,16 @@ class FakeEndpointRepo(_Repo):
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.FAILING:
             return False
-        self._put(key, state=BreakerState.CLOSED, failing_since_ms=None)
+        self._put(key, state=BreakerState.CLOSED, run=0, run_since_ms=None,
+                  **({"failing_since_ms": None} if doc.closed_ms is None else {}))
+        return True
+
+    @_op("endpoints.settle")
+    async def settle(self, key: str, closed_ms: int) -> bool:
+        doc = self.docs.get(key)
+        if doc is None or doc.state != BreakerState.CLOSED or doc.closed_ms != closed_ms:
+            return False
+        self._put(key, failing_since_ms=None, closed_ms=None)
         return True
 
     @_op("endpoints.disable")
@@ -365,7 +392,7 @@ class FakeEndpointRepo(_Repo):
         doc = self.docs.get(key)
         if doc is None or doc.state != BreakerState.OPEN or doc.opened_ms != opened_ms:
             return False
-        self._put(key, state=BreakerState.DISABLED, next_probe_ms=None, releasing=True)
+        self._put(key, state=BreakerState.DISABLED, next_probe_ms=None, releasing=True, run=0, run_since_ms=None)
         return True
 
     @_op("endpoints.lease_release")
@@ -774,7 +801,8 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
                            prefix: str = "hptest", grace: float = 1.0, request_time: float = 0.05,
                            per_endpoint: int = 10, hang_after: float = 3.0, defer_delay: float = 0.01,
                            cache_ttl: float = 60.0, batch: int = 500, breaker_on: bool = True,
-                           breaker_threshold: int = 20) -> FakeDispatcher:
+                           breaker_threshold: int = 20, breaker_disable_after: float = 0.0,
+                           breaker_recovery: float = 3600.0) -> FakeDispatcher:
     """Wire fan-out, delivery, deferrer and reconciler like ``worker.py`` over a :class:`FakeStore`, a
     :class:`FakeConnection` and ``sender``, with a millisecond retry schedule (``max_attempts`` defaults to one
     more than the delays, as the settings require)."""
@@ -793,10 +821,11 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
     limiter = EndpointLimiter(100, per_endpoint, window=100, hang_after=hang_after,
                               max_hold=max(0.1, grace / 2 - request_time))
     deferrer = Deferrer(guarded, outbox, limiter, metrics, grace=grace, request_time=request_time)
-    fanout = FanOut(guarded, cache, outbox, deferrer, metrics, max_change_bytes=65536, batch=batch)
     notices = Notices(guarded, outbox, metrics, interval=300.0)
     breaker = Breaker(guarded, outbox, metrics, notices, cache, enabled=breaker_on, threshold=breaker_threshold,
-                      probe=0.05, probe_max=0.4, disable_after=0.0, page=100, hold_batch=batch)
+                      probe=0.05, probe_max=0.4, disable_after=breaker_disable_after, recovery=breaker_recovery,
+                      page=100, hold_batch=batch)
+    fanout = FanOut(guarded, cache, outbox, deferrer, metrics, breaker, max_change_bytes=65536, batch=batch)
     delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
                                delays=delays, max_attempts=max_attempts, batch=batch)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)

@@ -17,7 +17,7 @@ async def test_rate_limit_and_health_in_the_cli_and_the_api(settings, store, api
     assert shown["rate_limit"] == 20 and shown["health"] == "healthy"
 
     key = endpoint_key("http://127.0.0.1:9/a")
-    await store.endpoints.open(key, now_ms() - 60_000, 30.0, "ConnectError")
+    await store.endpoints.open(key, now_ms() - 60_000, 30.0, "ConnectError", 3600.0)
     listed = (await run_cli(settings, "webhooks", "list")).output
     assert "breaker open since" in listed
     status, view, _ = await api.call("GET", f"/webhooks/{wid}")
@@ -31,7 +31,7 @@ async def test_rate_limit_and_health_in_the_cli_and_the_api(settings, store, api
     shown = json.loads((await run_cli(settings, "webhooks", "show", wid, "--json")).output)
     assert shown["health"] == "disabled (endpoint failing for 5 days)"
 
-    await store.endpoints.close(key)
+    await store.endpoints.close(key, 3600.0)
     await store.webhooks.set_active(wid, True)
     status, view, _ = await api.call("GET", f"/webhooks/{wid}")
     assert view["health"] == "healthy"

@@ -55,3 +55,69 @@ async def test_two_dispatchers_run_one_outage(settings_factory, new_receiver, tm
         for p in procs:
             p.stop()
         await store.close()
+
+
+async def test_two_dispatchers_count_one_run_of_failures(settings_factory, new_receiver, tmp_path):
+    # one change at a time, so the two processes take turns: each sees about half of the failures in a row. The run
+    # is counted in the endpoint's document, so the breaker opens after THRESHOLD failures in all, although
+    # neither process saw THRESHOLD itself (counted per process, it would not open within 2 × THRESHOLD - 2)
+    threshold = 10
+    s = settings_factory(breaker_threshold=threshold, breaker_probe="500ms", breaker_probe_max="1s",
+                         breaker_poll="100ms", http_timeout="1s", endpoint_hang_after="500ms", max_attempts=1,
+                         retry_delays="")
+    dead = Switch()
+    rx = await new_receiver(respond=dead.respond)
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(rx.url, ["article.*"])
+    key = endpoint_key(rx.url)
+    procs = [DispatcherProcess(dispatcher_env(s), tmp_path / f"r{i}.log", name=f"r{i}") for i in (1, 2)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            await p.wait_ready()
+        opened = None
+        async with Publisher.from_settings(s) as pub:
+            for i in range(2 * threshold - 2):
+                await pub.publish_many(changes(f"turn{i}", "article.updated", 1))
+
+                async def settled(n: int = i + 1) -> bool:
+                    c = await counts(store)
+                    return c.get("Failed", 0) + await store.events.count({"held": key}) == n
+
+                await wait_until(settled, 15, message=f"change {i} attempted or held")
+                h = await store.endpoints.get(key)
+                if h is not None and h.state == BreakerState.OPEN:
+                    opened = h
+                    break
+        failures = [p.count_logged("event failed") for p in procs]
+        print(f"run shared by two processes: failures by process {failures}, breaker "
+              f"{'opened' if opened else 'not opened'} after {sum(failures)} in all")
+        assert opened is not None
+        assert sum(failures) == threshold and all(0 < n < threshold for n in failures)
+        assert sum(p.count_logged("breaker opened: deliveries to this endpoint are held") for p in procs) == 1
+
+        async with Publisher.from_settings(s) as pub:  # a held delivery, for the probe (the process that did not
+            for i in range(5):                          # open it sends until its next poll, 100 ms at most)
+                await pub.publish_many(changes(f"held{i}", "article.updated", 1))
+
+                async def attempted_or_held(n: int = sum(failures) + i + 1) -> bool:
+                    c = await counts(store)
+                    return c.get("Failed", 0) + await store.events.count({"held": key}) == n
+
+                await wait_until(attempted_or_held, 15, message=f"change held{i} attempted or held")
+                if await store.events.count({"held": key}):
+                    break
+        dead.down = False  # the probe closes it, and the shared run starts again from zero
+
+        async def closed():
+            h = await store.endpoints.get(key)
+            return (h is not None and h.state == BreakerState.CLOSED and h.run == 0
+                    and (await counts(store)).get("Finished", 0) == 1)
+
+        await wait_until(closed, 15, message="the breaker closed, no run, the held event Finished")
+    finally:
+        for p in procs:
+            p.stop()
+        await store.close()
