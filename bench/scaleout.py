@@ -96,9 +96,14 @@ def render(res: dict[str, Any]) -> str:
                      f"{', '.join(f'{share[k]:.2f}' for k in disp)} | {share['store']:.2f} | "
                      f"{share['broker']:.2f} |")
     p = res["projection"]
-    lines += ["", "What bounds it here: the machine's two cores are shared by every process. A second dispatcher "
-              "process adds no throughput when the store, the broker and the first dispatcher already use the "
-              "cores (compare the shares); the work per delivery stays the same (the CPU columns).", "",
+    one = [r for r in res["runs"] if r["procs"] == 1]
+    store_core = statistics.median(r["cpu"]["share"]["store"] for r in one) * 2
+    busy = statistics.median(sum(v for k, v in r["cpu"]["share"].items() if k != "others") for r in one)
+    lines += ["", "What bounds it here: a second dispatcher process adds no throughput, and the work per delivery "
+              f"stays the same (the CPU columns). The processes of a run used {busy:.0%} of the machine in the "
+              "one-process runs, so neither the cores nor the dispatcher are the limit; the local store serves one "
+              f"request at a time and used {store_core:.0%} of a core, so the rate is bounded by it and by the "
+              "round trips of each batch to it. On this machine one dispatcher process is enough.", "",
               "**Projection** for dispatchers on machines of their own, from the per-delivery CPU of the "
               f"one-process runs (dispatcher {p['per_delivery_ms']['dispatcher 1']:.2f} ms, broker "
               f"{p['per_delivery_ms']['broker']:.2f} ms) and three assumptions this machine cannot measure: "
