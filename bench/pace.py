@@ -194,9 +194,9 @@ async def isolation(bench: Bench, n: int) -> dict[str, Any]:
 
 
 BEFORE = ("Before the adaptive limits (the 0.1 deferral rule: defer once the expected wait passed 1 s), measured "
-          "with this script on the same machine on 2026-11-30 06:45 UTC while other work loaded it: `stdlib:5` backlog "
-          "30 deliveries/s with 2,269 deferrals for 2,000 deliveries (p99 66 s); `stdlib:128:0.02` 208/s with 1,322 "
-          "deferrals; `aiohttp:0.02` 304/s with none.")
+          "with this script on 2026-11-30 06:45 UTC on an earlier session's machine (an Intel Xeon; this one is an "
+          "AMD EPYC) while other work loaded it: `stdlib:5` backlog 30 deliveries/s with 2,269 deferrals for 2,000 "
+          "deliveries (p99 66 s); `stdlib:128:0.02` 208/s with 1,322 deferrals; `aiohttp:0.02` 304/s with none.")
 
 TARGETS = {  # kind: (minimum deliveries/s draining the backlog, deferrals allowed)
     "stdlib:128:0.02": (350.0, 0),
