@@ -418,9 +418,13 @@ def render(res: dict[str, Any]) -> str:
               "Hookpost writes ten indexes per event and two per attempt, the baselines two and one; "
               "Hookpost's publisher waits for broker confirms, the baselines' producers do not. Each of these "
               "favours the baselines."]
-    if max(load["start"][0], load["end"][0]) > 3:
-        lines += ["", f"The machine was loaded (1-minute load above 3 at the start or the end, on "
-                  f"{res['cores']} cores): the figures are lower than on a quiet machine, and the ratio noisier."]
+    others = max(m["others_share"] for k, m in s.items() if k in LABELS)
+    if others > 0.1:
+        lines += ["", f"Other work shared the machine (up to {others:.0%} of its CPU outside the benchmark's "
+                  "processes): the figures are lower than on a quiet machine, and the ratio noisier."]
+    elif max(load["start"][0], load["end"][0]) > 3:
+        lines += ["", "The load averages above come from the benchmark's own processes (the baselines' worker "
+                  f"processes among them); other work used at most {others:.0%} of the machine."]
     return "\n".join(lines)
 
 
