@@ -2,6 +2,9 @@
 out, and both stop sending until the endpoint is back."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 from hookpost.common.endpoints import BreakerState, endpoint_key
 from hookpost.producer import Publisher
@@ -10,22 +13,35 @@ from tests.e2e.test_breaker import Switch, changes, counts, most_in_window
 from tests.faults.procs import DispatcherProcess, dispatcher_env
 from tests.helpers import wait_until
 
+BREAKER = {"breaker_probe": "500ms", "breaker_probe_max": "1s", "breaker_poll": "100ms", "http_timeout": "1s",
+           "endpoint_hang_after": "500ms"}
 
-async def test_two_dispatchers_run_one_outage(settings_factory, new_receiver, tmp_path):
-    s = settings_factory(breaker_threshold=10, breaker_probe="500ms", breaker_probe_max="1s", breaker_poll="100ms",
-                         http_timeout="1s", endpoint_hang_after="500ms")
-    dead = Switch()
-    rx = await new_receiver(respond=dead.respond)
+
+@asynccontextmanager
+async def two_dispatchers(s, url: str, logs: Path) -> AsyncIterator[tuple[Store, str, list[DispatcherProcess]]]:
+    """A webhook on ``url`` and two ready dispatcher processes with settings ``s``: (store, endpoint key,
+    processes); the processes are stopped afterwards."""
     store = Store.connect(s.mongodb_url, s.mongodb_db)
     await store.ensure_indexes()
-    await store.webhooks.create(rx.url, ["article.*"])
-    key = endpoint_key(rx.url)
-    procs = [DispatcherProcess(dispatcher_env(s), tmp_path / f"d{i}.log", name=f"d{i}") for i in (1, 2)]
+    await store.webhooks.create(url, ["article.*"])
+    procs = [DispatcherProcess(dispatcher_env(s), logs / f"d{i}.log", name=f"d{i}") for i in (1, 2)]
     try:
         for p in procs:
             p.start()
         for p in procs:
             await p.wait_ready()
+        yield store, endpoint_key(url), procs
+    finally:
+        for p in procs:
+            p.stop()
+        await store.close()
+
+
+async def test_two_dispatchers_run_one_outage(settings_factory, new_receiver, tmp_path):
+    s = settings_factory(breaker_threshold=10, **BREAKER)
+    dead = Switch()
+    rx = await new_receiver(respond=dead.respond)
+    async with two_dispatchers(s, rx.url, tmp_path) as (store, key, procs):
         async with Publisher.from_settings(s) as pub:
             await pub.publish_many(changes("two", "article.updated", 300))
 
@@ -51,10 +67,6 @@ async def test_two_dispatchers_run_one_outage(settings_factory, new_receiver, tm
         assert most_in_window(after_open, 0.5) <= 2 and len(after_open) <= 2 * 6 / 0.5
         assert sum(probes) <= 6 / 0.5 + 2
         assert await counts(store) == {"Finished": 300}
-    finally:
-        for p in procs:
-            p.stop()
-        await store.close()
 
 
 async def test_two_dispatchers_count_one_run_of_failures(settings_factory, new_receiver, tmp_path):
@@ -62,21 +74,10 @@ async def test_two_dispatchers_count_one_run_of_failures(settings_factory, new_r
     # is counted in the endpoint's document, so the breaker opens after THRESHOLD failures in all, although
     # neither process saw THRESHOLD itself (counted per process, it would not open within 2 × THRESHOLD - 2)
     threshold = 10
-    s = settings_factory(breaker_threshold=threshold, breaker_probe="500ms", breaker_probe_max="1s",
-                         breaker_poll="100ms", http_timeout="1s", endpoint_hang_after="500ms", max_attempts=1,
-                         retry_delays="")
+    s = settings_factory(breaker_threshold=threshold, max_attempts=1, retry_delays="", **BREAKER)
     dead = Switch()
     rx = await new_receiver(respond=dead.respond)
-    store = Store.connect(s.mongodb_url, s.mongodb_db)
-    await store.ensure_indexes()
-    await store.webhooks.create(rx.url, ["article.*"])
-    key = endpoint_key(rx.url)
-    procs = [DispatcherProcess(dispatcher_env(s), tmp_path / f"r{i}.log", name=f"r{i}") for i in (1, 2)]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            await p.wait_ready()
+    async with two_dispatchers(s, rx.url, tmp_path) as (store, key, procs):
         opened = None
         async with Publisher.from_settings(s) as pub:
             for i in range(2 * threshold - 2):
@@ -117,7 +118,3 @@ async def test_two_dispatchers_count_one_run_of_failures(settings_factory, new_r
                     and (await counts(store)).get("Finished", 0) == 1)
 
         await wait_until(closed, 15, message="the breaker closed, no run, the held event Finished")
-    finally:
-        for p in procs:
-            p.stop()
-        await store.close()
