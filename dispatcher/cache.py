@@ -1,5 +1,6 @@
 """The in-memory webhook cache: every webhook, indexed by the event types it subscribes to, kept fresh within
-``ttl`` seconds by incremental reloads.
+``ttl`` seconds by incremental reloads (started in the background once half the TTL has passed, so that reads do
+not wait for them).
 
 It keeps the delivery path free of store reads; a change to a webhook reaches running dispatchers within
 ``HOOKPOST_WEBHOOK_CACHE_TTL``. A reload after the first reads only the webhooks written since the previous one
@@ -104,14 +105,32 @@ class WebhookCache:
         self._full_at = -1e18
         self._since_ms: int | None = None
         self._lock = asyncio.Lock()
+        self._ahead: asyncio.Task[None] | None = None
         self.reloads = {"full": 0, "incremental": 0}
 
     async def _fresh(self) -> dict[str, Webhook]:
-        if time.monotonic() - self._loaded_at > self.ttl:
+        """The webhooks by id, at most ``ttl`` old. Past half the TTL a read starts a reload in the background and
+        answers from what is loaded, so on a busy dispatcher no read waits for a reload (every change and delivery
+        would, while the store is slow to answer it); a cache never loaded, invalidated or idle past the TTL is
+        reloaded before the read is answered."""
+        age = time.monotonic() - self._loaded_at
+        if age > self.ttl:
             async with self._lock:
                 if time.monotonic() - self._loaded_at > self.ttl:
                     await self._reload()
+        elif age > self.ttl / 2 and self._ahead is None:
+            self._ahead = asyncio.get_running_loop().create_task(self._reload_ahead())
         return self._by_id
+
+    async def _reload_ahead(self) -> None:
+        try:
+            async with self._lock:
+                if time.monotonic() - self._loaded_at > self.ttl / 2:
+                    await self._reload()
+        except Exception as exc:  # the store is down or slow: a read past the TTL reloads (and waits) itself
+            log.warning("webhook cache reload failed; will try again", extra={"error": str(exc)[:300]})
+        finally:
+            self._ahead = None
 
     async def _reload(self) -> None:
         started_ms = now_ms()
@@ -162,12 +181,6 @@ class WebhookCache:
         old = self._by_id.pop(webhook_id, None)
         if old is not None:
             self._index.remove(old)
-
-    def peek(self, webhook_id: str) -> Webhook | None:
-        """Return the webhook if the cache is fresh and knows it, else None (then use :meth:`get`); no I/O."""
-        if time.monotonic() - self._loaded_at > self.ttl:
-            return None
-        return self._by_id.get(webhook_id)
 
     async def get(self, webhook_id: str) -> Webhook | None:
         """Return the webhook, or None if it does not exist (reloading once if it is unknown)."""
