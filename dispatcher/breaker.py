@@ -44,6 +44,7 @@ Example::
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
@@ -121,6 +122,7 @@ class Breaker:
         self._shared_runs: dict[str, int] = {}  # the shared runs this process knows of (its own counts, the polls)
         self._held_since_poll: set[str] = set()
         self._moved_ms: dict[str, int] = {}  # when this process last changed its view of an endpoint itself
+        self._opening: Counter[str] = Counter()  # endpoints this process opened whose store write is on its way
         self.holds: Batcher[tuple[str, int, str, int], None] = Batcher(self._write_holds, max_batch=hold_batch)
         # one batch at a time, so that the run changes of this process reach the store in order
         self.runs: Batcher[tuple[str, _Run | None, int], tuple[int, int | None]] = Batcher(
@@ -243,10 +245,17 @@ class Breaker:
         now = now_ms()  # stop sending at once; the store round trips below take a while under load
         self._set(key, state=BreakerState.OPEN, opened_ms=now, next_probe_ms=now + round(self.probe * 1000),
                   failing_since_ms=run.since_ms)
-        opened = await self.store.endpoints.open(key, run.since_ms, self.probe, run.error, self.recovery)
-        fresh = await self.store.endpoints.get(key)
-        if fresh is not None:
-            self._health[key] = fresh
+        self._opening[key] += 1  # until it is written, a poll may read the state from before: it must not win
+        try:
+            opened = await self.store.endpoints.open(key, run.since_ms, self.probe, run.error, self.recovery)
+            fresh = await self.store.endpoints.get(key)
+            if fresh is not None:
+                self._health[key] = fresh
+        finally:
+            self._opening[key] -= 1
+            if not self._opening[key]:
+                del self._opening[key]
+            self._moved_ms[key] = now_ms()  # a poll that read before this moment keeps this view
         if opened:
             self.metrics.breaker_transitions.labels("open").inc()
             log.warning("breaker opened: deliveries to this endpoint are held", extra={
@@ -304,7 +313,7 @@ class Breaker:
         read_at = now_ms()
         fresh = {h.id: h for h in await self.store.endpoints.all()}
         for key, at in list(self._moved_ms.items()):  # a move of ours newer than this read is not undone by it
-            if at >= read_at and key in self._health:
+            if (at >= read_at or key in self._opening) and key in self._health:
                 fresh[key] = self._health[key]
             elif at < read_at - 60_000:
                 del self._moved_ms[key]

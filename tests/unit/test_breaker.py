@@ -14,6 +14,7 @@ from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.ratelimit import RateLimits
 from tests.fakes import FakeMessage, FakeSender, build_dispatcher, make_change
+from tests.helpers import wait_until
 
 
 async def fail_n(d, hook, n: int) -> None:
@@ -313,3 +314,31 @@ async def test_fan_out_stores_a_new_event_of_an_open_endpoint_held_and_publishes
     await d.delivery.handle(FakeMessage.of_delivery(probe))
     ev = d.store.event(held.id)
     assert (ev.status, ev.attempt_count, ev.held) == (EventStatus.FINISHED, 1, None)
+
+
+async def test_a_poll_that_reads_before_the_open_is_written_does_not_close_the_breaker_in_this_process():
+    # seen in CI: a poll read the endpoint document while the open was being written and put the old state back;
+    # fan-out then published new deliveries to the dead endpoint instead of holding them, until the next poll
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4)
+    hook = d.store.add_webhook()
+    key = endpoint_key(hook.url)
+    await fail_n(d, hook, 3)
+    gate = asyncio.Event()
+    write_open = d.store.endpoints.open
+
+    async def slow_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await write_open(*args, **kwargs)
+
+    d.store.endpoints.open = slow_open  # type: ignore[method-assign]
+    _, dm = d.seed_event(hook)
+    last = asyncio.create_task(d.delivery.handle(FakeMessage.of_delivery(dm)))
+    await wait_until(lambda: d.breaker.is_open(key), 5, interval=0.001, message="the breaker open")  # not written
+    await asyncio.sleep(0.002)  # so that the poll's read is later than the move, by the clock too
+    await d.breaker.poll()  # reads the document before the open is written
+    assert d.breaker.is_open(key) and d.breaker.hold_new_at(key) is not None
+    gate.set()
+    assert await last is Verdict.ACK
+    assert d.store.endpoints.docs[key].state == BreakerState.OPEN
+    await d.breaker.poll()
+    assert d.breaker.is_open(key)
