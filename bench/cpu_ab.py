@@ -1,15 +1,16 @@
 """Dispatcher and store CPU per delivery, for comparing two checkouts run after run:
-``python -m bench.cpu_ab [CHANGES] [RUNS]`` from a checkout's root with its own virtualenv.
+``python -m bench.cpu_ab [CHANGES] [RUNS] [--steady RATE]`` from a checkout's root with its own virtualenv.
 
 Each run publishes CHANGES changes to one webhook on a fast receiver and prints deliveries/s, store operations per
 delivery and CPU milliseconds per delivery of the dispatcher and the store (the throughput scenario of
-:mod:`bench.scenarios`). Alternate the checkouts (A, B, A, B …) on a busy machine: the spread between runs is
-larger than most differences worth finding.
+:mod:`bench.scenarios`). With ``--steady RATE``, each run also publishes RATE changes/s to one webhook for 20 s
+(batches of about one delivery: the ordinary rate) and prints the CPU per delivery of that too. Alternate the
+checkouts (A, B, A, B …) on a busy machine: the spread between runs is larger than most differences worth finding.
 """
 
+import argparse
 import asyncio
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bench.scenarios import Bench
 from hookpost.store.localserver import LocalMongo
 
 
-async def main(changes: int, runs: int) -> None:
+async def main(changes: int, runs: int, steady: float | None) -> None:
     """Run and print one JSON line per run."""
     work = Path(tempfile.mkdtemp(prefix="hookpost-cpu-ab-"))
     mongo = LocalMongo(work / "mongo")
@@ -29,14 +30,25 @@ async def main(changes: int, runs: int) -> None:
         bench = Bench(work, mongo, receivers, "amqp://guest:guest@127.0.0.1:5672/%2F", broker_pid())
         for _ in range(runs):
             r = await bench.run_throughput(changes, k=1)
-            print(json.dumps({"deliveries_per_s": round(r["deliveries_per_s"]),
-                              "store_ops_per_delivery": round(r["store_ops_per_delivery"], 3),
-                              "dispatcher_ms": round(r["cpu"]["per_1000"]["dispatcher"], 3),
-                              "store_ms": round(r["cpu"]["per_1000"]["store"], 3)}), flush=True)
+            line = {"deliveries_per_s": round(r["deliveries_per_s"]),
+                    "store_ops_per_delivery": round(r["store_ops_per_delivery"], 3),
+                    "dispatcher_ms": round(r["cpu"]["per_1000"]["dispatcher"], 3),
+                    "store_ms": round(r["cpu"]["per_1000"]["store"], 3)}
+            if steady:
+                s = await bench.run_latency(steady, 20.0, k=1)
+                cpu = s["cpu"]["per_1000"]
+                line.update({"steady_per_s": steady, "steady_dispatcher_ms": round(cpu["dispatcher"], 3),
+                             "steady_store_ms": round(cpu["store"], 3), "steady_p99_ms": round(s["p99_ms"], 1)})
+            print(json.dumps(line), flush=True)
     finally:
         receivers.stop()
         mongo.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000, int(sys.argv[2]) if len(sys.argv) > 2 else 3))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("changes", type=int, nargs="?", default=3000)
+    parser.add_argument("runs", type=int, nargs="?", default=3)
+    parser.add_argument("--steady", type=float, help="also a steady run at this many changes/s")
+    args = parser.parse_args()
+    asyncio.run(main(args.changes, args.runs, args.steady))

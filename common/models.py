@@ -166,6 +166,20 @@ class Webhook(BaseModel):
         return self.model_dump(mode="json", exclude={"secret", "previous_secret"})
 
 
+class Attempt(BaseModel):
+    """One HTTP request made for a webhook event, with what came back."""
+
+    id: str
+    event_id: str
+    webhook_id: str
+    attempt: int
+    started_at: UtcDatetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+
+
 class WebhookEvent(BaseModel):
     """One change for one webhook, and where its delivery stands.
 
@@ -187,25 +201,14 @@ class WebhookEvent(BaseModel):
     last_status_code: int | None = None
     last_error: str | None = None
     held: str | None = None  # the endpoint whose open breaker holds this event's next delivery (not queued)
+    # attempt 1, kept in the event's own document (later ones are in ``attempts``); read with the history, so it
+    # is left out of lists and JSON (see hookpost.store.attempts)
+    first_attempt: Attempt | None = Field(default=None, exclude=True)
     created_at: UtcDatetime = Field(default_factory=utcnow)
     created_ms: int = Field(default_factory=now_ms)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
     updated_ms: int = Field(default_factory=now_ms)
     finished_at: UtcDatetime | None = None
-
-
-class Attempt(BaseModel):
-    """One HTTP request made for a webhook event, with what came back."""
-
-    id: str
-    event_id: str
-    webhook_id: str
-    attempt: int
-    started_at: UtcDatetime
-    duration_ms: float
-    status_code: int | None = None
-    error: str | None = None
-    response_excerpt: str | None = None
 
 
 class DeliveryMessage(BaseModel):

@@ -1,17 +1,23 @@
-"""The ``attempts`` collection: one document per HTTP attempt, ``_id`` = ``{event_id}.{attempt:03d}``.
+"""The attempt history of each event: attempt 1 in the event's own document, every later one in ``attempts``.
 
-The id is derived from the event and the attempt number, so recording the same attempt twice (a replay after a
-crash) keeps the first record instead of adding a second one.
+Most events are delivered by their first attempt, so that one is written with the event's update
+(:meth:`~hookpost.store.events.EventRepo.record_attempts`, field ``first_attempt``): recording an attempt that
+delivers at once costs one write, not two. Attempt 2 and later are documents of the ``attempts`` collection, ``_id`` =
+``{event_id}.{attempt:03d}``, derived from the event and the attempt number, so recording the same attempt twice
+(a replay after a crash) keeps the first record instead of adding a second one. Events recorded by earlier versions
+have attempt 1 in the collection; :meth:`AttemptRepo.for_event` reads both.
 """
 
+from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from hookpost.common.models import Attempt
+from hookpost.common.models import Attempt, as_utc
 from hookpost.store.docs import from_doc, to_doc
+from hookpost.store.events import indexable
 
 
 def attempt_id(event_id: str, attempt: int) -> str:
@@ -19,11 +25,25 @@ def attempt_id(event_id: str, attempt: int) -> str:
     return f"{event_id}.{attempt:03d}"
 
 
-class AttemptRepo:
-    """Attempt records, read per event, written once each."""
+def split_first(attempts: list[Attempt]) -> tuple[dict[str, Attempt], list[Attempt]]:
+    """Split attempts to record into the first attempts (by event id: they go into their event's document) and the
+    others (they go into the ``attempts`` collection)."""
+    first = {a.event_id: a for a in attempts if a.attempt == 1}
+    return first, [a for a in attempts if a.attempt != 1]
 
-    def __init__(self, coll: AsyncCollection[dict[str, Any]]) -> None:
+
+def first_attempt_field(attempt: Attempt | None) -> dict[str, Any]:
+    """The event field that keeps ``attempt`` (the event's first), for its update; empty for any other."""
+    return {"first_attempt": attempt.model_dump()} if attempt is not None and attempt.attempt == 1 else {}
+
+
+class AttemptRepo:
+    """Attempt records, read per event, written once each (the first one with its event: see the module
+    docstring)."""
+
+    def __init__(self, coll: AsyncCollection[dict[str, Any]], events: AsyncCollection[dict[str, Any]]) -> None:
         self.coll = coll
+        self.events = events
 
     async def ensure_indexes(self) -> None:
         """Index the event id (history of one event, and the janitor's deletes)."""
@@ -47,14 +67,40 @@ class AttemptRepo:
                 raise
 
     async def for_event(self, event_id: str) -> list[Attempt]:
-        """Return every attempt of ``event_id``, in order."""
+        """Return every attempt of ``event_id``, in order: the first from the event's document, the rest from the
+        collection."""
+        event = await self.events.find_one({"_id": event_id}, {"first_attempt": 1})
+        first = (event or {}).get("first_attempt")
         cursor = self.coll.find({"event_id": event_id}).sort("_id", ASCENDING).limit(10000)
-        return [from_doc(Attempt, d) async for d in cursor]
+        rest = [from_doc(Attempt, d) async for d in cursor]
+        if first is None:
+            return rest
+        return [Attempt.model_validate(first), *(a for a in rest if a.attempt != 1)]
+
+    async def latest(self, webhook_id: str, limit: int = 100, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Return the ``status_code``, ``error`` and ``started_at`` of the webhook's newest ``limit`` attempts
+        (started at ``since`` or later), newest first: the first attempts of its newest events (created since
+        ``since``: an index range) with its latest later attempts."""
+        fields = ("started_at", "status_code", "error")
+        query: dict[str, Any] = {"webhook_id": webhook_id, "attempt_count": {"$gt": 0}}
+        if since is not None:
+            query["created_ms"] = {"$gte": round(since.timestamp() * 1000)}
+        firsts = self.events.find(indexable(query), {"first_attempt": 1}).sort("created_ms", DESCENDING)
+        made = [{k: a.get(k) for k in fields} async for d in firsts.limit(limit) if (a := d.get("first_attempt"))]
+        later: dict[str, Any] = {"webhook_id": webhook_id}
+        if since is not None:
+            later["started_at"] = {"$gte": since}
+        cursor = self.coll.find(later, dict.fromkeys(fields, 1)).sort("_id", DESCENDING).limit(limit)
+        made += [{k: d.get(k) for k in fields} async for d in cursor]
+        made = [{**m, "started_at": as_utc(m["started_at"])} for m in made if isinstance(m["started_at"], datetime)]
+        made = [m for m in made if since is None or m["started_at"] >= as_utc(since)]
+        made.sort(key=lambda m: m["started_at"], reverse=True)
+        return made[:limit]
 
     async def recent_outcomes(self, webhook_id: str, limit: int = 100) -> list[int | None]:
-        """Return the status codes (None for errors) of the webhook's latest ``limit`` attempts."""
-        cursor = self.coll.find({"webhook_id": webhook_id}, {"status_code": 1}).sort("_id", -1).limit(limit)
-        return [d.get("status_code") async for d in cursor]
+        """Return the status codes (None for errors) of the webhook's latest ``limit`` attempts (see
+        :meth:`latest`)."""
+        return [m["status_code"] for m in await self.latest(webhook_id, limit)]
 
     async def delete_ids(self, ids: list[str]) -> int:
         """Delete attempts by id (ids that do not exist are fine); return how many were deleted."""

@@ -29,7 +29,7 @@ class Store:
         self.client = client
         self.db = client[db_name]
         self.webhooks = WebhookRepo(self.db["webhooks"])
-        self.attempts = AttemptRepo(self.db["attempts"])
+        self.attempts = AttemptRepo(self.db["attempts"], self.db["events"])
         self.events = EventRepo(self.db["events"])
         self.tokens = TokenRepo(self.db["tokens"])
         self.audit = AuditRepo(self.db["audit"])

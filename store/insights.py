@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING
-
 from hookpost.store.client import Store
 
 
@@ -37,18 +35,14 @@ class InsightQueries:
 
     async def outcomes(self, webhook_id: str, since: datetime, limit: int = 1000) -> Outcomes:
         """Return the outcomes of ``webhook_id``'s attempts started since ``since`` (the newest ``limit``)."""
-        cursor = self.store.attempts.coll.find(
-            {"webhook_id": webhook_id, "started_at": {"$gte": since}},
-            {"status_code": 1, "started_at": 1, "error": 1}).sort("_id", DESCENDING).limit(limit)
         out = Outcomes()
-        async for doc in cursor:
+        for doc in await self.store.attempts.latest(webhook_id, limit, since):
             out.attempts += 1
-            code = doc.get("status_code")
+            code = doc["status_code"]
             if isinstance(code, int) and 200 <= code < 300:
                 out.succeeded += 1
-            started = doc.get("started_at")
-            if isinstance(started, datetime) and (out.last_at is None or started > out.last_at):
-                out.last_at, out.last_status_code, out.last_error = started, code, doc.get("error")
+            if out.last_at is None:  # newest first
+                out.last_at, out.last_status_code, out.last_error = doc["started_at"], code, doc["error"]
         out.capped = out.attempts >= limit
         return out
 

@@ -492,8 +492,11 @@ class FakeStore:
         return [from_doc(WebhookEvent, d) for d in self.events.docs.values()]
 
     def attempts_of(self, event_id: str) -> list[Attempt]:
-        """The stored attempts of ``event_id``, in order."""
-        return [from_doc(Attempt, d) for _, d in sorted(self.attempts.docs.items()) if d["event_id"] == event_id]
+        """The stored attempts of ``event_id``, in order: the first from the event's document, as the real store
+        keeps it, then the collection's."""
+        first = self.events.docs.get(event_id, {}).get("first_attempt")
+        rest = [from_doc(Attempt, d) for _, d in sorted(self.attempts.docs.items()) if d["event_id"] == event_id]
+        return [Attempt.model_validate(first), *rest] if first is not None else rest
 
     def webhook(self, webhook_id: str) -> Webhook:
         """The stored webhook."""

@@ -9,8 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from hookpost.common.models import as_utc
 from hookpost.common.settings import Settings
 from hookpost.dispatcher.worker import Worker
+from hookpost.store import Store
 
 
 @dataclass
@@ -125,3 +127,14 @@ async def queue_depth(settings: Settings, queue: str) -> int:
         return await (await conn.channel()).queue_depth(queue)
     finally:
         await conn.close()
+
+
+async def attempt_records(store: Store, webhook_id: str | None = None,
+                          limit: int = 500_000) -> list[tuple[str, float]]:
+    """Every recorded attempt (of ``webhook_id``'s events, or all) as ``(event id, start in epoch seconds)``: the
+    first attempts kept in their events' documents and the later ones in ``attempts``, read in two queries."""
+    query: dict[str, Any] = {} if webhook_id is None else {"webhook_id": webhook_id}
+    firsts = store.events.coll.find(query, {"first_attempt": 1}).limit(limit).batch_size(5000)
+    out = [(d["_id"], as_utc(a["started_at"]).timestamp()) async for d in firsts if (a := d.get("first_attempt"))]
+    later = store.attempts.coll.find(query, {"event_id": 1, "started_at": 1}).limit(limit).batch_size(5000)
+    return out + [(d["event_id"], as_utc(d["started_at"]).timestamp()) async for d in later]

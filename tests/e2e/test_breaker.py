@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from hookpost.common.endpoints import BreakerState, endpoint_key
-from hookpost.common.models import ChangeEvent, DeliveryMessage, Entity, as_utc
+from hookpost.common.models import ChangeEvent, DeliveryMessage, Entity
 from hookpost.producer import Publisher
 from hookpost.store import Store
 from hookpost.store.localserver import free_port
-from tests.helpers import Receiver, running_worker, wait_until
+from tests.helpers import Receiver, attempt_records, running_worker, wait_until
 
 
 def changes(prefix: str, event_type: str, n: int) -> list[ChangeEvent]:
@@ -91,8 +91,7 @@ class LateReceiver:
 
 async def attempt_times(store: Store, webhook_id: str) -> list[float]:
     """When each attempt to ``webhook_id`` started (epoch seconds), from the attempt records."""
-    docs = await store.attempts.coll.find({"webhook_id": webhook_id}, {"started_at": 1}).to_list()
-    return sorted(as_utc(d["started_at"]).timestamp() for d in docs)
+    return sorted(at for _, at in await attempt_records(store, webhook_id))
 
 
 @pytest.mark.parametrize("down_as", ["503", "refused"])
@@ -180,9 +179,8 @@ async def events_by_entity(store: Store) -> dict[str, tuple[str, int]]:
 
 
 async def attempts_per_event(store: Store) -> Counter[int]:
-    """How many events have each number of attempt records (read with one aggregation)."""
-    rows = await (await store.attempts.coll.aggregate([{"$group": {"_id": "$event_id", "n": {"$sum": 1}}}])).to_list()
-    return Counter(int(r["n"]) for r in rows)
+    """How many events have each number of attempt records."""
+    return Counter(Counter(event_id for event_id, _ in await attempt_records(store)).values())
 
 
 EVENTS = 500

@@ -15,7 +15,7 @@ from hookpost.common.models import ChangeEvent, Entity, EventStatus
 from hookpost.common.settings import Settings
 from hookpost.producer import Publisher
 from hookpost.store import Store
-from tests.helpers import wait_until
+from tests.helpers import attempt_records, wait_until
 
 
 @dataclass
@@ -124,6 +124,5 @@ async def event_rows(store: Store, limit: int = 200000) -> list[dict[str, Any]]:
 
 
 async def attempts_per_event(store: Store, limit: int = 500000) -> Counter[str]:
-    """Return the number of attempt records per event id."""
-    cursor = store.attempts.coll.find({}, {"event_id": 1}).limit(limit).batch_size(5000)
-    return Counter([doc["event_id"] async for doc in cursor])
+    """Return the number of attempt records per event id (the first in the event, the others in ``attempts``)."""
+    return Counter(event_id for event_id, _ in await attempt_records(store, limit=limit))
