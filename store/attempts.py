@@ -79,10 +79,11 @@ class AttemptRepo:
 
     async def latest(self, webhook_id: str, limit: int = 100, since: datetime | None = None) -> list[dict[str, Any]]:
         """Return the ``status_code``, ``error`` and ``started_at`` of the webhook's newest ``limit`` attempts
-        (started at ``since`` or later), newest first: the first attempts of its newest events (created since
-        ``since``: an index range) with its latest later attempts."""
+        (started at ``since`` or later), newest first: the first attempts of its newest ``limit`` events (created
+        since ``since``; an index range of at most ``limit`` documents, also when its newest events wait unsent)
+        with its latest later attempts."""
         fields = ("started_at", "status_code", "error")
-        query: dict[str, Any] = {"webhook_id": webhook_id, "attempt_count": {"$gt": 0}}
+        query: dict[str, Any] = {"webhook_id": webhook_id}
         if since is not None:
             query["created_ms"] = {"$gte": round(since.timestamp() * 1000)}
         firsts = self.events.find(indexable(query), {"first_attempt": 1}).sort("created_ms", DESCENDING)
