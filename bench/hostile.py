@@ -1,5 +1,5 @@
 """A healthy endpoint beside hostile receivers: its publish→receipt p99 at a steady rate, alone and with hostile
-receivers subscribed to the same events. Issue 15 asks that it stays within 2× of its value alone.
+receivers subscribed to the same events. The target: it stays within 2× of its value alone.
 ``python -m bench.hostile [--rate 20] [--seconds 30] [--repeats 3] [--kinds …] [--no-save]``.
 
 Each run is a fresh prefix and database with one dispatcher process (default settings: ``HTTP_TIMEOUT`` 15 s,

@@ -6,7 +6,7 @@ from typing import Any
 
 PROCS = ("dispatcher", "store", "broker", "receivers", "bench (publisher)")
 
-# targets (issues 4, 5, 8)
+# targets
 RSS_LIMIT_MB = 200.0
 RSS_FLAT_MB = 20.0
 ISOLATION_MIN = 0.9

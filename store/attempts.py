@@ -25,6 +25,16 @@ def attempt_id(event_id: str, attempt: int) -> str:
     return f"{event_id}.{attempt:03d}"
 
 
+def _as_datetime(value: object) -> datetime | None:
+    """A stored time as a datetime: a date, or the ISO text some stores give back for a date written by ``$set``."""
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def split_first(attempts: list[Attempt]) -> tuple[dict[str, Attempt], list[Attempt]]:
     """Split attempts to record into the first attempts (by event id: they go into their event's document) and the
     others (they go into the ``attempts`` collection)."""
@@ -93,7 +103,7 @@ class AttemptRepo:
             later["started_at"] = {"$gte": since}
         cursor = self.coll.find(later, dict.fromkeys(fields, 1)).sort("_id", DESCENDING).limit(limit)
         made += [{k: d.get(k) for k in fields} async for d in cursor]
-        made = [{**m, "started_at": as_utc(m["started_at"])} for m in made if isinstance(m["started_at"], datetime)]
+        made = [{**m, "started_at": as_utc(at)} for m in made if (at := _as_datetime(m["started_at"])) is not None]
         made = [m for m in made if since is None or m["started_at"] >= as_utc(since)]
         made.sort(key=lambda m: m["started_at"], reverse=True)
         return made[:limit]

@@ -1,6 +1,7 @@
 """Read-only queries behind the console's dashboard and webhook health: events per minute, per-webhook
 delivery outcomes over a window, failing webhooks. Every query is bounded (``limit``) and uses indexed fields
-(``created_ms``, ``webhook_id``, ``status``); dates in ``$match`` are avoided (see MONGO_COMPAT.md)."""
+(``created_ms``, ``webhook_id``, ``status``); dates in ``$match`` are avoided (outside the subset the local
+store serves: docs/platform-notes.md, item 11)."""
 
 from dataclasses import dataclass
 from datetime import datetime

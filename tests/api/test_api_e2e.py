@@ -1,4 +1,4 @@
-"""Issue 17 end to end over real HTTP: webhooks made through the API, changes published through
+"""The API end to end over real HTTP: webhooks made through the API, changes published through
 ``POST /changes``, a real dispatcher delivering, events read back, failed events restarted by filter."""
 
 from hookpost.common.signing import sign

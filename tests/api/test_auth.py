@@ -1,4 +1,4 @@
-"""Issue 17: who may call what. Every route × every role (+ no token, a revoked token, a malformed header),
+"""Who may call what. Every route × every role (+ no token, a revoked token, a malformed header),
 the failed-auth limit (429), X-Forwarded-For only from trusted proxies, body and header limits."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Issue 17: the CLI and the API are two faces of one implementation: the same filters give the same events,
+"""The CLI and the API are two faces of one implementation: the same filters give the same events,
 the same stats and the same restart counts on the same seeded store."""
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 17: the served OpenAPI document is valid, and schemathesis finds no 5xx and no response that breaks it.
+"""The served OpenAPI document is valid, and schemathesis finds no 5xx and no response that breaks it.
 
 Schemathesis generates requests from the document the server serves (as admin): at least 50 valid and 50
 invalid examples per operation. The server runs in this event loop; schemathesis' blocking client runs in a

@@ -1,4 +1,4 @@
-"""Issue 17: ``hookpost server`` as the process operators run: it serves, answers probes, stops on SIGTERM."""
+"""``hookpost server`` as the process operators run: it serves, answers probes, stops on SIGTERM."""
 
 import asyncio
 import os

@@ -1,4 +1,4 @@
-"""Issue 18 in real headless Chromium: sign in, create a webhook through the form, watch its event arrive live,
+"""The console in real headless Chromium: sign in, create a webhook through the form, watch its event arrive live,
 filter, open a Failed event and restart it, bulk-restart with the dry-run count first, roles enforced by the
 server, hostile text rendered as text, the dashboard's totals, and no sideways scroll on a phone."""
 

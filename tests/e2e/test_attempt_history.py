@@ -47,7 +47,7 @@ async def test_the_first_attempt_is_kept_in_the_event_and_the_history_reads_both
 
     report = await cleanup(store, [RetentionRule(EventStatus.FINISHED, 0.0)])
     assert report.events["Finished"] == 2 and report.attempts == 1
-    assert await raw.count_documents({}) == 0 and await store.events.count({}) == 0
+    assert await raw.find({}).to_list() == [] and await store.events.count({}) == 0
 
 
 async def test_an_event_stored_before_the_change_keeps_its_first_attempt_in_the_collection(settings, store):

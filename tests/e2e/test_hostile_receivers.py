@@ -1,4 +1,4 @@
-"""Issue 15: hostile receivers. Real raw-socket servers on 127.0.0.1 that answer with decompression bombs, trickle
+"""Hostile receivers. Real raw-socket servers on 127.0.0.1 that answer with decompression bombs, trickle
 a body, never finish their headers, redirect forever, stream without end, stall the TLS handshake, never read,
 send 1xx answers without end, a broken chunked body or something that is not HTTP.
 Every attempt ends within ``HOOKPOST_HTTP_TIMEOUT`` with the right error class, and the dispatcher's memory stays

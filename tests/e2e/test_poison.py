@@ -1,4 +1,4 @@
-"""Issue 15: poison change events published straight to the exchange never break the dispatcher.
+"""Poison change events published straight to the exchange never break the dispatcher.
 
 A seeded generator makes malformed change events of every kind the door refuses (``common/wire.py``), each
 with the reason it must be refused for, and valid ones with awkward but legal data in between. Every malformed

@@ -1,4 +1,4 @@
-"""Issue 15: operators recover what was set aside — ``hookpost invalid list / replay`` and ``hookpost failed list``
+"""Operators recover what was set aside — ``hookpost invalid list / replay`` and ``hookpost failed list``
 against the real broker, with a dispatcher that sets events aside and then, with the cause fixed, delivers them."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Issue 15: a write the store refuses for good fails that change with a reason, at once, instead of being retried.
+"""A write the store refuses for good fails that change with a reason, at once, instead of being retried.
 
 A change under ``HOOKPOST_MAX_CHANGE_BYTES`` can still make a webhook event document over MongoDB's 16 MiB BSON
 limit: an array of 1.5 million small integers is 3 MB of JSON and about 18 MB of BSON (each element carries its

@@ -1,4 +1,4 @@
-"""Issue 15: a slow store. Every reply of the store arrives 2 s late (the fault proxy's latency mode) while 100
+"""A slow store. Every reply of the store arrives 2 s late (the fault proxy's latency mode) while 100
 change events a second keep coming. The dispatcher must keep its memory and its in-flight work bounded: the
 back-pressure goes through the prefetch windows, and the backlog waits in the broker, not in the dispatcher's
 memory. Once the store is fast again, everything is delivered and nothing is lost.

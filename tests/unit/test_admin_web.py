@@ -1,4 +1,4 @@
-"""Issue 17, pure parts: roles, restart rules, filter parsing, the generated OpenAPI document."""
+"""The pure parts of the API and the console: roles, restart rules, filter parsing, the generated OpenAPI document."""
 
 import pytest
 from openapi_spec_validator import validate

@@ -1,4 +1,4 @@
-"""Pure parts of issue 15: reading a set-aside message's headers, and response excerpts of encoded bodies."""
+"""Reading a set-aside message's headers, and response excerpts of encoded bodies."""
 
 import gzip
 import zlib
