@@ -203,7 +203,13 @@ async def test_without_the_breaker_a_dead_endpoint_fails_events_after_ten_attemp
                 return (await counts(store)).get("Failed", 0) == EVENTS
 
             await wait_until(all_failed, 60, interval=0.25, message=f"{EVENTS} events Failed")
-            failed_metric = worker.metrics.registry.get_sample_value("hookpost_events_failed_total")
+
+            def failed_counter() -> float | None:
+                return worker.metrics.registry.get_sample_value("hookpost_events_failed_total")
+
+            # the counter goes up once the handler has the store's answer: a moment after the store shows Failed
+            await wait_until(lambda: failed_counter() == EVENTS, 10, message="the Failed counter at the store's count")
+            failed_metric = failed_counter()
         took = time.monotonic() - began
         print(f"breaker off: {EVENTS} events Failed after {sum(dead.requests.values())} requests in {took:.1f} s")
         # the store: every event Failed after exactly ten attempts, each recorded
