@@ -61,7 +61,7 @@ from hookpost.dispatcher.policy import AttemptResult, Decision, decide, retry_le
 from hookpost.dispatcher.ratelimit import RateLimits
 from hookpost.dispatcher.sender import Sender
 from hookpost.dispatcher.storeguard import GuardedStore
-from hookpost.store.attempts import attempt_id, first_attempt_field, split_first
+from hookpost.store.attempts import attempt_id, first_attempt_field, kept_in_event
 
 log = logging.getLogger("hookpost.delivery")
 
@@ -244,12 +244,11 @@ class DeliveryHandler:
     async def _write(self, outcomes: list[Outcome]) -> list[bool]:
         """Write a batch of outcomes: the attempts after the first in one round trip (if any), then the event
         updates, first attempts included, in one."""
-        first, later = split_first([o.made for o in outcomes if o.made is not None])
-        await self.store.attempts.insert(later)
+        await self.store.attempts.insert([o.made for o in outcomes if o.made is not None and not kept_in_event(o.made)])
         # tokens made once, outside the store's retry: a retry after a lost reply recognises its own writes
         tokens = [new_id("w") for _ in outcomes]
         return await self.store.events.record_attempts(
-            [(o.event_id, o.attempt, o.changes | first_attempt_field(first.get(o.event_id))) for o in outcomes],
+            [(o.event_id, o.attempt, o.changes | first_attempt_field(o.made)) for o in outcomes],
             tokens)
 
     async def schedule_next(self, dm: DeliveryMessage, decision: Decision, result: AttemptResult | None,

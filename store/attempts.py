@@ -35,16 +35,14 @@ def _as_datetime(value: object) -> datetime | None:
         return None
 
 
-def split_first(attempts: list[Attempt]) -> tuple[dict[str, Attempt], list[Attempt]]:
-    """Split attempts to record into the first attempts (by event id: they go into their event's document) and the
-    others (they go into the ``attempts`` collection)."""
-    first = {a.event_id: a for a in attempts if a.attempt == 1}
-    return first, [a for a in attempts if a.attempt != 1]
+def kept_in_event(attempt: Attempt) -> bool:
+    """Tell whether ``attempt`` is recorded in its event's document (the first) rather than in ``attempts``."""
+    return attempt.attempt == 1
 
 
 def first_attempt_field(attempt: Attempt | None) -> dict[str, Any]:
-    """The event field that keeps ``attempt`` (the event's first), for its update; empty for any other."""
-    return {"first_attempt": attempt.model_dump()} if attempt is not None and attempt.attempt == 1 else {}
+    """The event field that keeps ``attempt`` if it is the event's first, for its update; else empty."""
+    return {"first_attempt": attempt.model_dump()} if attempt is not None and kept_in_event(attempt) else {}
 
 
 class AttemptRepo:
