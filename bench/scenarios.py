@@ -32,12 +32,11 @@ from bench.procs import (
 from bench.profile import Profiler
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.errors import BrokerUnavailableError
-from hookpost.common.models import Attempt, ChangeEvent, Entity, EventStatus
+from hookpost.common.models import Attempt, ChangeEvent, Entity, EventStatus, attempt_id
 from hookpost.common.settings import load_settings, settings_env
 from hookpost.common.topology import Topology, topology_from
 from hookpost.producer import Publisher
 from hookpost.store import Store
-from hookpost.store.attempts import attempt_id
 from hookpost.store.localserver import LocalMongo
 from tests.metrics_text import Samples, metric_by_label, metric_sum
 from tests.seed import make_events

@@ -166,6 +166,11 @@ class Webhook(BaseModel):
         return self.model_dump(mode="json", exclude={"secret", "previous_secret"})
 
 
+def attempt_id(event_id: str, attempt: int) -> str:
+    """Return the id of attempt number ``attempt`` of ``event_id`` (the same for every try of it)."""
+    return f"{event_id}.{attempt:03d}"
+
+
 class Attempt(BaseModel):
     """One HTTP request made for a webhook event, with what came back."""
 

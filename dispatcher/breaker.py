@@ -36,7 +36,7 @@ Example::
 
     breaker = Breaker(store, outbox, metrics, notices, cache, enabled=True, threshold=20, probe=30.0,
                       probe_max=600.0, disable_after=432000.0, recovery=3600.0)
-    if await breaker.admit(message, endpoint) is Admission.HOLD:
+    if breaker.admit(message, endpoint) is Admission.HOLD:
         await breaker.hold(message, endpoint)      # ack it: the store holds it now
     ...
     await breaker.observe(endpoint, result, probe=message.probe)
@@ -58,25 +58,10 @@ from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.notices import DISABLED, FAILING, RECOVERED, Notices
 from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.policy import AttemptResult
+from hookpost.dispatcher.policy import AttemptResult, counts_as_failure
 from hookpost.dispatcher.storeguard import GuardedStore
 
 log = logging.getLogger("hookpost.breaker")
-
-BREAKER_CODES = (408, 429)  # answers that count as the endpoint failing, besides 5xx
-
-
-def counts_as_failure(result: AttemptResult) -> bool:
-    """Tell whether an attempt's outcome counts towards opening the breaker: no answer (connection error,
-    timeout), 5xx, 408 or 429. Any other answer shows the endpoint is up (a 404 is the receiver's problem, not an
-    outage) and ends the run.
-
-    >>> counts_as_failure(AttemptResult(error="ConnectError")), counts_as_failure(AttemptResult(status_code=404))
-    (True, False)
-    """
-    code = result.status_code
-    return result.error is not None or code is None or code >= 500 or code in BREAKER_CODES
-
 
 class Admission(Enum):
     """What a delivery may do at the breaker."""

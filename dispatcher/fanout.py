@@ -4,27 +4,31 @@
 
 1. :meth:`~FanOut.receive` — decode and validate the change (:func:`~hookpost.common.wire.decode_change`); an
    invalid one is copied to ``PREFIX.invalid`` with its reason (:meth:`~FanOut.set_aside`);
-2. match the active webhooks subscribed to its type (the in-memory :class:`~hookpost.dispatcher.cache.WebhookCache`);
+2. match the active webhooks subscribed to its type (:class:`Subscribers`);
 3. :meth:`~FanOut.hold_for_open_breakers` — an event for an endpoint whose circuit breaker this process knows to
-   be open is to be stored *held* (due at the next probe), like a delivery held behind the breaker, but without a
-   trip through the deliver queue;
-4. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook, batched with concurrent changes (the
-   unique (change, webhook) index makes a replay insert nothing); a change whose events the store refuses for good
-   (over its document size limit) is set aside with the reason at once, not retried;
-5. :meth:`~FanOut.publish_deliveries` — publish the first delivery of each event not held, confirmed (one for an
-   endpoint known to hang goes straight to the defer ladder);
+   be open (:class:`Endpoints`) is to be stored *held* (due at the next probe), like a delivery held behind the
+   breaker, but without a trip through the deliver queue;
+4. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook (:class:`NewEvents`, batched with
+   concurrent changes; the unique (change, webhook) index makes a replay insert nothing); a change whose events
+   the store refuses for good (over its document size limit) is set aside with the reason at once, not retried;
+5. :meth:`~FanOut.publish_deliveries` — publish the first delivery of each event not held, confirmed
+   (:class:`Deliveries`; one for an endpoint known to hang goes straight to the defer ladder);
 6. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
 
-A crash anywhere replays safely: a redelivered change whose events exist already publishes the deliveries of
-those still waiting for their first attempt (the first try may have stored them without publishing), except the
-held ones: the breaker's probe and release publish those.
+Each collaborator is named by the small interface below that says what this module needs of it;
+``dispatcher/worker.py`` wires the real ones. A crash anywhere replays safely: a redelivered change whose events
+exist already publishes the deliveries of those still waiting for their first attempt (the first try may have
+stored them without publishing), except the held ones: the breaker's probe and release publish those.
 """
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
 
 from hookpost.common.amqp import IncomingMessage
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.endpoints import endpoint_key
 from hookpost.common.errors import StoreRefusedError
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
@@ -39,17 +43,54 @@ from hookpost.common.models import (
     utcnow,
 )
 from hookpost.common.wire import NOTICE_HEADER, NOTICE_PREFIX, InvalidChangeError, decode_change
-from hookpost.dispatcher.batcher import Batcher, Failed
-from hookpost.dispatcher.breaker import Breaker
-from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import Verdict
-from hookpost.dispatcher.deferral import Deferrer
-from hookpost.dispatcher.limits import endpoint_key
 from hookpost.dispatcher.metrics import Metrics
-from hookpost.dispatcher.outbox import Outbox
-from hookpost.dispatcher.storeguard import GuardedStore
 
 log = logging.getLogger("hookpost.fanout")
+
+
+class Subscribers(Protocol):
+    """The webhooks as this process knows them (the in-memory cache)."""
+
+    async def subscribers(self, event_type: str) -> list[Webhook]:
+        """The active webhooks subscribed to ``event_type``."""
+
+
+class Endpoints(Protocol):
+    """What this process knows of the receivers' endpoints (their breakers and their pace)."""
+
+    def hold_new_at(self, endpoint: str) -> int | None:
+        """If the breaker of ``endpoint`` is open: when a new event for it is due (its next probe); else None."""
+
+    def held_new(self, endpoint: str, n: int) -> None:
+        """Note that ``n`` new events of ``endpoint`` were stored held."""
+
+    def hanging(self, endpoint: str) -> bool:
+        """Tell whether ``endpoint`` hangs now (a delivery to it would be parked at once)."""
+
+
+class NewEvents(Protocol):
+    """Stores new events."""
+
+    async def insert(self, events: list[WebhookEvent]) -> list[bool]:
+        """Insert ``events`` (batched with other changes'); return which were new (a replay inserts nothing)."""
+
+    async def of_change(self, change_id: str) -> list[WebhookEvent]:
+        """The events stored for the change ``change_id``."""
+
+
+class Deliveries(Protocol):
+    """Publishes delivery messages."""
+
+    async def publish(self, now: Sequence[DeliveryMessage], later: Sequence[tuple[DeliveryMessage, str]]) -> None:
+        """Publish ``now`` to the deliver queue and ``later`` (with their endpoints) into the defer ladder."""
+
+
+class InvalidQueue(Protocol):
+    """Where changes that cannot be fanned out are set aside."""
+
+    async def invalid(self, msg: IncomingMessage, reason: str) -> None:
+        """Copy the change ``msg`` to ``PREFIX.invalid`` with ``reason``."""
 
 
 def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
@@ -69,16 +110,15 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
 class FanOut:
     """Consumes ``PREFIX.changes``: one change, one event and one delivery per subscribed webhook."""
 
-    def __init__(self, store: GuardedStore, cache: WebhookCache, outbox: Outbox, deferrer: Deferrer,
-                 metrics: Metrics, breaker: Breaker, *, max_change_bytes: int, batch: int = 500) -> None:
-        self.store = store
-        self.cache = cache
+    def __init__(self, webhooks: Subscribers, endpoints: Endpoints, events: NewEvents, deliveries: Deliveries,
+                 outbox: InvalidQueue, metrics: Metrics, *, max_change_bytes: int) -> None:
+        self.webhooks = webhooks
+        self.endpoints = endpoints
+        self.events = events
+        self.deliveries = deliveries
         self.outbox = outbox
-        self.deferrer = deferrer
         self.metrics = metrics
-        self.breaker = breaker
         self.max_change_bytes = max_change_bytes
-        self.inserts: Batcher[list[WebhookEvent], list[bool]] = Batcher(self._insert, max_batch=batch)
 
     async def handle(self, msg: IncomingMessage) -> Verdict:
         """Fan one change message out (or set it aside with its reason)."""
@@ -86,7 +126,7 @@ class FanOut:
             change = self.receive(msg)
         except InvalidChangeError as exc:
             return await self.set_aside(msg, str(exc))
-        hooks = await self.cache.subscribers(change.type)
+        hooks = await self.webhooks.subscribers(change.type)
         if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
             hooks = [h for h in hooks if h.id != change.entity.id]
         by_id = {h.id: h for h in hooks}
@@ -128,7 +168,7 @@ class FanOut:
         for e in events:
             hook = hooks.get(e.webhook_id)
             endpoint = endpoint_key(hook.url) if hook is not None else None
-            due = self.breaker.hold_new_at(endpoint) if endpoint is not None else None
+            due = self.endpoints.hold_new_at(endpoint) if endpoint is not None else None
             out.append(e if due is None else e.model_copy(update={"held": endpoint, **due_fields(due)}))
         return out
 
@@ -137,37 +177,15 @@ class FanOut:
         """Insert ``events``; return those stored by this call (held ones included: the breaker is told of
         them) and, on a ``replay`` (a redelivered change), those stored before that still wait for their first
         attempt and are not held."""
-        flags = await self.inserts.submit(events) if events else []
+        flags = await self.events.insert(events) if events else []
         created = [e for e, new in zip(events, flags, strict=True) if new]
         self.metrics.events_created.inc(len(created))
         for endpoint, n in Counter(e.held for e in created if e.held is not None).items():
-            self.breaker.held_new(endpoint, n)
+            self.endpoints.held_new(endpoint, n)
         if len(created) == len(events) or not replay:
             return created
-        existing = await self.store.events.find_for_change(change.id)
+        existing = await self.events.of_change(change.id)
         return [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0 and e.held is None]
-
-    async def _insert(self, groups: list[list[WebhookEvent]]) -> list[list[bool] | Failed]:
-        """Insert the events of several changes in one round trip; return per change which were new. If the
-        store refuses the batch, each change is inserted on its own, so only a change that fails itself fails."""
-        try:
-            flags = await self.store.events.insert_flags([e for g in groups for e in g])
-        except Exception:
-            if len(groups) == 1:
-                raise
-            return [await self._insert_one(g) for g in groups]
-        out: list[list[bool] | Failed] = []
-        i = 0
-        for g in groups:
-            out.append(flags[i:i + len(g)])
-            i += len(g)
-        return out
-
-    async def _insert_one(self, events: list[WebhookEvent]) -> list[bool] | Failed:
-        try:
-            return await self.store.events.insert_flags(events)
-        except Exception as exc:
-            return Failed(exc)
 
     async def publish_deliveries(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
         """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process
@@ -178,8 +196,8 @@ class FanOut:
         for e in events:
             hook = hooks.get(e.webhook_id)
             endpoint = endpoint_key(hook.url) if hook is not None else None
-            if endpoint is not None and self.deferrer.limiter.hanging(endpoint):
+            if endpoint is not None and self.endpoints.hanging(endpoint):
                 later.append((first_delivery(e), endpoint))
             else:
                 now.append(first_delivery(e))
-        await self.deferrer.publish(now, later)
+        await self.deliveries.publish(now, later)

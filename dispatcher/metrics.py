@@ -63,6 +63,11 @@ class Metrics:
         self.queue_depth = Gauge("hookpost_queue_messages", "Ready messages per queue (sampled)", ["queue"],
                                  registry=r)
 
+    def attempt_made(self, status_code: int | None, duration_ms: float) -> None:
+        """Count one HTTP attempt by its status class (``2xx`` … ``5xx``, ``error``) and observe its duration."""
+        self.attempts.labels(status_class(status_code)).inc()
+        self.duration.observe(duration_ms / 1000)
+
 
 class StoreOpCounter(CommandListener):
     """Counts every command the store client sends, by command name (``insert``, ``update``, ``find``, …)."""

@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from hookpost.common.models import EventStatus
 
 RETRY_AFTER_CODES = (429, 503)
+BREAKER_CODES = (408, 429)  # answers that count as the endpoint failing, besides 5xx
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,18 @@ class AttemptResult:
     def summary(self) -> str:
         """A short description for ``last_error`` and logs: the error, or ``HTTP 500``."""
         return self.error or f"HTTP {self.status_code}"
+
+
+def counts_as_failure(result: AttemptResult) -> bool:
+    """Tell whether an attempt's outcome counts towards opening the breaker: no answer (connection error,
+    timeout), 5xx, 408 or 429. Any other answer shows the endpoint is up (a 404 is the receiver's problem, not an
+    outage) and ends the run.
+
+    >>> counts_as_failure(AttemptResult(error="ConnectError")), counts_as_failure(AttemptResult(status_code=404))
+    (True, False)
+    """
+    code = result.status_code
+    return result.error is not None or code is None or code >= 500 or code in BREAKER_CODES
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,35 @@ from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
+from hookpost.dispatcher.followups import FollowUps
+from hookpost.dispatcher.gate import Gate
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics, StoreOpCounter
 from hookpost.dispatcher.notices import Notices
 from hookpost.dispatcher.ops import OpsServer
 from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.reconciler import Reconciler
+from hookpost.dispatcher.recorder import EventInserter, OutcomeRecorder
 from hookpost.dispatcher.sender import Sender
 from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
 from hookpost.dispatcher.targets import TargetPolicy
 from hookpost.store import Store
 
 log = logging.getLogger("hookpost.worker")
+
+
+def consumers(store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
+              deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *, delays: tuple[float, ...],
+              max_attempts: int, max_change_bytes: int, batch: int) -> tuple[FanOut, DeliveryHandler]:
+    """Wire the consumers of ``PREFIX.changes`` and ``PREFIX.deliver`` to their collaborators (one gate for
+    both)."""
+    gate = Gate(breaker, limiter, deferrer, metrics)
+    fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
+                    max_change_bytes=max_change_bytes)
+    delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch),
+                               FollowUps(store, cache, outbox, notices, metrics, delays=delays),
+                               metrics, delays=delays, max_attempts=max_attempts)
+    return fanout, delivery
 
 
 class Worker:
@@ -78,11 +95,10 @@ class Worker:
                                page=settings.prefetch,
                                hold_batch=settings.store_batch,
                                probe_lease=settings.http_timeout + settings.breaker_probe_max)
-        self.fanout = FanOut(guarded, self.cache, self.outbox, self.deferrer, self.metrics, self.breaker,
-                             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
-        self.delivery = DeliveryHandler(guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer,
-                                        self.metrics, self.breaker, self.notices, delays=settings.retry_delays,
-                                        max_attempts=settings.max_attempts, batch=settings.store_batch)
+        self.fanout, self.delivery = consumers(
+            guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
+            self.notices, delays=settings.retry_delays, max_attempts=settings.max_attempts,
+            max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()

@@ -20,11 +20,6 @@ from hookpost.store.docs import from_doc, to_doc
 from hookpost.store.events import indexable
 
 
-def attempt_id(event_id: str, attempt: int) -> str:
-    """Return the id of attempt number ``attempt`` of ``event_id``."""
-    return f"{event_id}.{attempt:03d}"
-
-
 def _as_datetime(value: object) -> datetime | None:
     """A stored time as a datetime: a date, or the ISO text some stores give back for a date written by ``$set``."""
     if isinstance(value, datetime):

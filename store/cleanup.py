@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hookpost.common.models import EventStatus, utcnow
-from hookpost.store.attempts import attempt_id
+from hookpost.common.models import EventStatus, attempt_id, utcnow
 from hookpost.store.client import Store
 
 

@@ -62,6 +62,7 @@ from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.reconciler import Reconciler
 from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
+from hookpost.dispatcher.worker import consumers
 from hookpost.store.docs import from_doc, to_doc
 from hookpost.store.webhooks import BrokenWebhook, split_documents
 
@@ -828,9 +829,8 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
     breaker = Breaker(guarded, outbox, metrics, notices, cache, enabled=breaker_on, threshold=breaker_threshold,
                       probe=0.05, probe_max=0.4, disable_after=breaker_disable_after, recovery=breaker_recovery,
                       page=100, hold_batch=batch)
-    fanout = FanOut(guarded, cache, outbox, deferrer, metrics, breaker, max_change_bytes=65536, batch=batch)
-    delivery = DeliveryHandler(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
-                               delays=delays, max_attempts=max_attempts, batch=batch)
+    fanout, delivery = consumers(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
+                                 delays=delays, max_attempts=max_attempts, max_change_bytes=65536, batch=batch)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)
     return FakeDispatcher(store=store, sender=sender, connection=connection, channel=channel,
                           topology=topology, metrics=metrics, stopping=stopping, guard=guard, guarded=guarded,

@@ -8,8 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hookpost.common.models import Attempt, EventStatus
-from hookpost.store.attempts import attempt_id
+from hookpost.common.models import Attempt, EventStatus, attempt_id
 from hookpost.store.cleanup import Pacer, cleanup, retention_rules
 from tests.e2e.test_cli import env_for
 from tests.seed import insert, make_events

@@ -25,11 +25,11 @@ async def test_a_delivery_that_fails_every_time_ends_failed_with_its_reason(sett
     async with running_worker(s) as worker:
         real_send = worker.delivery.send
 
-        async def send(hook, dm, endpoint, token):  # a bug that hits one event every time
+        async def send(hook, dm, slot):  # a bug that hits one event every time
             if dm.payload["data"]["entity"]["id"] == "1":
-                worker.limiter.release(endpoint, token)
+                worker.limiter.release(slot.endpoint, slot.token)
                 raise RuntimeError("cannot serialise this payload")
-            return await real_send(hook, dm, endpoint, token)
+            return await real_send(hook, dm, slot)
 
         worker.delivery.send = send
         async with Publisher.from_settings(s) as p:

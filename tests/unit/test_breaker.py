@@ -120,7 +120,7 @@ def test_producers_may_not_use_the_reserved_notice_types():
 
 
 def test_429_counts_towards_the_breaker_and_200_does_not():
-    from hookpost.dispatcher.breaker import counts_as_failure
+    from hookpost.dispatcher.policy import counts_as_failure
 
     assert counts_as_failure(AttemptResult(status_code=429)) and not counts_as_failure(AttemptResult(status_code=200))
 

@@ -13,12 +13,11 @@ import hookpost.dispatcher.consumer as consumer_module
 import hookpost.dispatcher.storeguard as storeguard_module
 from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.errors import PublishError, StoreRefusedError
-from hookpost.common.models import EventStatus, due_fields, now_ms
+from hookpost.common.models import EventStatus, attempt_id, due_fields, now_ms
 from hookpost.common.topology import ATTEMPT_HEADER, ROUTING_KEY_HEADER
 from hookpost.dispatcher.consumer import FailureCount, Verdict, settle_after
 from hookpost.dispatcher.limits import endpoint_key
 from hookpost.dispatcher.policy import AttemptResult
-from hookpost.store.attempts import attempt_id
 from tests.fakes import (
     FakeMessage,
     FakeSender,
