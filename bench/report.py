@@ -109,12 +109,14 @@ def targets(r: dict[str, Any], d: dict[str, Any]) -> list[tuple[str, str, str, s
                      f"{num(get(r, 'memory.backlog'))} changes", f"< {RSS_LIMIT_MB:.0f} MB and flat",
                      f"peak {med(get(r, 'memory.summary.rss_peak_mb'), 0)} MB; growth after the first 5 s "
                      f"≤ {num(growth, 1)} MB", verdict(peak < RSS_LIMIT_MB and growth < RSS_FLAT_MB)))
-    if get(r, "isolation.summary.fraction"):
-        f = get(r, "isolation.summary.fraction.median")
-        ctl = get(r, "isolation.summary.fraction_of_control")
-        rows.append(("4. throughput to healthy endpoints while one hangs", f"≥ {ISOLATION_MIN} of the baseline",
-                     med(get(r, "isolation.summary.fraction"), 2)
-                     + (f" (against a third *healthy* webhook instead: {med(ctl, 2)})" if ctl else ""),
+    if get(r, "isolation.summary.fraction_of_control"):
+        # the target's definition: against the same three webhooks all healthy (the 2-webhook baseline also
+        # measures what a third subscription costs, not only the hang)
+        f = get(r, "isolation.summary.fraction_of_control.median")
+        rows.append(("4. throughput to healthy endpoints while one hangs",
+                     f"≥ {ISOLATION_MIN} of the control (all three healthy)",
+                     med(get(r, "isolation.summary.fraction_of_control"), 2)
+                     + f" (against the 2-webhook baseline: {med(get(r, 'isolation.summary.fraction'), 2)})",
                      verdict(f >= ISOLATION_MIN)))
     if "fraction_of_limit" in d:
         rows.append(("5a. Hookpost throughput vs the smaller bare loop", "(reported)",
@@ -328,15 +330,16 @@ subscribed to the same events, so every change also makes a delivery that times 
 queue). Each run is paired with the baseline run just before it (section 1, same settings: 2 webhooks). A third
 webhook costs work even when it is healthy (one more event to insert, one more delivery to publish, consume and
 record per change), so each pair also gets a control run with a third *healthy* webhook, throughput again counted
-at the same two endpoints: the hanging run against the control shows what the hanging itself costs.{ea}
+at the same two endpoints: the hanging run against the control shows what the hanging itself costs, and is the
+target (≥ {ISOLATION_MIN}).{ea}
 
 """)
         ctl = s.get("control_per_s")
         out.append(_table(["", "median (min–max)"], [
             ["deliveries/s to the 2 healthy endpoints, third endpoint hangs", med(s["deliveries_per_s"])],
-            ["fraction of the paired baseline (2 webhooks) — the target", med(s["fraction"], 2)],
+            ["fraction of the paired baseline (2 webhooks)", med(s["fraction"], 2)],
             ["deliveries/s to the same 2 endpoints, third endpoint healthy (control)", med(ctl)],
-            ["fraction of the paired control", med(s.get("fraction_of_control"), 2)],
+            ["fraction of the paired control — the target", med(s.get("fraction_of_control"), 2)],
             ["deliveries deferred (busy endpoint)", med(s["deferred"])],
             ["requests that reached the hanging endpoint", med(s["hang_requests"])],
             ["others' share of the machine", med(s["cpu.share.others"], 0, 100) + " %"],
@@ -503,8 +506,8 @@ def _stage_table(r: dict[str, Any], prof: dict[str, Any]) -> str:
 The target's budget is {CPU_RATIO_MAX}× the bare clients = {budget:.3f} ms per delivery. The HTTP request alone
 takes {http:.3f} ms (the bare aiohttp loop: {d['bare_http_cpu_ms']:.3f} ms), which leaves {budget - http:.3f} ms for
 everything else a delivery needs: half a change event consumed and fanned out, one delivery published (confirmed),
-consumed and acked, three store documents written (event, attempt, status) and the asyncio tasks and futures that
-tie it together.""")
+consumed and acked, two batched store writes (the event stored `New`, then its outcome with the first attempt in
+it) and the asyncio tasks and futures that tie it together.""")
     text.append("\n\n")
     return "".join(text)
 
