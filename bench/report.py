@@ -411,10 +411,11 @@ batches of 1,000: {cli['seed_s']['events_s']:.0f} s), every status and type mixe
 
 ## 7. Janitor while the dispatcher works
 
-{num(run0['events'])} events (10 days old and older, every status) with {run0['attempts_per_event']} attempts each
-(`store.attempts.insert` in batches of 1,000), deleted by `hookpost janitor --once --older-than 30m --status …`
-(batches of `HOOKPOST_JANITOR_BATCH` = 500) while a dispatcher delivers a trickle of
-{num(run0['trickle_deliveries_per_s'])} deliveries/s against the same store.{_earlier(r, 'janitor')}
+{num(run0['events'])} events (10 days old and older, every status) with up to {run0['attempts_per_event']} attempt
+records each, no more than its attempt count (`store.attempts.insert` in batches of 1,000), deleted by
+`hookpost janitor --once --older-than 30m --status …` (batches of `HOOKPOST_JANITOR_BATCH` = 500) while a
+dispatcher delivers a trickle of {num(run0['trickle_deliveries_per_s'])} deliveries/s against the same
+store.{_earlier(r, 'janitor')}
 
 """)
         out.append(_table(["", "median (min–max)"], [

@@ -285,7 +285,7 @@ class Runner:
         p = self.plan
         runs = []
         for i in range(p.repeats):
-            log(f"janitor: run {i + 1}/{p.repeats} ({p.janitor_events:,} events x 3 attempts)")
+            log(f"janitor: run {i + 1}/{p.repeats} ({p.janitor_events:,} events x up to 3 attempts)")
             runs.append(await self.attempt("janitor run", lambda: self.bench.run_janitor(
                 p.janitor_events, 3, p.janitor_trickle_per_s, warmup=p.janitor_warmup_s), repeat_disturbed=False))
             log(f"  {runs[-1]['janitor_s']:.1f}s; {runs[-1]['deliveries_during']} deliveries meanwhile, "

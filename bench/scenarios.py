@@ -365,8 +365,10 @@ class Bench:
 
     async def seed(self, store: Store, n: int, webhook_ids: list[str], attempts: int = 0,
                    age_s: float = 3600.0) -> dict[str, float]:
-        """Insert ``n`` events spread over 10 days ending ``age_s`` ago (batches of 1000), and ``attempts``
-        attempt records for each; return the seconds each part took."""
+        """Insert ``n`` events spread over 10 days ending ``age_s`` ago (batches of 1000), and up to ``attempts``
+        attempt records for each in ``attempts`` (never more than the event's ``attempt_count``: a real event has
+        no record of an attempt it did not make, and the janitor deletes the records its count says exist); return
+        the seconds each part took."""
         from datetime import UTC, datetime, timedelta
 
         t0 = time.monotonic()
@@ -376,11 +378,12 @@ class Bench:
         t1 = time.monotonic()
         batch: list[Attempt] = []
         for ev in events:
-            for a in range(1, attempts + 1):
+            made = min(attempts, ev.attempt_count)
+            for a in range(1, made + 1):
                 batch.append(Attempt(id=attempt_id(ev.id, a), event_id=ev.id, webhook_id=ev.webhook_id, attempt=a,
                                      started_at=ev.created_at, duration_ms=12.5,
-                                     status_code=200 if a == attempts else 503,
-                                     error=None if a == attempts else "HTTP 503", response_excerpt="ok"))
+                                     status_code=200 if a == made else 503,
+                                     error=None if a == made else "HTTP 503", response_excerpt="ok"))
             if len(batch) >= 1000:
                 await store.attempts.insert(batch)
                 batch = []
@@ -556,7 +559,7 @@ class Bench:
 
     async def run_janitor(self, n: int, attempts: int = 3, trickle_per_s: float = 20.0, k: int = 2,
                           warmup: float = 3.0, **janitor_settings: str) -> dict[str, Any]:
-        """Seed ``n`` expired events with ``attempts`` attempts each, then run ``hookpost janitor --once`` while a
+        """Seed ``n`` expired events with up to ``attempts`` attempts each, then run ``hookpost janitor --once`` while a
         dispatcher delivers a trickle of changes; report the pass's wall time and the deliveries meanwhile."""
         async with self.trial(ok=k) as trial:
             seeded = await self.seed(trial.store, n, trial.webhook_ids, attempts=attempts, age_s=3600)
