@@ -148,12 +148,15 @@ async def main(out: Path) -> None:
         failed: list[Any] = []
         while time.monotonic() < deadline:
             failed = await admin.store.events.find(EventFilter(statuses=[EventStatus.FAILED], webhook_id=erp.id,
-                                                               search="chg-shot"), limit=5)
+                                                               search="chg-shot*"), limit=5)
             if len(failed) >= 2:
                 break
             await asyncio.sleep(0.2)
+        if not failed:
+            raise RuntimeError("no event of the 503 receiver ended Failed within 30 s: nothing to show on the "
+                               "event page")
         token = (await admin.tokens.create("screenshots", Role.ADMIN, actor="screenshots")).token
-        for path in await shoot(server.url, token, out, failed[0].id if failed else ""):
+        for path in await shoot(server.url, token, out, failed[0].id):
             print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
     finally:
         await server.stop()
