@@ -136,3 +136,18 @@ def test_a_search_is_one_term():
             raise AssertionError(bad)
     assert parse_filter(search="  ").search is None
     assert EventFilter(search="x").branches()  # one query per condition
+
+
+async def test_counts_of_a_search_within_other_filters_agree_with_the_list(store):
+    """A search is an ``$or`` beside the other filters; the counts (the restart dry run, the console's restart
+    confirmation, a bulk restart job's total) must honour both, as the list does."""
+    events = make(140, ["wh_a", "wh_b"])
+    await store.events.insert_new(events)
+    for term, kw in (("503", {"webhook_id": "wh_a"}), ("timeout", {"statuses": ["failed"], "webhook_id": "wh_b"}),
+                     ("A-3", {"event_type": "order.created"}), ("chg-1*", {"webhook_id": "wh_b"})):
+        flt = parse_filter(search=term, **kw)
+        listed = await store.events.find(flt, limit=10000)
+        assert listed, term
+        assert await store.events.count(flt.query()) == len(listed), term
+        by_status = await store.events.group_counts("status", flt.query())
+        assert sum(by_status.values()) == len(listed), term
