@@ -1,4 +1,5 @@
-"""Conversion between pydantic models and MongoDB documents (``id`` ↔ ``_id``)."""
+"""Conversion between pydantic models and MongoDB documents (``id`` ↔ ``_id``), and filters written so that the
+local stand-in reads them as MongoDB does."""
 
 from typing import Any, TypeVar
 
@@ -19,3 +20,22 @@ def from_doc(cls: type[M], doc: dict[str, Any]) -> M:
     data = dict(doc)
     data["id"] = data.pop("_id")
     return cls.model_validate(data)
+
+
+def grouped(query: dict[str, Any]) -> dict[str, Any]:
+    """Return ``query`` with each ``$or`` that stands beside other conditions moved into an ``$and`` (at every
+    level): the same filter on MongoDB.
+
+    The local stand-in joins such an ``$or``'s branches to the conditions beside it without parentheses
+    (``_id = k AND a OR b``), so an update, a count or an aggregation matched documents that fail those
+    conditions; inside an ``$and`` it keeps them apart. ``find`` was not affected.
+
+    >>> grouped({"_id": "k", "$or": [{"a": 1}, {"b": 2}]})
+    {'_id': 'k', '$and': [{'$or': [{'a': 1}, {'b': 2}]}]}
+    """
+    out: dict[str, Any] = {}
+    for key, value in query.items():
+        out[key] = [grouped(q) for q in value] if key in ("$or", "$and", "$nor") else value
+    if "$or" in out and len(out) > 1:
+        out["$and"] = [*out.get("$and", []), {"$or": out.pop("$or")}]
+    return out

@@ -16,7 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from hookpost.common.endpoints import BreakerState, EndpointHealth, trouble_since
 from hookpost.common.models import now_ms
-from hookpost.store.docs import from_doc
+from hookpost.store.docs import from_doc, grouped
 
 # ends a run: absent, not null (``$min`` would keep a null on MongoDB, where null sorts before numbers)
 _NO_RUN_SINCE: dict[str, Any] = {"$unset": {"run_since_ms": ""}}
@@ -174,9 +174,9 @@ class EndpointRepo:
         """Take (or keep) the release of ``key``'s held deliveries for ``seconds``: one process re-publishes them
         at a time."""
         now = now_ms()
-        res = await self.coll.update_one(
+        res = await self.coll.update_one(grouped(
             {"_id": key, "releasing": True,
-             "$or": [{"release_lease_ms": {"$lt": now}}, {"release_lease_ms": None}, {"release_owner": owner}]},
+             "$or": [{"release_lease_ms": {"$lt": now}}, {"release_lease_ms": None}, {"release_owner": owner}]}),
             {"$set": {"release_lease_ms": now + round(seconds * 1000), "release_owner": owner}})
         return res.matched_count == 1
 

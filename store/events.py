@@ -27,7 +27,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from hookpost.common.errors import NotFoundError, StoreRefusedError
 from hookpost.common.ids import id_time_ms, new_id
 from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
-from hookpost.store.docs import from_doc, to_doc
+from hookpost.store.docs import from_doc, grouped, to_doc
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 """MongoDB's limit on one document (``maxBsonObjectSize``). The local stand-in reports it too but stores larger
@@ -320,7 +320,8 @@ def _derived(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def indexable(query: dict[str, Any]) -> dict[str, Any]:
-    """Return ``query`` with each equality to a value written ``{"$eq": value}``: the same filter on MongoDB.
+    """Return ``query`` with each equality to a value written ``{"$eq": value}`` and each ``$or`` beside other
+    conditions inside an ``$and`` (:func:`~hookpost.store.docs.grouped`): the same filter on MongoDB.
 
     The local stand-in reads a bare ``{field: value}`` as "equals, or is an array holding it" and then uses no
     index unless a single-field index on ``field`` exists; ``$eq`` it serves from any index that starts with the
@@ -330,10 +331,15 @@ def indexable(query: dict[str, Any]) -> dict[str, Any]:
     >>> indexable({"status": "Failed", "held": None, "created_ms": {"$gte": 1}})
     {'status': {'$eq': 'Failed'}, 'held': None, 'created_ms': {'$gte': 1}}
     """
+    return grouped(_equalities(query))
+
+
+def _equalities(query: dict[str, Any]) -> dict[str, Any]:
+    """``query`` with each equality to a value written ``{"$eq": value}``."""
     out: dict[str, Any] = {}
     for key, value in query.items():
         if key in ("$or", "$and", "$nor"):
-            out[key] = [indexable(q) for q in value]
+            out[key] = [_equalities(q) for q in value]
         elif key.startswith("$") or key == "_id" or value is None or isinstance(value, dict):
             out[key] = value
         else:
