@@ -412,6 +412,11 @@ def render(res: dict[str, Any]) -> str:
                   f"{s['hookpost']['cpu_bound_per_s']:.0f}/s, so {v['target']:.0f}× holds only if {LABELS[fa]} "
                   f"drains at most {s['hookpost']['cpu_bound_per_s'] / v['target']:.0f}/s; it drained "
                   f"{s[fa]['min']:.0f}–{s[fa]['max']:.0f}/s here."]
+        rest = s["hookpost"]["total_ms"] - s["hookpost"]["workers_ms"]
+        lines += ["", f"Without the dispatcher: the store, the broker, the receiver and the publisher alone use "
+                  f"{rest:.2f} ms per Hookpost delivery, which bounds the rate at "
+                  f"{res['cores'] * 1000 / rest:,.0f}/s even if the dispatcher cost nothing — "
+                  f"{'above' if rest < need else 'below'} the {goal:,.0f}/s that {v['target']:.0f}× asks."]
     lines += ["", "What differs besides the code: Hookpost's queues are quorum queues (its default; replicated, "
               "slower per message on one node than the classic queues both libraries declare by default); Hookpost "
               "matches each change against its webhooks, while the baselines' tasks are given the webhook's id; "

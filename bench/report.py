@@ -1,5 +1,6 @@
 """Render benchmark results as ``docs/benchmarks.md`` and the chart ``docs/benchmarks.png``."""
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -622,6 +623,20 @@ def kept_sections(text: str) -> str:
         body_end, pos = _section_end(text, start)
         out.append("\n" + text[start:body_end].rstrip("\n") + "\n" + SECTION_END + "\n")
     return "".join(out)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def save_run(kind: str, stamp: str, res: dict[str, Any], section: str, body: str) -> Path:
+    """Keep a measurement: ``res`` as ``bench/results/<kind>-<stamp>.json`` (git-ignored) and ``body`` as the
+    section ``section`` of ``docs/benchmarks.md``; return the JSON file's path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{kind}-{stamp}.json"
+    out.write_text(json.dumps(res, indent=1, default=str))
+    replace_section(DOCS, section, body)
+    return out
 
 
 def replace_section(md: Path, name: str, body: str) -> None:

@@ -8,7 +8,6 @@ every change reached exactly its webhook. Needs the broker (``make broker``). Wr
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
@@ -19,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import REPO, Receivers, broker_pid
-from bench.report import replace_section
+from bench.report import save_run
 from bench.run import RABBIT_URL
 from bench.scenarios import Bench
 from hookpost.store.localserver import LocalMongo
 
-RESULTS = REPO / "bench" / "results"
-DOCS = REPO / "docs" / "benchmarks.md"
 MAX_RATIO = 1.2
 
 
@@ -93,10 +90,7 @@ async def main_async(args: argparse.Namespace) -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     res = {"webhooks": args.webhooks, "changes": args.changes, "one": one, "many": many, "when": stamp,
            "load_start": load_start, "load_end": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"webhooks-{stamp}.json"
-    out.write_text(json.dumps(res, indent=1, default=str))
-    replace_section(DOCS, "webhooks", render(res))
+    out = save_run("webhooks", stamp, res, "webhooks", render(res))
     shutil.rmtree(workdir, ignore_errors=True)
     log(f"wrote {out.relative_to(REPO)} and the section webhooks of docs/benchmarks.md")
 
