@@ -431,3 +431,20 @@ async def test_every_control_has_a_label(console, store, new_page):
                  f"/webhooks/{hook.id}/delete"):
         await page.goto(console.url + path)
         assert await page.evaluate(unlabelled_js) == [], path
+
+
+async def test_restart_all_of_a_search_within_one_webhook_counts_that_webhooks_events_only(console, store, new_page):
+    """The dry run's count of a search (an ``$or``) within a webhook filter counts what the list shows."""
+    a, b = [await console.admin.webhooks.create(WebhookCreate(url=f"http://127.0.0.1:9/{n}", event_types=["*"]),
+                                                actor="test") for n in ("a", "b")]
+    now = datetime.now(UTC)
+    await store.events.insert_new(
+        [seeded_event(a.id, EventStatus.FAILED, now - timedelta(minutes=i)) for i in range(2)]
+        + [seeded_event(b.id, EventStatus.FAILED, now - timedelta(minutes=i, seconds=30)) for i in range(3)])
+    page, _ = await new_page()
+    await console.sign_in(page, "operator", "/events")
+    await page.goto(console.url + f"/events?webhook={a.id}&q=503")
+    assert len(await rows(page)) == 2
+    await page.get_by_role("button", name="Restart all matching…").click()
+    await expect(page.locator("[data-dry-run]")).to_have_text("2")
+    await expect(page.get_by_role("button", name="Yes, restart 2 events")).to_be_visible()
