@@ -38,11 +38,10 @@ import pika
 from pymongo import AsyncMongoClient
 
 from bench.bare import _Bridge, sample_body
-from bench.procs import REPO, Receivers, base_env, broker_pid
-from bench.report import DOCS, replace_section, save_run
-from bench.run import RABBIT_URL
-from bench.scenarios import Bench
-from hookpost.store.localserver import LocalMongo
+from bench.report import DOCS, RESULTS, replace_section, save_run
+
+# The comparison's harness (the bench's processes, psutil) is imported where it runs: the floor itself needs only
+# the project's own dependencies, so its test runs without the bench extra.
 
 QUORUM = {"x-queue-type": "quorum"}
 BACKLOG_RATE = 2000.0
@@ -169,6 +168,9 @@ def python_speed() -> float:
 
 def run_floor(mongo_url: str, hook: str, rate: float, seconds: float) -> dict[str, Any]:
     """Run the floor in a process of its own (so nothing of the bench is counted) and return its result."""
+    from bench.procs import base_env
+    from bench.run import RABBIT_URL
+
     out = subprocess.run([sys.executable, "-m", "bench.floor", "run", "--amqp", RABBIT_URL, "--mongo", mongo_url,
                           "--hook", hook, "--rate", str(rate), "--seconds", str(seconds)],
                          capture_output=True, text=True, env=base_env(), timeout=seconds + 300)
@@ -180,6 +182,11 @@ def run_floor(mongo_url: str, hook: str, rate: float, seconds: float) -> dict[st
 
 async def compare(args: argparse.Namespace) -> None:
     """Alternate Hookpost and the floor on the same store, broker and receiver; write the results."""
+    from bench.procs import Receivers, broker_pid
+    from bench.run import RABBIT_URL
+    from bench.scenarios import Bench
+    from hookpost.store.localserver import LocalMongo
+
     workdir = Path(tempfile.mkdtemp(prefix="hookpost-floor-"))
     mongo = LocalMongo(workdir / "mongo")
     receivers = Receivers(ok=1, hang=0, log_path=workdir / "receivers.log")
@@ -216,7 +223,7 @@ async def compare(args: argparse.Namespace) -> None:
            "load_start": load_start, "load_end": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
     out = save_run("floor", stamp, res, "stack-floor", render(res))
     shutil.rmtree(workdir, ignore_errors=True)
-    log(f"wrote {out.relative_to(REPO)} and the section stack-floor of docs/benchmarks.md")
+    log(f"wrote bench/results/{out.relative_to(RESULTS)} and the section stack-floor of docs/benchmarks.md")
 
 
 def render(res: dict[str, Any]) -> str:
