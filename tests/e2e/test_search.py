@@ -144,7 +144,8 @@ async def test_counts_of_a_search_within_other_filters_agree_with_the_list(store
     events = make(140, ["wh_a", "wh_b"])
     await store.events.insert_new(events)
     for term, kw in (("503", {"webhook_id": "wh_a"}), ("timeout", {"statuses": ["failed"], "webhook_id": "wh_b"}),
-                     ("A-3", {"event_type": "order.created"}), ("chg-1*", {"webhook_id": "wh_b"})):
+                     ("A-3", {"event_type": "order.created"}), ("chg-1*", {"webhook_id": "wh_b"}),
+                     ("order.created", {"statuses": ["failed", "finished"], "webhook_id": "wh_a"})):
         flt = parse_filter(search=term, **kw)
         listed = await store.events.find(flt, limit=10000)
         assert listed, term
