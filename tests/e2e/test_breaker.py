@@ -395,7 +395,7 @@ async def test_new_events_of_an_open_endpoint_are_held_by_fan_out_without_a_trip
                   f"queue for the dead endpoint, {held_at_fanout:.0f} held at fan-out, "
                   f"{sum(1 for c, probe in consumed if probe)} probes")
             assert trips == []
-            assert held_at_fanout == new
+            assert held_at_fanout >= new  # and a change of before the open fanned out after it is held too
             new_dead = {"change_id": {"$regex": "^while-open-"}, "webhook_id": hook.id}
             probed = {c for c, probe in consumed if probe and c.startswith("while-open-")}
             assert await store.events.count({**new_dead, "held": key, "status": "New", "attempt_count": 0}) \
