@@ -39,3 +39,14 @@ def grouped(query: dict[str, Any]) -> dict[str, Any]:
     if "$or" in out and len(out) > 1:
         out["$and"] = [*out.get("$and", []), {"$or": out.pop("$or")}]
     return out
+
+
+def one_of(field: str, values: list[Any]) -> dict[str, Any]:
+    """``field`` equal to one of ``values``, written as an ``$or`` of equalities: the same as ``{field: {"$in":
+    values}}`` on MongoDB, which the stand-in, beside other conditions, cannot check in SQL (it reads every
+    candidate document into Python instead). Put it inside an ``$and`` (:func:`grouped`).
+
+    >>> one_of("status", ["New", "Retrying"])
+    {'$or': [{'status': 'New'}, {'status': 'Retrying'}]}
+    """
+    return {"$or": [{field: v} for v in values]}

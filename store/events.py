@@ -27,7 +27,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from hookpost.common.errors import NotFoundError, StoreRefusedError
 from hookpost.common.ids import id_time_ms, new_id
 from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
-from hookpost.store.docs import from_doc, grouped, to_doc
+from hookpost.store.docs import from_doc, grouped, one_of, to_doc
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 """MongoDB's limit on one document (``maxBsonObjectSize``). The local stand-in reports it too but stores larger
@@ -204,10 +204,9 @@ class EventFilter:
     def query(self) -> dict[str, Any]:
         """Return the filter as one MongoDB filter document (for counts; lists use :meth:`branches`).
 
-        Beside a search, the statuses are an ``$or`` of equalities rather than an ``$in`` (the same filter): the
-        stand-in cannot translate an ``$in`` beside an ``$or`` into SQL and matched every event in Python (a
-        restart dry run of a search within a status took seconds at 50,000 events, ``docs/benchmarks.md``,
-        "restart-counts"). Without a search the ``$in`` is faster there.
+        Beside a search, the statuses are :func:`~hookpost.store.docs.one_of` rather than an ``$in`` (a restart
+        dry run of a search within a status took seconds at 50,000 events on the stand-in, ``docs/benchmarks.md``,
+        "restart-counts"); without a search the ``$in`` is faster there.
         """
         q = self._common()
         statuses = [s.value for s in self.statuses]
@@ -216,8 +215,8 @@ class EventFilter:
                 q["status"] = {"$in": statuses}
             return q
         q["$or"] = search_conditions(self.search) or [{"_id": {"$in": []}}]
-        if statuses:  # beside a search: equalities (see the docstring)
-            q["$and"] = [{"$or": [{"status": s} for s in statuses]}]
+        if statuses:
+            q["$and"] = [one_of("status", statuses)]
         return q
 
     def branches(self) -> list[tuple[dict[str, Any], str | None]]:
@@ -361,13 +360,10 @@ def waiting_for(event_id: str, attempt: int) -> dict[str, Any]:
     """The guard of a write about ``attempt`` of an event: the event ``event_id``, still in flight (New or
     Retrying) and waiting for that attempt (so a second copy of the same message writes nothing).
 
-    The status condition means ``{"status": {"$in": ["New", "Retrying"]}}``; it is written as an ``$or`` of
-    equalities (inside an ``$and``, :func:`~hookpost.store.docs.grouped`), the same filter on MongoDB, which the
-    stand-in checks in its SQL. An ``$in`` it cannot translate, so it read the whole document into Python first:
-    about 0.35 ms more per update, a fifth of the store's work per delivery (``docs/benchmarks.md``).
+    The status condition is :func:`~hookpost.store.docs.one_of`, not an ``$in``: with an ``$in`` the stand-in read
+    the whole document into Python before each update, a fifth of its work per delivery (``docs/benchmarks.md``).
     """
-    return {"_id": event_id, "attempt_count": attempt - 1,
-            "$and": [{"$or": [{"status": s.value} for s in IN_FLIGHT]}]}
+    return {"_id": event_id, "attempt_count": attempt - 1, "$and": [one_of("status", [s.value for s in IN_FLIGHT])]}
 
 
 class EventRepo:
