@@ -1,7 +1,8 @@
 """Publishing change events on behalf of people and systems (``hookpost publish``, ``POST /changes``).
 
-The body is validated by the same rules as the queue path (:mod:`hookpost.common.wire`) and published with
-confirms. Publishing the same change id twice is harmless: fan-out makes one event per (change, webhook).
+The body is validated by the same rules as the queue path (:mod:`hookpost.common.wire`), and its ``data`` against
+its type's enforced contract, if any (:mod:`hookpost.admin.event_types`); then it is published with confirms.
+Publishing the same change id twice is harmless: fan-out makes one event per (change, webhook).
 """
 
 from typing import TYPE_CHECKING
@@ -24,5 +25,8 @@ class ChangeOps:
         return decode_change(body, content_type, max_bytes=self.admin.settings.max_change_bytes)
 
     async def publish(self, change: ChangeEvent) -> str:
-        """Publish ``change`` and return its id once the broker confirmed it."""
+        """Publish ``change`` and return its id once the broker confirmed it; raise
+        :class:`~hookpost.admin.event_types.ContractViolationError` if its data breaks its type's enforced
+        contract."""
+        await self.admin.event_types.violation(change)
         return await self.admin.publisher.publish(change)

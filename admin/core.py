@@ -31,6 +31,7 @@ class Admin:
     def __init__(self, settings: Settings, store: Store, *, publish_timeout: float = 10.0) -> None:
         from hookpost.admin.audit import AuditOps
         from hookpost.admin.changes import ChangeOps
+        from hookpost.admin.event_types import EventTypeOps
         from hookpost.admin.events import EventOps
         from hookpost.admin.jobs import JobOps
         from hookpost.admin.tokens import TokenOps
@@ -47,6 +48,7 @@ class Admin:
         self.audit = AuditOps(self)
         self.changes = ChangeOps(self)
         self.jobs = JobOps(self)
+        self.event_types = EventTypeOps(self)
 
     @classmethod
     @asynccontextmanager

@@ -15,6 +15,7 @@ from hookpost.cli.base import HookpostGroup
 COMMANDS = {
     "webhooks": "hookpost.cli.webhooks:webhooks",
     "events": "hookpost.cli.events:events",
+    "event-types": "hookpost.cli.event_types:event_types",
     "invalid": "hookpost.cli.invalid:invalid",
     "failed": "hookpost.cli.invalid:failed",
     "publish": "hookpost.cli.system:publish",

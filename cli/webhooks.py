@@ -23,6 +23,12 @@ def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def warn_about_types(warnings: list[str]) -> None:
+    """Print each event-type warning as one line on stderr (they do not refuse the change)."""
+    for text in warnings:
+        click.echo(f"hookpost: warning: {text}", err=True)
+
+
 def _status(hook: Webhook | WebhookView) -> str:
     if isinstance(hook, WebhookView):
         return hook.health  # healthy / failing / breaker open since … / disabled (reason)
@@ -60,11 +66,13 @@ def create(url: str, events: tuple[str, ...], description: str, secret: str | No
     spec = WebhookCreate(url=url, event_types=list(events), description=description, secret=secret,
                          headers=parse_headers(headers), rate_limit=rate_limit)
 
-    async def go() -> Webhook:
+    async def go() -> tuple[Webhook, list[str]]:
         async with open_admin() as admin:
-            return await admin.webhooks.create(spec, actor=actor())
+            hook = await admin.webhooks.create(spec, actor=actor())
+            return hook, await admin.event_types.warnings_for(hook.event_types)
 
-    hook = run(go())
+    hook, warnings = run(go())
+    warn_about_types(warnings)
     if as_json:
         echo_json({**hook.public_dict(), "secret": hook.secret})
         return
@@ -154,11 +162,13 @@ def update(webhook_id: str, url: str | None, events: tuple[str, ...], descriptio
         raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active or "
                                "--rate-limit")
 
-    async def go() -> Webhook:
+    async def go() -> tuple[Webhook, list[str]]:
         async with open_admin() as admin:
-            return await admin.webhooks.update(webhook_id, spec, actor=actor())
+            hook = await admin.webhooks.update(webhook_id, spec, actor=actor())
+            return hook, await admin.event_types.warnings_for(hook.event_types) if events else []
 
-    hook = run(go())
+    hook, warnings = run(go())
+    warn_about_types(warnings)
     click.echo(f"updated {hook.id}")
 
 

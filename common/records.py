@@ -238,7 +238,14 @@ class TokenCreated(BaseModel):
     record: TokenView
 
 
-class WebhookCreated(WebhookView):
+class WebhookSaved(WebhookView):
+    """A webhook just created or changed, with warnings that did not refuse the request: event-type patterns that
+    match no known type, deprecated types chosen."""
+
+    warnings: list[str] = Field(default_factory=list)
+
+
+class WebhookCreated(WebhookSaved):
     """A new webhook, with its signing secret (shown this once; ``GET /webhooks/{id}/secret`` shows it again)."""
 
     secret: str

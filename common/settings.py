@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     notice_interval: Duration = Field("5m", description="at most one notice per webhook and kind per interval")
     store_batch: int = Field(500, ge=1, le=5000, description="most writes of one kind per store round trip")
     webhook_cache_ttl: Duration = Field("2s", description="how long the dispatcher trusts its webhook cache")
+    catalog_flush_interval: Duration = Field("10s", description="how often a dispatcher writes the counts of "
+                                             "event types it saw (a killed dispatcher loses the unwritten ones)")
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
     reconcile_interval: Duration = Field("1m", description="how often the dispatcher sweeps for lost deliveries")
     reconcile_grace: Duration = Field("5m", description="how overdue an attempt must be before it is re-published")

@@ -3,7 +3,9 @@
 :meth:`FanOut.handle` reads like the path a change takes:
 
 1. :meth:`~FanOut.receive` — decode and validate the change (:func:`~hookpost.common.wire.decode_change`); an
-   invalid one is copied to ``PREFIX.invalid`` with its reason (:meth:`~FanOut.set_aside`);
+   invalid one is copied to ``PREFIX.invalid`` with its reason (:meth:`~FanOut.set_aside`); the type is counted
+   in the event-type catalog, and a change that breaks its type's enforced contract is set aside too
+   (:class:`EventTypes`);
 2. match the active webhooks subscribed to its type (:class:`Subscribers`);
 3. :meth:`~FanOut.hold_for_open_breakers` — an event for an endpoint whose circuit breaker this process knows to
    be open (:class:`Endpoints`) is to be stored *held* (due at the next probe), like a delivery held behind the
@@ -69,6 +71,16 @@ class Endpoints(Protocol):
         """Tell whether ``endpoint`` hangs now (a delivery to it would be parked at once)."""
 
 
+class EventTypes(Protocol):
+    """The event-type catalog: which types are seen, and the contracts of declared types."""
+
+    def seen(self, event_type: str) -> None:
+        """Count one change of ``event_type`` (in memory; written in batches)."""
+
+    async def violation(self, change: ChangeEvent) -> str | None:
+        """Return why ``change`` breaks its type's enforced contract (the JSON path and the rule), or None."""
+
+
 class NewEvents(Protocol):
     """Stores new events."""
 
@@ -111,7 +123,8 @@ class FanOut:
     """Consumes ``PREFIX.changes``: one change, one event and one delivery per subscribed webhook."""
 
     def __init__(self, webhooks: Subscribers, endpoints: Endpoints, events: NewEvents, deliveries: Deliveries,
-                 outbox: InvalidQueue, metrics: Metrics, *, max_change_bytes: int) -> None:
+                 outbox: InvalidQueue, metrics: Metrics, *, max_change_bytes: int,
+                 catalog: EventTypes | None = None) -> None:
         self.webhooks = webhooks
         self.endpoints = endpoints
         self.events = events
@@ -119,6 +132,7 @@ class FanOut:
         self.outbox = outbox
         self.metrics = metrics
         self.max_change_bytes = max_change_bytes
+        self.catalog = catalog
 
     async def handle(self, msg: IncomingMessage) -> Verdict:
         """Fan one change message out (or set it aside with its reason)."""
@@ -126,6 +140,10 @@ class FanOut:
             change = self.receive(msg)
         except InvalidChangeError as exc:
             return await self.set_aside(msg, str(exc))
+        if self.catalog is not None:
+            self.catalog.seen(change.type)
+            if (broken := await self.catalog.violation(change)) is not None:
+                return await self.set_aside(msg, broken)
         hooks = await self.webhooks.subscribers(change.type)
         if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
             hooks = [h for h in hooks if h.id != change.entity.id]

@@ -20,6 +20,7 @@ from pymongo.errors import ConnectionFailure
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.store import Store
 from hookpost.store.attempts import AttemptRepo
+from hookpost.store.catalog import CatalogRepo
 from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
 from hookpost.store.webhooks import WebhookRepo
@@ -107,3 +108,4 @@ class GuardedStore:
         self.webhooks: WebhookRepo = guarded(store.webhooks, guard)
         self.endpoints: EndpointRepo = guarded(store.endpoints, guard)
         self.notices: NoticeRepo = guarded(store.notices, guard)
+        self.catalog: CatalogRepo = guarded(store.catalog, guard)

@@ -25,6 +25,7 @@ from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
 from hookpost.dispatcher.breaker import Breaker
 from hookpost.dispatcher.cache import WebhookCache
+from hookpost.dispatcher.catalog import Catalog
 from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
 from hookpost.dispatcher.deferral import Deferrer
 from hookpost.dispatcher.delivery import DeliveryHandler
@@ -48,12 +49,13 @@ log = logging.getLogger("hookpost.worker")
 
 def consumers(store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
               deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *, delays: tuple[float, ...],
-              max_attempts: int, max_change_bytes: int, batch: int) -> tuple[FanOut, DeliveryHandler]:
+              max_attempts: int, max_change_bytes: int, batch: int,
+              catalog: Catalog | None = None) -> tuple[FanOut, DeliveryHandler]:
     """Wire the consumers of ``PREFIX.changes`` and ``PREFIX.deliver`` to their collaborators (one gate for
     both)."""
     gate = Gate(breaker, limiter, deferrer, metrics)
     fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
-                    max_change_bytes=max_change_bytes)
+                    max_change_bytes=max_change_bytes, catalog=catalog)
     delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch),
                                FollowUps(store, cache, outbox, notices, metrics, delays=delays),
                                metrics, delays=delays, max_attempts=max_attempts)
@@ -75,6 +77,8 @@ class Worker:
         guarded = GuardedStore(self.store, self.guard)
         self.cache = WebhookCache(guarded.webhooks, settings.webhook_cache_ttl, self.metrics)
         self.outbox = Outbox(self.topology)
+        self.catalog = Catalog(guarded.catalog, ttl=settings.webhook_cache_ttl,
+                               flush_every=settings.catalog_flush_interval)
         self.sender = Sender(
             TargetPolicy(allow_private=settings.allow_private_targets,
                          allowed_networks=settings.allowed_target_networks, require_https=settings.require_https),
@@ -98,7 +102,7 @@ class Worker:
         self.fanout, self.delivery = consumers(
             guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
             self.notices, delays=settings.retry_delays, max_attempts=settings.max_attempts,
-            max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
+            max_change_bytes=settings.max_change_bytes, batch=settings.store_batch, catalog=self.catalog)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()
@@ -131,12 +135,14 @@ class Worker:
             background.append(asyncio.create_task(
                 self.reconciler.run(self.settings.reconcile_interval, self.stopping)))
             background.append(asyncio.create_task(self.breaker.run(self.settings.breaker_poll, self.stopping)))
+            background.append(asyncio.create_task(self.catalog.run(self.stopping)))
             await self._supervise()
         finally:
             self.stopping.set()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self.catalog.close()  # the event-type counts not yet written (a killed process loses them)
             await self.ops.stop()
             await self.sender.close()
             await self.store.close()

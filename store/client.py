@@ -15,6 +15,7 @@ from pymongo.errors import PyMongoError
 from pymongo.monitoring import CommandListener
 
 from hookpost.store.attempts import AttemptRepo
+from hookpost.store.catalog import CatalogRepo
 from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
 from hookpost.store.records import AuditRepo, JobRepo, TokenRepo
@@ -22,8 +23,8 @@ from hookpost.store.webhooks import WebhookRepo
 
 
 class Store:
-    """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, ``endpoints``, ``notices``, and
-    ``tokens``, ``audit``, ``jobs``."""
+    """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, ``endpoints``, ``notices``,
+    ``event_types`` and ``event_type_days`` (the catalog), and ``tokens``, ``audit``, ``jobs``."""
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
         self.client = client
@@ -36,6 +37,7 @@ class Store:
         self.jobs = JobRepo(self.db["jobs"])
         self.endpoints = EndpointRepo(self.db["endpoints"])
         self.notices = NoticeRepo(self.db["notices"])
+        self.catalog = CatalogRepo(self.db["event_types"], self.db["event_type_days"])
 
     @classmethod
     def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000,
@@ -57,6 +59,7 @@ class Store:
         await self.attempts.ensure_indexes()
         await self.tokens.ensure_indexes()
         await self.audit.ensure_indexes()
+        await self.catalog.ensure_indexes()
 
     async def ping(self) -> bool:
         """Tell whether the store answers right now."""

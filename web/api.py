@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hookpost.admin import Admin
+from hookpost.admin.event_types import ContractViolationError
 from hookpost.admin.events import InvalidFieldError, parse_filter, parse_when
 from hookpost.common.durations import parse_duration
 from hookpost.common.errors import ConfigError
@@ -36,6 +37,7 @@ from hookpost.common.records import (
     TokenView,
     WebhookCreate,
     WebhookCreated,
+    WebhookSaved,
     WebhookSecret,
     WebhookUpdate,
     WebhookView,
@@ -76,6 +78,7 @@ class Route:
     body_required: bool = True
     query: tuple[Param, ...] = field(default_factory=tuple)
     also: tuple[int, ...] = ()  # other success statuses with the same response model
+    errors: tuple[tuple[int, str], ...] = ()  # error answers particular to this route
 
     @property
     def op_id(self) -> str:
@@ -167,7 +170,8 @@ async def create_webhook(request: web.Request) -> web.Response:
     admin = admin_of(request)
     hook = await admin.webhooks.create(spec, actor=actor_of(request))
     view = await admin.webhooks.view(hook)
-    return reply(WebhookCreated(**view.model_dump(), secret=hook.secret), 201)
+    warnings = await admin.event_types.warnings_for(hook.event_types)
+    return reply(WebhookCreated(**view.model_dump(), secret=hook.secret, warnings=warnings), 201)
 
 
 async def get_webhook(request: web.Request) -> web.Response:
@@ -180,7 +184,8 @@ async def update_webhook(request: web.Request) -> web.Response:
     spec = await body_of(request, WebhookUpdate)
     admin = admin_of(request)
     hook = await admin.webhooks.update(request.match_info["id"], spec, actor=actor_of(request))
-    return reply(await admin.webhooks.view(hook))
+    warnings = await admin.event_types.warnings_for(hook.event_types) if spec.event_types is not None else []
+    return reply(WebhookSaved(**(await admin.webhooks.view(hook)).model_dump(), warnings=warnings))
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
@@ -280,7 +285,11 @@ async def publish_change(request: web.Request) -> web.Response:
         raise ProblemError(413, f"change event over {limit} bytes (HOOKPOST_MAX_CHANGE_BYTES)")
     admin = admin_of(request)
     change = admin.changes.decode(body, request.headers.get("Content-Type"))
-    return reply(ChangeAccepted(id=await admin.changes.publish(change)), 202)
+    try:
+        change_id = await admin.changes.publish(change)
+    except ContractViolationError as exc:
+        raise ProblemError(422, str(exc), field=exc.path) from None
+    return reply(ChangeAccepted(id=change_id), 202)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -330,7 +339,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/webhooks", list_webhooks, VIEWER, "List webhooks", response=list[WebhookView]),
     Route("POST", "/webhooks", create_webhook, ADMIN, "Create a webhook", 201, WebhookCreated, WebhookCreate),
     Route("GET", "/webhooks/{id}", get_webhook, VIEWER, "Show a webhook", response=WebhookView),
-    Route("PATCH", "/webhooks/{id}", update_webhook, ADMIN, "Change a webhook", response=WebhookView,
+    Route("PATCH", "/webhooks/{id}", update_webhook, ADMIN, "Change a webhook", response=WebhookSaved,
           body=WebhookUpdate),
     Route("DELETE", "/webhooks/{id}", delete_webhook, ADMIN, "Delete a webhook", 204),
     Route("POST", "/webhooks/{id}/enable", enable_webhook, ADMIN, "Enable a webhook", response=WebhookView),
@@ -355,7 +364,8 @@ ROUTES: tuple[Route, ...] = (
           query=(SINCE,)),
     Route("POST", "/changes", publish_change, PUBLISHER,
           "Publish a change event (202 once the broker confirmed it; idempotent on its id)", 202, ChangeAccepted,
-          ChangeEvent),
+          ChangeEvent, errors=((422, "the change's data breaks its event type's enforced schema (the detail and "
+                                     "field name the JSON path)"),)),
     Route("GET", "/tokens", list_tokens, ADMIN, "List API tokens (never the tokens)", response=list[TokenView]),
     Route("POST", "/tokens", create_token, ADMIN, "Create an API token (shown once)", 201, TokenCreated, TokenCreate),
     Route("POST", "/tokens/{id}/revoke", revoke_token, ADMIN, "Revoke an API token", response=TokenView),
@@ -363,3 +373,9 @@ ROUTES: tuple[Route, ...] = (
           query=(Param("actor", _STR, "only this actor (token:NAME or cli:USER)"),
                  Param("action", _STR, "only this action (webhook.created, events.restarted, …)"), SINCE, LIMIT)),
 )
+
+
+# the event-type catalog's routes live in their own module, which imports the helpers above
+from hookpost.web.api_event_types import EVENT_TYPE_ROUTES  # noqa: E402
+
+ROUTES = (*ROUTES, *EVENT_TYPE_ROUTES)

@@ -74,6 +74,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.body is not None:
         errors["413"] = "body too large"
         errors["415"] = "body is not JSON"
+    errors.update({str(status): text for status, text in route.errors})
     for status, text in sorted(errors.items()):
         op["responses"][status] = _problem(text)
     return op
