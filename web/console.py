@@ -324,7 +324,7 @@ def _filters() -> dict[str, Any]:
 
 def setup(app: web.Application) -> None:
     """Add the console to a ``hookpost server`` app (a plugin of :func:`create_app`)."""
-    from hookpost.web import console_dashboard, console_events, console_webhooks
+    from hookpost.web import console_dashboard, console_event_types, console_events, console_webhooks
 
     settings: Settings = app[SETTINGS_KEY]
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
@@ -341,6 +341,7 @@ def setup(app: web.Application) -> None:
     console_dashboard.add_routes(app)
     console_events.add_routes(app)
     console_webhooks.add_routes(app)
+    console_event_types.add_routes(app)
     app.middlewares.append(console_middleware)
 
 

@@ -14,6 +14,7 @@ from hookpost.common.errors import ConfigError, InvalidInputError
 from hookpost.common.matching import validate_pattern
 from hookpost.common.records import Role, WebhookCreate, WebhookUpdate, WebhookView
 from hookpost.web.console import admin_of, insights_of, need, render, url_with
+from hookpost.web.console_event_types import type_picker
 
 GRACE_CHOICES = (("0s", "at once"), ("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days"))
 NOTICES = {
@@ -42,8 +43,10 @@ async def webhooks_page(request: web.Request) -> web.Response:
 
 
 def form_values(form: Any) -> dict[str, str]:
-    """The create/edit form's fields as typed."""
-    return {k: str(form.get(k, "")) for k in ("url", "event_types", "description", "headers")}
+    """The create/edit form's fields as typed (the event types ticked in the picker joined to those typed)."""
+    values = {k: str(form.get(k, "")) for k in ("url", "event_types", "description", "headers")}
+    values["event_types"] = "\n".join([*map(str, form.getall("type_choice", [])), values["event_types"]]).strip()
+    return values
 
 
 def split_types(text: str) -> list[str]:
@@ -103,7 +106,8 @@ async def new_webhook_page(request: web.Request) -> web.Response:
     """The create form."""
     need(request, Role.ADMIN)
     return await render(request, "webhook_form.html", {"hook": None, "values": {
-        "url": "", "event_types": "", "description": "", "headers": ""}, "errors": {}})
+        "url": "", "event_types": "", "description": "", "headers": ""}, "errors": {},
+        **await type_picker(request, "")})
 
 
 async def create_webhook(request: web.Request) -> web.StreamResponse:
@@ -112,7 +116,8 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
     values = form_values(await request.post())
     spec, errors = check_form(request, values, creating=True)
     if errors:
-        return await render(request, "webhook_form.html", {"hook": None, "values": values, "errors": errors},
+        return await render(request, "webhook_form.html", {"hook": None, "values": values, "errors": errors,
+                                                           **await type_picker(request, values["event_types"])},
                             status=400)
     hook = await admin_of(request).webhooks.create(spec, actor=session.actor)
     raise web.HTTPSeeOther(url_with(f"/webhooks/{hook.id}", {"notice": "created"}))
@@ -132,6 +137,7 @@ async def webhook_page(request: web.Request) -> web.Response:
         "hook": hook, "health": health, "percent": percent, "values": _values_of(hook), "errors": {},
         "notice": NOTICES.get(request.query.get("notice", "")), "grace_choices": GRACE_CHOICES,
         "events_link": url_with("/events", {"webhook": hook.id}),
+        **await type_picker(request, "\n".join(hook.event_types), warn=True),
     })
 
 
@@ -147,6 +153,7 @@ async def update_webhook(request: web.Request) -> web.StreamResponse:
         return await render(request, "webhook.html", {
             "hook": hook, "health": health, "percent": percent, "values": values, "errors": errors,
             "notice": None, "grace_choices": GRACE_CHOICES, "events_link": url_with("/events", {"webhook": hook.id}),
+            **await type_picker(request, values["event_types"]),
         }, status=400)
     await admin.webhooks.update(hook.id, spec, actor=session.actor)
     raise web.HTTPSeeOther(url_with(f"/webhooks/{hook.id}", {"notice": "updated"}))
