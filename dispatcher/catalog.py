@@ -39,8 +39,7 @@ class SeenCounter:
         key = (event_type, day_of(ms))
         found = self.counts.get(key)
         if found is not None:
-            found.count += 1
-            found.last_ms = max(found.last_ms, ms)
+            found.add(Seen(1, ms, ms))
         elif len(self.counts) < self.max_keys:
             self.counts[key] = Seen(1, ms, ms)
         else:

@@ -433,6 +433,36 @@ class FakeNoticeRepo(_Repo):
         return True
 
 
+class FakeCatalogRepo(_Repo):
+    """The event-type catalog: declared types and per-day sightings, in memory."""
+
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__(store)
+        self.declared: dict[str, Any] = {}
+        self.days: dict[tuple[str, int], Any] = {}
+
+    @_op("catalog.record_seen")
+    async def record_seen(self, counts: dict[tuple[str, int], Any]) -> None:
+        from hookpost.store.catalog import Seen
+
+        for key, seen in counts.items():
+            self.days.setdefault(key, Seen(0, seen.first_ms, seen.last_ms)).add(seen)
+
+    @_op("catalog.declared_all")
+    async def declared_all(self) -> list[Any]:
+        return [self.declared[k] for k in sorted(self.declared)]
+
+    async def prune(self, before_ms: int, batch: int = 1000) -> int:
+        return 0
+
+    def declare(self, name: str, schema: dict[str, Any] | None, *, enforce: bool = True) -> None:
+        """Seed a declared type."""
+        from hookpost.store.catalog import DeclaredType
+
+        self.declared[name] = DeclaredType(name=name, title="", description="", schema=schema, enforce=enforce,
+                                           deprecated=False, created_at=utcnow(), updated_at=utcnow())
+
+
 class FakeStore:
     """An in-memory store with ``events``, ``attempts`` and ``webhooks`` repositories — what
     :class:`~hookpost.dispatcher.storeguard.GuardedStore` wraps in production.
@@ -450,6 +480,7 @@ class FakeStore:
         self.webhooks = FakeWebhookRepo(self)
         self.endpoints = FakeEndpointRepo(self)
         self.notices = FakeNoticeRepo(self)
+        self.catalog = FakeCatalogRepo(self)
 
     def fail_next(self, name: str, times: int = 1, *, after_write: bool = False) -> None:
         """Make the next ``times`` calls of ``name`` (``"events.record_attempts"``) raise ``ConnectionFailure``."""
