@@ -14,11 +14,12 @@ from tests.api.conftest import declare_topology, make_api
 
 # the documented matrix (docs/api.md): which roles may call each route
 ALLOWED = {
-    "viewer": {"list_webhooks", "get_webhook", "list_events", "get_event", "get_stats", "list_audit"},
+    "viewer": {"list_webhooks", "get_webhook", "list_events", "get_event", "get_stats", "list_audit",
+               "list_event_types", "get_event_type"},
     "operator": {"test_webhook", "restart_event", "restart_events", "get_job"},
     "admin": {"create_webhook", "update_webhook", "delete_webhook", "enable_webhook", "disable_webhook",
               "get_webhook_secret", "rotate_webhook_secret", "list_tokens", "create_token", "revoke_token",
-              "publish_change"},
+              "publish_change", "declare_event_type", "update_event_type"},
 }
 RANK = {"viewer": ["viewer", "operator", "admin"], "operator": ["operator", "admin"], "admin": ["admin"]}
 
@@ -42,7 +43,8 @@ def test_matrix_covers_every_route():
 BODIES = {"create_webhook": {"url": "http://127.0.0.1:9/x", "event_types": ["a.*"]},
           "update_webhook": {"description": "x"}, "restart_events": {"status": ["failed"], "dry_run": True},
           "create_token": {"name": "n", "role": "viewer"},
-          "publish_change": {"id": "c1", "type": "a.b", "entity": {"kind": "a", "id": "1"}}}
+          "publish_change": {"id": "c1", "type": "a.b", "entity": {"kind": "a", "id": "1"}},
+          "declare_event_type": {"name": "a.b", "title": "A b"}, "update_event_type": {"title": "x"}}
 
 
 async def test_every_route_for_every_caller(api, settings):
@@ -51,7 +53,7 @@ async def test_every_route_for_every_caller(api, settings):
     callers = [*[r.value for r in Role], None, "revoked", "malformed", "basic"]
     seen = 0
     for route in ROUTES:
-        path = route.path.replace("{id}", "x_does_not_exist")
+        path = route.path.replace("{id}", "x_does_not_exist").replace("{name}", "x.does_not_exist")
         for caller in callers:
             limiter.reset()
             if caller == "malformed":

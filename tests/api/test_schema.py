@@ -31,7 +31,7 @@ async def test_served_spec_is_valid_openapi_31(api):
     validate(spec)
     # every route is in it, with its role and its problem responses
     ops = [(m.upper(), p) for p, item in spec["paths"].items() for m in item]
-    assert len(ops) == 21
+    assert len(ops) == 25
     assert spec["paths"]["/api/v1/events"]["get"]["responses"]["400"]["content"]["application/problem+json"]
 
 
