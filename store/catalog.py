@@ -131,7 +131,7 @@ class CatalogRepo:
         """Declare ``name`` or replace its declaration; return it."""
         now = utcnow()
         fields = {"title": title, "description": description,
-                  "schema_json": json.dumps(schema, sort_keys=True) if schema is not None else None,
+                  "schema_json": json.dumps(schema) if schema is not None else None,
                   "enforce": enforce, "deprecated": deprecated, "updated_at": now, "updated_ms": now_ms()}
         await self.declared.update_one({"_id": name}, {"$set": fields, "$setOnInsert": {"created_at": now}},
                                        upsert=True)
