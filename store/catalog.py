@@ -101,11 +101,6 @@ class CatalogRepo:
         return {str(d["_id"]): Seen(int(d["count"]), int(d["first_ms"]), int(d["last_ms"]))
                 async for d in cursor}
 
-    async def first_seen(self, name: str) -> int | None:
-        """Return when ``name`` was first seen on any stored day (epoch ms), or None."""
-        doc = await self.days.find({"event_type": name}).sort("day_ms", ASCENDING).limit(1).to_list()
-        return int(doc[0]["first_ms"]) if doc else None
-
     async def prune(self, before_ms: int, batch: int = 1000) -> int:
         """Delete up to ``batch`` sightings of days before ``before_ms``; return how many."""
         ids = [d["_id"] async for d in self.days.find({"day_ms": {"$lt": before_ms}}, {"_id": 1}).limit(batch)]
