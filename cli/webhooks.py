@@ -7,7 +7,7 @@ import click
 
 from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, shorten, table
 from hookpost.common.errors import InvalidInputError
-from hookpost.common.models import Webhook
+from hookpost.common.models import Coalesce, Ordering, Webhook
 from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
 from hookpost.store.webhooks import BrokenWebhook
 
@@ -21,6 +21,13 @@ def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
             raise InvalidInputError(f"invalid header {item!r}: use 'Name: value'")
         out[name.strip()] = value.strip()
     return out
+
+
+def sync_label(hook: Webhook | WebhookView) -> str:
+    """Return how a webhook keeps receivers in sync, in a few words: ``-``, ``entity`` or ``entity, latest``."""
+    if hook.ordering == Ordering.NONE:
+        return "-"
+    return "entity, latest" if hook.coalesce == Coalesce.LATEST else "entity"
 
 
 def _status(hook: Webhook | WebhookView) -> str:
@@ -48,17 +55,24 @@ def webhooks() -> None:
 @click.option("--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
 @click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Most requests per second to this webhook (per dispatcher process); no limit if omitted.")
+@click.option("--ordering", type=click.Choice(["none", "entity"]), default=None,
+              help="entity: one event per entity in flight, in the order of its changes (default none).")
+@click.option("--coalesce", type=click.Choice(["none", "latest"]), default=None,
+              help="latest: a change folds into its entity's newest waiting event of the same type "
+                   "(needs --ordering entity).")
 @click.option("--json", "as_json", is_flag=True, help="Print the webhook as JSON (including its secret).")
 def create(url: str, events: tuple[str, ...], description: str, secret: str | None, headers: tuple[str, ...],
-           rate_limit: float | None, as_json: bool) -> None:
+           rate_limit: float | None, ordering: str | None, coalesce: str | None, as_json: bool) -> None:
     """Create a webhook and print its id (its signing secret goes to stderr, shown this once).
 
     \b
     Example:
       hookpost webhooks create --url https://shop.example/hooks --event 'article.*' --event order.created
+      hookpost webhooks create --url https://pim.example/sync --event 'article.*' --ordering entity --coalesce latest
     """
     spec = WebhookCreate(url=url, event_types=list(events), description=description, secret=secret,
-                         headers=parse_headers(headers), rate_limit=rate_limit)
+                         headers=parse_headers(headers), rate_limit=rate_limit,
+                         ordering=Ordering(ordering or "none"), coalesce=Coalesce(coalesce or "none"))
 
     async def go() -> Webhook:
         async with open_admin() as admin:
@@ -97,8 +111,8 @@ def list_(as_json: bool) -> None:
     if not rows:
         click.echo("no webhooks yet: create one with 'hookpost webhooks create --url URL --event TYPE'", err=True)
         return
-    click.echo(table(["ID", "URL", "EVENTS", "STATUS", "SUCCESS", "DESCRIPTION"],
-                     [[h.id, shorten(h.url, 50), ",".join(h.event_types), _status(h), rate,
+    click.echo(table(["ID", "URL", "EVENTS", "STATUS", "ORDERING", "SUCCESS", "DESCRIPTION"],
+                     [[h.id, shorten(h.url, 50), ",".join(h.event_types), _status(h), sync_label(h), rate,
                        shorten(h.description, 30)] for h, rate in rows]))
 
 
@@ -122,7 +136,8 @@ def show(webhook_id: str, as_json: bool) -> None:
         echo_json(data)
         return
     data["status"] = _status(hook)
-    for key in ("id", "url", "event_types", "status", "description", "headers", "rate_limit", "recent_success",
+    for key in ("id", "url", "event_types", "status", "ordering", "coalesce", "description", "headers", "rate_limit",
+                "recent_success",
                 "previous_secret_expires_at", "created_at", "updated_at"):
         value = data.get(key)
         if isinstance(value, list | dict):
@@ -140,19 +155,29 @@ def show(webhook_id: str, as_json: bool) -> None:
 @click.option("--header", "headers", multiple=True, help="Replace the extra headers 'Name: value' (repeatable).")
 @click.option("--rate-limit", type=click.FloatRange(min=0), default=None,
               help="Most requests per second (per dispatcher process); 0 removes the limit.")
+@click.option("--ordering", type=click.Choice(["none", "entity"]), default=None,
+              help="entity: one event per entity in flight, in the order of its changes (default none).")
+@click.option("--coalesce", type=click.Choice(["none", "latest"]), default=None,
+              help="latest: a change folds into its entity's newest waiting event of the same type "
+                   "(needs --ordering entity).")
 def update(webhook_id: str, url: str | None, events: tuple[str, ...], description: str | None,
-           active: bool | None, headers: tuple[str, ...], rate_limit: float | None) -> None:
-    """Change a webhook's URL, event types, description, headers, active flag or rate limit.
+           active: bool | None, headers: tuple[str, ...], rate_limit: float | None, ordering: str | None,
+           coalesce: str | None) -> None:
+    """Change a webhook's URL, event types, description, headers, active flag, rate limit, ordering or coalescing.
+
+    Turning ordering off releases the events waiting in its lanes (and turns coalescing off).
 
     \b
     Example:
       hookpost webhooks update wh_01J9Z… --event 'article.*' --description "PIM sync"
     """
     spec = WebhookUpdate(url=url, event_types=list(events) or None, description=description,
-                         headers=parse_headers(headers) if headers else None, active=active, rate_limit=rate_limit)
+                         headers=parse_headers(headers) if headers else None, active=active, rate_limit=rate_limit,
+                         ordering=Ordering(ordering) if ordering else None,
+                         coalesce=Coalesce(coalesce) if coalesce else None)
     if all(v is None for v in spec.model_dump().values()):
-        raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active or "
-                               "--rate-limit")
+        raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active, "
+                               "--rate-limit, --ordering or --coalesce")
 
     async def go() -> Webhook:
         async with open_admin() as admin:

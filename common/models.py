@@ -251,6 +251,17 @@ class WebhookEvent(BaseModel):
     waiting: bool = Field(default=False, exclude_if=lambda v: not v)
     superseded_by: str | None = Field(default=None, exclude_if=lambda v: v is None)
     coalesced: int | None = Field(default=None, exclude_if=lambda v: v is None)
+    waiting_behind: str | None = Field(default=None, exclude_if=lambda v: v is None)  # shown, never stored
+
+    def lane_note(self) -> str | None:
+        """Why an ordered webhook's event is where it is, in a few words (None for other events)."""
+        if self.superseded_by is not None:
+            return f"superseded by {self.superseded_by or 'a newer change'}"
+        if self.waiting:
+            return f"waiting behind {self.waiting_behind}" if self.waiting_behind else "waiting in its lane"
+        if self.coalesced and self.coalesced > 1:
+            return f"stands for {self.coalesced} changes"
+        return None
     # attempt 1, kept in the event's own document (later ones are in ``attempts``); read with the history, so it
     # is left out of lists and JSON (see hookpost.store.attempts)
     first_attempt: Attempt | None = Field(default=None, exclude=True)

@@ -27,6 +27,7 @@ stored them without publishing), except the held ones: the breaker's probe and r
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 from hookpost.common.amqp import IncomingMessage
@@ -107,6 +108,9 @@ class Lanes(Protocol):
     async def stored(self, change: ChangeEvent, events: list[WebhookEvent], *, rank: int = 0) -> None:
         """Queue the stored waiting events in their lanes (``rank`` > 0: at the tail)."""
 
+    def folding(self, change: ChangeEvent, hooks: list[Webhook]) -> AbstractAsyncContextManager[None]:
+        """Hold the lanes ``change`` may fold into (its coalescing webhooks') from placing to queueing."""
+
 
 class InvalidQueue(Protocol):
     """Where changes that cannot be fanned out are set aside."""
@@ -165,16 +169,17 @@ class FanOut:
             hooks = [h for h in hooks if h.id == str(replay_for)]
         by_id = {h.id: h for h in hooks}
         events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks]), by_id)
-        if self.lanes is not None and any(h.ordered for h in hooks):
-            events = await self.lanes.place(change, events, by_id, replay=msg.redelivered,
-                                            existing=await self.existing(change, hooks, msg.redelivered))
-        try:
-            stored = await self.store_events(change, events, replay=msg.redelivered)
-        except StoreRefusedError as exc:  # the same every time: no retry, no poison count
-            return await self.set_aside(msg, f"fan-out: {exc}")
-        if self.lanes is not None and any(e.waiting for e in stored):
-            rank = replay_rank(headers) if replay_for else 0
-            await self.lanes.stored(change, [e for e in stored if e.waiting], rank=rank)
+        async with self.lanes.folding(change, hooks) if self.lanes is not None else nullcontext():
+            if self.lanes is not None and any(h.ordered for h in hooks):
+                events = await self.lanes.place(change, events, by_id, replay=msg.redelivered,
+                                                existing=await self.existing(change, hooks, msg.redelivered))
+            try:
+                stored = await self.store_events(change, events, replay=msg.redelivered)
+            except StoreRefusedError as exc:  # the same every time: no retry, no poison count
+                return await self.set_aside(msg, f"fan-out: {exc}")
+            if self.lanes is not None and any(e.waiting for e in stored):
+                rank = replay_rank(headers) if replay_for else 0
+                await self.lanes.stored(change, [e for e in stored if e.waiting], rank=rank)
         await self.publish_deliveries([e for e in stored if e.held is None and not e.waiting], by_id)
         self.metrics.changes_consumed.labels("ok").inc()
         log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})

@@ -15,6 +15,8 @@ still its lane's head waiting for this attempt, so an old change is never sent a
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from hookpost.common.lanes import change_key, lane_of
 from hookpost.common.models import (
@@ -53,6 +55,7 @@ class Lanes:
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._folding: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- fan-out -----------------------------------------------------------------------------------------------
 
@@ -76,6 +79,31 @@ class Lanes:
                     continue
             out.append(e)
         return out
+
+    @asynccontextmanager
+    async def folding(self, change: ChangeEvent, hooks: list[Webhook]) -> AsyncIterator[None]:
+        """Hold the lanes of ``change`` for its coalescing webhooks while it is placed, stored and queued: the
+        changes of one entity that this process fans out at once then fold one after the other, instead of each
+        finding no waiting event yet and making its own."""
+        lanes = sorted(lane_of(h.id, change.entity) for h in hooks if h.coalesce == Coalesce.LATEST)
+        locks = []
+        for lane in lanes:
+            lock, users = self._folding.get(lane) or (asyncio.Lock(), 0)
+            self._folding[lane] = (lock, users + 1)
+            locks.append((lane, lock))
+        try:
+            for _, lock in locks:
+                await lock.acquire()
+            yield
+        finally:
+            for lane, lock in locks:
+                if lock.locked():
+                    lock.release()
+                held, users = self._folding[lane]
+                if users <= 1:
+                    del self._folding[lane]
+                else:
+                    self._folding[lane] = (held, users - 1)
 
     async def stored(self, change: ChangeEvent, events: list[WebhookEvent], *, rank: int = 0) -> None:
         """Put the waiting ones of ``events`` (stored, or found stored on a redelivery) in their lanes' queues and

@@ -202,9 +202,10 @@ class LaneRepo:
                 out.append(ev)
         return out
 
-    async def rejoin(self, event: WebhookEvent, key: LaneKey) -> bool:
+    async def rejoin(self, event: WebhookEvent, key: LaneKey, *, stored_ms: int) -> bool:
         """Put a restarted event back into its lane, at the tail (``key.rank`` is the restart time): ``New``,
-        waiting, no due time. Guarded on its status and count; return False if it changed meanwhile."""
+        waiting, no due time, queued as stored at ``stored_ms``. Guarded on its status and count; return False
+        if it changed meanwhile."""
         now = utcnow()
         res = await self.events.update_one(
             {"_id": event.id, "status": event.status.value, "attempt_count": event.attempt_count},
@@ -213,7 +214,9 @@ class LaneRepo:
                       **due_fields(None)}})
         if res.matched_count != 1:
             return False
-        await self.queue.update_one({"_id": event.id}, {"$set": {**queue_doc(event, key, now_ms())}}, upsert=True)
+        entry = queue_doc(event, key, stored_ms)
+        del entry["_id"]
+        await self.queue.update_one({"_id": event.id}, {"$set": entry}, upsert=True)
         return True
 
     # -- folded changes ----------------------------------------------------------------------------------------

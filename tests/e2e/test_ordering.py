@@ -1,31 +1,11 @@
 """Per-entity ordering (ordering=entity), end to end: real broker, real store, real HTTP."""
 
-from collections.abc import AsyncIterator
-
-import pytest
 from aiohttp import web
 
 from hookpost.common.models import ChangeEvent, Entity, EventStatus, Ordering
 from hookpost.producer import Publisher
-from hookpost.store import Store
 from hookpost.store.events import EventFilter
 from tests.helpers import running_worker, wait_until
-
-
-@pytest.fixture
-async def stores(settings_factory) -> AsyncIterator:  # type: ignore[no-untyped-def]
-    """``make(**settings)`` → (settings, connected store with indexes); closed afterwards."""
-    opened: list[Store] = []
-
-    async def make(**overrides: object):  # type: ignore[no-untyped-def]
-        s = settings_factory(**overrides)
-        st = Store.connect(s.mongodb_url, s.mongodb_db)
-        await st.ensure_indexes()
-        opened.append(st)
-        return s, st
-    yield make
-    for st in opened:
-        await st.close()
 
 
 def change(cid: str, entity_id: str, seq: int | None, etype: str = "article.updated") -> ChangeEvent:
