@@ -8,7 +8,14 @@ import click
 from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, shorten, table
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import Coalesce, Ordering, Webhook
-from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
+from hookpost.common.records import (
+    ReplayCount,
+    ReplayRequest,
+    WebhookCreate,
+    WebhookSecret,
+    WebhookUpdate,
+    WebhookView,
+)
 from hookpost.store.webhooks import BrokenWebhook
 
 
@@ -279,3 +286,46 @@ def rotate_secret(webhook_id: str, grace: float) -> None:
     hook = run(go())
     click.echo(hook.secret)
     click.echo(f"old secret keeps signing until {hook.previous_secret_expires_at}", err=True)
+
+
+@webhooks.command("replay")
+@click.argument("webhook_id")
+@click.option("--since", required=True, help="Start of the window: a duration back from now (2h, 3d) or an "
+              "ISO-8601 time.")
+@click.option("--until", default=None, help="End of the window (same forms); now if omitted.")
+@click.option("--type", "types", multiple=True, help="Only these event types or patterns (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def replay(webhook_id: str, since: str, until: str | None, types: tuple[str, ...], dry_run: bool, yes: bool,
+           as_json: bool) -> None:
+    """Replay the changes a webhook missed: those kept in the change log within the window, of its event types,
+    that it has no event of (published while it was disabled, broken or not yet created). They go through
+    fan-out for this webhook only; an ordered webhook's replayed changes join the tails of their lanes.
+
+    \b
+    Example:
+      hookpost webhooks replay wh_01J9Z… --since 2h --dry-run
+      hookpost webhooks replay wh_01J9Z… --since 2026-12-01T08:00 --until 2026-12-01T10:00 --yes
+    """
+    request = ReplayRequest(since=since, until=until, types=list(types), dry_run=dry_run)
+
+    async def go() -> ReplayCount:
+        async with open_admin() as admin:
+            count, todo = await admin.replays.plan(webhook_id, request)
+            if not as_json or not dry_run:
+                click.echo(f"{count.logged} change(s) logged in the window; {count.matched} of this webhook's types; "
+                           f"{count.already} it already has; {count.replayed} to replay", err=as_json)
+            if dry_run or not todo:
+                return count
+            if not yes and not click.confirm(f"replay {len(todo)} change(s) to {webhook_id}?", err=True):
+                raise click.Abort()
+            with click.progressbar(length=len(todo), label="replaying", file=click.get_text_stream("stderr")) as bar:
+                return await admin.replays.publish(count, todo, types=request.types, actor=actor(),
+                                                   progress=bar.update)
+
+    count = run(go())
+    if as_json:
+        echo_json(count.model_dump(mode="json"))
+    elif not count.dry_run:
+        click.echo(f"replayed {count.replayed} change(s) to {webhook_id}")
