@@ -49,7 +49,7 @@ def changes() -> list[ChangeEvent]:
 
 @pytest.mark.parametrize("kill", [True, False], ids=["kill-9", "no-kill"])
 async def test_each_entity_sees_its_changes_in_order(kill, fault_settings, dispatchers, new_receiver) -> None:
-    s = fault_settings(retry_delays=",".join(["200ms"] * 9), order_settle="500ms", reconcile_interval="1s",
+    s = fault_settings(retry_delays=",".join(["200ms"] * 9), order_settle="1s", reconcile_interval="1s",
                        reconcile_grace="10s", http_timeout="5s", breaker="false")
     receiver = OrderedReceiver(seed=7 if kill else 8)
     rec = await new_receiver(respond=receiver.respond)
