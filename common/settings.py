@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
     reconcile_interval: Duration = Field("1m", description="how often the dispatcher sweeps for lost deliveries")
     reconcile_grace: Duration = Field("5m", description="how overdue an attempt must be before it is re-published")
+    order_settle: Duration = Field("1s", description="ordered webhooks: how long an event waits in its entity's "
+                                   "lane before it may start (absorbs the skew between dispatchers)")
+    change_log_retention: Duration = Field("7d", description="how long the change log (a stream of every change, "
+                                           "for replays) keeps changes; 0 = no change log")
 
     ops_host: str = Field("0.0.0.0", description="address of the /healthz, /readyz, /metrics server")
     ops_port: int = Field(9000, ge=0, le=65535, description="port of the ops server (0 = pick a free one)")
@@ -151,7 +155,7 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("disable_after", "breaker_recovery")
+    @field_validator("disable_after", "breaker_recovery", "order_settle", "change_log_retention")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:

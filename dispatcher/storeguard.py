@@ -23,6 +23,7 @@ from hookpost.store.attempts import AttemptRepo
 from hookpost.store.catalog import CatalogRepo
 from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
+from hookpost.store.lanes import LaneRepo
 from hookpost.store.webhooks import WebhookRepo
 
 T = TypeVar("T")
@@ -109,3 +110,4 @@ class GuardedStore:
         self.endpoints: EndpointRepo = guarded(store.endpoints, guard)
         self.notices: NoticeRepo = guarded(store.notices, guard)
         self.catalog: CatalogRepo = guarded(store.catalog, guard)
+        self.lanes: LaneRepo = guarded(store.lanes, guard)

@@ -32,6 +32,7 @@ from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
 from hookpost.dispatcher.followups import FollowUps
 from hookpost.dispatcher.gate import Gate
+from hookpost.dispatcher.lanes import Lanes
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics, StoreOpCounter
 from hookpost.dispatcher.notices import Notices
@@ -48,17 +49,17 @@ log = logging.getLogger("hookpost.worker")
 
 
 def consumers(store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
-              deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *, delays: tuple[float, ...],
-              max_attempts: int, max_change_bytes: int, batch: int,
-              catalog: Catalog | None = None) -> tuple[FanOut, DeliveryHandler]:
+              deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *,
+              delays: tuple[float, ...], max_attempts: int, max_change_bytes: int, batch: int,
+              lanes: Lanes | None = None, catalog: Catalog | None = None) -> tuple[FanOut, DeliveryHandler]:
     """Wire the consumers of ``PREFIX.changes`` and ``PREFIX.deliver`` to their collaborators (one gate for
-    both)."""
+    both, one set of lanes for both)."""
     gate = Gate(breaker, limiter, deferrer, metrics)
     fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
-                    max_change_bytes=max_change_bytes, catalog=catalog)
+                    max_change_bytes=max_change_bytes, lanes=lanes, catalog=catalog)
     delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch),
-                               FollowUps(store, cache, outbox, notices, metrics, delays=delays),
-                               metrics, delays=delays, max_attempts=max_attempts)
+                               FollowUps(store, cache, outbox, notices, metrics, delays=delays, lanes=lanes),
+                               metrics, delays=delays, max_attempts=max_attempts, lanes=lanes)
     return fanout, delivery
 
 
@@ -99,11 +100,13 @@ class Worker:
                                page=settings.prefetch,
                                hold_batch=settings.store_batch,
                                probe_lease=settings.http_timeout + settings.breaker_probe_max)
+        self.lanes = Lanes(guarded, self.outbox, self.cache.get, self.metrics, settle=settings.order_settle)
         self.fanout, self.delivery = consumers(
             guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
-            self.notices, delays=settings.retry_delays, max_attempts=settings.max_attempts,
+            self.notices, lanes=self.lanes, delays=settings.retry_delays, max_attempts=settings.max_attempts,
             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch, catalog=self.catalog)
-        self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
+        self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace,
+                                     lanes=self.lanes)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -142,6 +145,7 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            self.lanes.close()
             await self.catalog.close()  # the event-type counts not yet written (a killed process loses them)
             await self.ops.stop()
             await self.sender.close()

@@ -45,11 +45,16 @@ class Publisher:
 
     ``declare=True`` declares the whole topology on connect (needs ``topology``), handy for tests and demos;
     in production ``hookpost topology declare`` or the dispatcher does it.
+
+    ``sequence=True`` fills the ``sequence`` of each change that has none (what ordered webhooks order an entity's
+    changes by) from this publisher's clock: nanoseconds since the epoch, strictly increasing within the
+    publisher. Across processes it orders as their clocks do; a producer that knows its own order (a database
+    revision, an outbox id) should set ``sequence`` itself.
     """
 
     def __init__(self, urls: Sequence[str] | str, *, prefix: str = "hookpost", timeout: float = 30.0,
                  max_change_bytes: int = 65536, topology: Topology | None = None, declare: bool = False,
-                 name: str = "hookpost-producer") -> None:
+                 name: str = "hookpost-producer", sequence: bool = False) -> None:
         self.urls = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
         self.exchange = f"{prefix}.changes"
         self.timeout = timeout
@@ -57,6 +62,8 @@ class Publisher:
         self.topology = topology
         self.declare = declare
         self.name = name
+        self.sequence = sequence
+        self._last_sequence = 0
         self._conn: AmqpConnection | None = None
         self._channel: AmqpChannel | None = None
         self._lock = asyncio.Lock()
@@ -96,7 +103,11 @@ class Publisher:
         self._conn = self._channel = None
 
     def _prepare(self, change: ChangeEvent | Mapping[str, Any]) -> ChangeEvent:
-        return change if isinstance(change, ChangeEvent) else ChangeEvent.model_validate(change)
+        change = change if isinstance(change, ChangeEvent) else ChangeEvent.model_validate(change)
+        if self.sequence and change.sequence is None:
+            self._last_sequence = max(self._last_sequence + 1, time.time_ns())
+            change = change.model_copy(update={"sequence": self._last_sequence})
+        return change
 
     async def publish(self, change: ChangeEvent | Mapping[str, Any]) -> str:
         """Publish one change event and return its id once the broker confirmed it.

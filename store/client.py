@@ -18,13 +18,15 @@ from hookpost.store.attempts import AttemptRepo
 from hookpost.store.catalog import CatalogRepo
 from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
+from hookpost.store.lanes import LaneRepo
 from hookpost.store.records import AuditRepo, JobRepo, TokenRepo
 from hookpost.store.webhooks import WebhookRepo
 
 
 class Store:
     """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, ``endpoints``, ``notices``,
-    ``event_types`` and ``event_type_days`` (the catalog), and ``tokens``, ``audit``, ``jobs``."""
+    ``event_types`` and ``event_type_days`` (the catalog), and ``tokens``, ``audit``, ``jobs``; and for ordered
+    webhooks ``lanes``, ``lane_queue``, ``folds``."""
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
         self.client = client
@@ -38,6 +40,7 @@ class Store:
         self.endpoints = EndpointRepo(self.db["endpoints"])
         self.notices = NoticeRepo(self.db["notices"])
         self.catalog = CatalogRepo(self.db["event_types"], self.db["event_type_days"])
+        self.lanes = LaneRepo(self.db["lanes"], self.db["lane_queue"], self.db["folds"], self.db["events"])
 
     @classmethod
     def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000,
@@ -60,6 +63,7 @@ class Store:
         await self.tokens.ensure_indexes()
         await self.audit.ensure_indexes()
         await self.catalog.ensure_indexes()
+        await self.lanes.ensure_indexes()
 
     async def ping(self) -> bool:
         """Tell whether the store answers right now."""

@@ -481,6 +481,7 @@ class FakeStore:
         self.endpoints = FakeEndpointRepo(self)
         self.notices = FakeNoticeRepo(self)
         self.catalog = FakeCatalogRepo(self)
+        self.lanes: Any = None  # ordered webhooks are tested against the real store (tests/e2e/test_ordering.py)
 
     def fail_next(self, name: str, times: int = 1, *, after_write: bool = False) -> None:
         """Make the next ``times`` calls of ``name`` (``"events.record_attempts"``) raise ``ConnectionFailure``."""
