@@ -144,3 +144,20 @@ async def test_the_contract_cache_compiles_a_schema_once_and_follows_changes_aft
     assert cache._by_name["a.b"] is validator  # reloaded, not compiled again
     declared[0] = Decl({"properties": {"n": {"type": "string"}}})
     assert await cache.check("a.b", {"n": "x"}) is None
+
+
+async def test_a_webhook_replay_of_a_missed_change_is_neither_counted_nor_checked_again():
+    from hookpost.common.wire import REPLAY_HEADER
+
+    d = await build_dispatcher()
+    hook = d.store.add_webhook(event_types=["order.*"])
+    d.store.catalog.declare("order.created", ORDER_SCHEMA)
+    d.fanout.catalog = Catalog(d.guarded.catalog, ttl=60, flush_every=1)
+    old = make_change("order.created", data={"published": "before the contract"})
+    msg = FakeMessage.of_change(old, headers={REPLAY_HEADER: hook.id})
+
+    assert await d.fanout.handle(msg) is Verdict.ACK
+
+    assert d.published_to(d.topology.dead_exchange, "invalid") == []
+    assert [e.change_id for e in d.store.all_events()] == [old.id]
+    assert d.fanout.catalog.counter.counts == {}
