@@ -1,12 +1,13 @@
 """Per-entity ordering under retries, slow answers, two dispatcher processes and a kill -9.
 
-50 entities × 20 changes, each with its ``sequence`` (also in ``data``); retry delays of 200 ms; the receiver
-answers 503 to one request in four and waits 0–200 ms at random. Checked: for every entity the sequences the
-receiver sees never decrease in the order they arrive (repeats allowed), and every change was received or ended
-superseded; without a kill nothing is superseded.
+50 entities × 20 changes (20 × 10 in CI), each with its ``sequence`` (also in ``data``); retry delays of 200 ms;
+the receiver answers 503 to one request in four and waits 0–200 ms at random. Checked: for every entity the
+sequences the receiver sees never decrease in the order they arrive (repeats allowed), and every change was
+received or ended superseded; without a kill nothing is superseded.
 """
 
 import asyncio
+import os
 import random
 from collections import defaultdict
 
@@ -19,7 +20,9 @@ from tests.faults import publish
 from tests.faults.procs import dispatcher_env
 from tests.helpers import wait_until
 
-ENTITIES, CHANGES = 50, 20
+# the issue's full size (50 × 20) with HOOKPOST_TEST_FULL=1 (by hand; figures in docs/reliability.md); CI runs 20 × 10
+FULL = os.environ.get("HOOKPOST_TEST_FULL") == "1"
+ENTITIES, CHANGES = (50, 20) if FULL else (20, 10)
 SETTLE = "1s"
 
 
