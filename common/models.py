@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from hookpost.common.matching import validate_pattern, validate_type
+from hookpost.common.traceparent import TraceContext
 
 
 def utcnow() -> datetime:
@@ -206,6 +207,7 @@ class WebhookEvent(BaseModel):
     last_status_code: int | None = None
     last_error: str | None = None
     held: str | None = None  # the endpoint whose open breaker holds this event's next delivery (not queued)
+    trace: TraceContext | None = None  # its trace id and parent span (None: stored before tracing)
     # attempt 1, kept in the event's own document (later ones are in ``attempts``); read with the history, so it
     # is left out of lists and JSON (see hookpost.store.attempts)
     first_attempt: Attempt | None = Field(default=None, exclude=True)
@@ -231,6 +233,7 @@ class DeliveryMessage(BaseModel):
     payload: dict[str, Any]
     due_ms: int | None = None  # the event's next_attempt_ms on record for this attempt (None: unknown)
     probe: bool = False  # the probe request of an open circuit breaker (goes through while others are held)
+    trace: TraceContext | None = None  # the event's trace context, so a retry hours later stays in its trace
 
 
 class FailedNotice(BaseModel):

@@ -42,9 +42,11 @@ from hookpost.common.models import (
     to_ms,
     utcnow,
 )
+from hookpost.common.traceparent import TraceContext
 from hookpost.common.wire import NOTICE_HEADER, NOTICE_PREFIX, InvalidChangeError, decode_change
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.tracing import fanned_out, traced_fan_out
 
 log = logging.getLogger("hookpost.fanout")
 
@@ -93,8 +95,8 @@ class InvalidQueue(Protocol):
         """Copy the change ``msg`` to ``PREFIX.invalid`` with ``reason``."""
 
 
-def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
-    """Build the ``New`` webhook events of ``change``, one per webhook, due now."""
+def new_events(change: ChangeEvent, webhook_ids: list[str], trace: TraceContext | None = None) -> list[WebhookEvent]:
+    """Build the ``New`` webhook events of ``change``, one per webhook, due now, in the trace ``trace``."""
     now = utcnow()
     now_ms = to_ms(now)
     events = []
@@ -103,7 +105,7 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
         events.append(WebhookEvent(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
             payload=build_payload(event_id, change), status=EventStatus.NEW, **due_fields(now_ms),
-            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms))
+            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms, trace=trace))
     return events
 
 
@@ -120,6 +122,7 @@ class FanOut:
         self.metrics = metrics
         self.max_change_bytes = max_change_bytes
 
+    @traced_fan_out  # in the change's fan-out span (dispatcher/tracing.py)
     async def handle(self, msg: IncomingMessage) -> Verdict:
         """Fan one change message out (or set it aside with its reason)."""
         try:
@@ -130,7 +133,8 @@ class FanOut:
         if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
             hooks = [h for h in hooks if h.id != change.entity.id]
         by_id = {h.id: h for h in hooks}
-        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks]), by_id)
+        trace = fanned_out(len(hooks))  # the fan-out span's context, kept by each event
+        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks], trace), by_id)
         try:
             stored = await self.store_events(change, events, replay=msg.redelivered)
         except StoreRefusedError as exc:  # the same every time: no retry, no poison count
