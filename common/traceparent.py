@@ -85,7 +85,7 @@ def parse_traceparent(value: Any, tracestate: Any = None) -> TraceContext | None
     text = _text(value)
     if not text:
         return None
-    m = _TRACEPARENT.fullmatch(text.lower())
+    m = _TRACEPARENT.fullmatch(text)  # upper-case hex is invalid (W3C)
     if m is None:
         return None
     version, trace_id, span_id, flags, rest = m.groups()
