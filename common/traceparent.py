@@ -21,6 +21,7 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 MAX_TRACESTATE = 512  # characters kept of an incoming tracestate (whole list members only)
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TIDY = re.compile(r"[^,\s=]+=[^,\s]*(,[^,\s=]+=[^,\s]*)*")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _random = random.Random()  # seeded from os.urandom; ids need to be unique, not secret (as the OTel SDK's)
@@ -60,7 +61,8 @@ def context_for(key: str) -> TraceContext:
     True
     """
     digest = hashlib.blake2b(key.encode(), digest_size=24).hexdigest()
-    return TraceContext(trace_id=digest[:32], parent_span_id=digest[32:])
+    return TraceContext.model_construct(trace_id=digest[:32], parent_span_id=digest[32:], sampled=True,
+                                        tracestate=None)
 
 
 def format_traceparent(trace_id: str, span_id: str, sampled: bool) -> str:
@@ -91,8 +93,9 @@ def parse_traceparent(value: Any, tracestate: Any = None) -> TraceContext | None
     version, trace_id, span_id, flags, rest = m.groups()
     if version == "ff" or (version == "00" and rest) or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return TraceContext(trace_id=trace_id, parent_span_id=span_id, sampled=bool(int(flags, 16) & 1),
-                        tracestate=clean_tracestate(tracestate))
+    # the pattern above checked the ids: no second validation
+    return TraceContext.model_construct(trace_id=trace_id, parent_span_id=span_id, sampled=bool(int(flags, 16) & 1),
+                                        tracestate=clean_tracestate(tracestate))
 
 
 def clean_tracestate(value: Any) -> str | None:
@@ -105,6 +108,8 @@ def clean_tracestate(value: Any) -> str | None:
     text = _text(value)
     if not text:
         return None
+    if len(text) <= MAX_TRACESTATE and text.count(",") < 32 and _TIDY.fullmatch(text):
+        return text  # the usual case: already clean
     kept: list[str] = []
     size = 0
     for member in (m.strip() for m in text.split(",")):

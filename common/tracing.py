@@ -10,6 +10,7 @@ callers skip the spans altogether; the W3C ids (:mod:`hookpost.common.traceparen
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,24 +35,37 @@ log = logging.getLogger("hookpost.tracing")
 SCOPE = "hookpost"
 _override: TracerProvider | None = None
 _cached: tuple[object, Tracer] | None = None
+_none_until = 0.0  # until when (monotonic) "no provider" holds without looking again
 
 
 def install(provider: TracerProvider | None) -> None:
     """Record Hookpost's spans with ``provider`` (None: go back to the global provider); for :func:`configure`
     and for tests (the global provider can be set only once per process)."""
-    global _override, _cached
+    global _override, _cached, _none_until
     _override = provider
     _cached = None
+    _none_until = 0.0
 
 
 def tracer() -> Tracer | None:
-    """Return the tracer that records Hookpost's spans, or None when no SDK is installed (spans are skipped)."""
-    global _cached
-    provider = _override if _override is not None else trace.get_tracer_provider()
+    """Return the tracer that records Hookpost's spans, or None when no SDK is installed (spans are skipped).
+
+    Without one, the answer is kept for a second (a provider set later is used from then on): looking up the
+    global provider costs more than the rest of an attempt's tracing when tracing is off.
+    """
+    global _cached, _none_until
+    if _override is None:
+        if _none_until and time.monotonic() < _none_until:
+            return None
+        provider = trace.get_tracer_provider()
+    else:
+        provider = _override
     if _cached is not None and _cached[0] is provider:
         return _cached[1]
     if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
+        _none_until = time.monotonic() + 1.0
         return None
+    _none_until = 0.0
     _cached = (provider, provider.get_tracer(SCOPE))
     return _cached[1]
 
@@ -175,6 +189,7 @@ def configure(service_name: str, *, set_global: bool = True) -> Any:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     if set_global:
         trace.set_tracer_provider(provider)
+        install(None)  # forget "no provider"
     else:
         install(provider)
     log.info("tracing on", extra={"service": resource.attributes.get(SERVICE_NAME),

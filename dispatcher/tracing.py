@@ -16,8 +16,7 @@ or parked for its rate limit (or given up without a request) gets a short intern
 """
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -85,35 +84,14 @@ def fanned_out(matched: int) -> TraceContext | None:
         current.span.set_attribute("hookpost.webhooks.matched", matched)
         return context_of(current.span, current.parent.tracestate if current.parent else None)
     if current.parent is None:
-        current.parent = TraceContext(trace_id=new_trace_id(), parent_span_id=new_span_id())
+        current.parent = TraceContext.model_construct(trace_id=new_trace_id(), parent_span_id=new_span_id(),
+                                                      sampled=True, tracestate=None)
     return current.parent
 
 
 def outgoing_headers() -> dict[str, str] | None:
     """The ``traceparent`` / ``tracestate`` headers of the attempt being made (None outside :func:`attempt`)."""
     return _outgoing.get()
-
-
-class AttemptSpan:
-    """The ``deliver`` span of an attempt being made (a no-op without an SDK)."""
-
-    __slots__ = ("span",)
-
-    def __init__(self, span: trace.Span | None) -> None:
-        self.span = span
-
-    def done(self, result: AttemptResult) -> None:
-        """Record what came back: the status code, the error kind, and the outcome ``sent``."""
-        span = self.span
-        if span is None:
-            return
-        span.set_attribute("hookpost.outcome", SENT)
-        if result.status_code is not None:
-            span.set_attribute("http.response.status_code", result.status_code)
-        if not result.ok:
-            kind = (result.error.split(":", 1)[0] if result.error else str(result.status_code))[:60]
-            span.set_attribute("error.type", kind)
-            span.set_status(Status(StatusCode.ERROR, result.summary()[:200]))
 
 
 def _trace_of(dm: DeliveryMessage) -> TraceContext:
@@ -124,34 +102,59 @@ def _attributes(dm: DeliveryMessage, webhook_id: str) -> dict[str, Any]:
     return {"hookpost.event.id": dm.event_id, "hookpost.webhook.id": webhook_id, "hookpost.attempt": dm.attempt}
 
 
-@contextmanager
-def attempt(dm: DeliveryMessage, hook: Webhook) -> Iterator[AttemptSpan]:
+class attempt:
     """Make the attempt of ``dm`` inside its ``deliver`` client span, with the ``traceparent`` it sends (the
-    event's trace id and this attempt's own span id) available to the sender (:func:`outgoing_headers`)."""
-    ctx = _trace_of(dm)
-    t = tracer()
-    if t is None:
-        token = _outgoing.set(to_headers(ctx.trace_id, new_span_id(), ctx.sampled, ctx.tracestate))
-        try:
-            yield AttemptSpan(None)
-        finally:
-            _outgoing.reset(token)
-        return
-    url = urlsplit(hook.url)
-    attributes = {**_attributes(dm, hook.id), "http.request.method": "POST",
-                  "url.full": f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}",  # no credentials, query
-                  "server.address": url.hostname or "", "server.port": url.port or (443 if url.scheme == "https"
-                                                                                    else 80)}
-    if dm.attempt > 1:
-        attributes["http.request.resend_count"] = dm.attempt - 1
-    span = t.start_span("deliver", context=parent_context(ctx), kind=SpanKind.CLIENT, attributes=attributes)
-    sent = context_of(span, ctx.tracestate) or ctx
-    token = _outgoing.set(to_headers(sent.trace_id, sent.parent_span_id, sent.sampled, sent.tracestate))
-    try:
-        with trace.use_span(span, end_on_exit=True):
-            yield AttemptSpan(span)
-    finally:
-        _outgoing.reset(token)
+    event's trace id and this attempt's own span id) available to the sender (:func:`outgoing_headers`); the
+    span is None without an SDK. ``done(result)`` records what came back. (A class rather than a generator: this
+    runs for every attempt, and with tracing off it is all the tracing an attempt costs.)"""
+
+    __slots__ = ("_scope", "_token", "dm", "hook", "span")
+
+    def __init__(self, dm: DeliveryMessage, hook: Webhook) -> None:
+        self.dm = dm
+        self.hook = hook
+        self.span: trace.Span | None = None
+        self._scope: Any = None
+
+    def __enter__(self) -> "attempt":
+        dm = self.dm
+        ctx = dm.trace or context_for(dm.event_id)
+        t = tracer()
+        if t is None:
+            self._token = _outgoing.set(to_headers(ctx.trace_id, new_span_id(), ctx.sampled, ctx.tracestate))
+            return self
+        url = urlsplit(self.hook.url)
+        attributes = {**_attributes(dm, self.hook.id), "http.request.method": "POST",
+                      "url.full": f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}",  # no credentials
+                      "server.address": url.hostname or "",
+                      "server.port": url.port or (443 if url.scheme == "https" else 80)}
+        if dm.attempt > 1:
+            attributes["http.request.resend_count"] = dm.attempt - 1
+        span = self.span = t.start_span("deliver", context=parent_context(ctx), kind=SpanKind.CLIENT,
+                                        attributes=attributes)
+        sent = context_of(span, ctx.tracestate) or ctx
+        self._token = _outgoing.set(to_headers(sent.trace_id, sent.parent_span_id, sent.sampled, sent.tracestate))
+        self._scope = trace.use_span(span, end_on_exit=True)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _outgoing.reset(self._token)
+        if self._scope is not None:
+            self._scope.__exit__(*exc)
+
+    def done(self, result: AttemptResult) -> None:
+        """Record what came back: the status code, the error kind, and the outcome ``sent``."""
+        span = self.span
+        if span is None:
+            return
+        attributes: dict[str, Any] = {"hookpost.outcome": SENT}
+        if result.status_code is not None:
+            attributes["http.response.status_code"] = result.status_code
+        if not result.ok:
+            attributes["error.type"] = (result.error.split(":", 1)[0] if result.error else str(result.status_code))[:60]
+            span.set_status(Status(StatusCode.ERROR, result.summary()[:200]))
+        span.set_attributes(attributes)
 
 
 def not_sent(dm: DeliveryMessage, outcome: str) -> None:
