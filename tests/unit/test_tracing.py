@@ -347,3 +347,15 @@ def test_configure_is_off_without_otel_variables_and_reads_them_when_set(monkeyp
     with caplog.at_level(logging.ERROR, "hookpost.tracing"):
         assert tracing.configure("hookpost-dispatcher", set_global=False) is None
     assert "carrier-pigeon" in caplog.text
+
+
+def test_trace_settings_are_checked_and_shown():
+    from hookpost.common.errors import ConfigError
+    from hookpost.common.settings import load_settings
+
+    s = load_settings(trace_url="https://grafana.example/explore?traceId={trace_id}", trace_propagate="false")
+    assert s.trace_propagate is False and s.masked()["trace_url"].endswith("{trace_id}")
+    assert load_settings().masked()["trace_url"] is None  # an unset *_url setting is shown, not masked
+    for bad in ("https://grafana.example/explore", "grafana/{trace_id}"):
+        with pytest.raises(ConfigError, match=r"HOOKPOST_TRACE_URL: .*\{trace_id\}"):
+            load_settings(trace_url=bad)
