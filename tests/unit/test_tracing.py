@@ -359,3 +359,13 @@ def test_trace_settings_are_checked_and_shown():
     for bad in ("https://grafana.example/explore", "grafana/{trace_id}"):
         with pytest.raises(ConfigError, match=r"HOOKPOST_TRACE_URL: .*\{trace_id\}"):
             load_settings(trace_url=bad)
+
+
+async def test_the_outcome_log_lines_of_a_delivery_carry_its_trace_id(caplog):
+    d = await build_dispatcher(FakeSender(500, 200))
+    with caplog.at_level(logging.INFO, "hookpost.delivery"):
+        event = await fan_out_and_deliver(d, {"traceparent": TRACEPARENT})
+    lines = {r.getMessage(): r for r in caplog.records if r.name == "hookpost.delivery"}
+    assert {"attempt failed; retry scheduled", "delivered"} <= set(lines)
+    assert all(r.trace_id == TRACE for r in lines.values())  # type: ignore[attr-defined]
+    assert event.trace is not None and event.trace.trace_id == TRACE
