@@ -369,3 +369,19 @@ async def test_the_outcome_log_lines_of_a_delivery_carry_its_trace_id(caplog):
     assert {"attempt failed; retry scheduled", "delivered"} <= set(lines)
     assert all(r.trace_id == TRACE for r in lines.values())  # type: ignore[attr-defined]
     assert event.trace is not None and event.trace.trace_id == TRACE
+
+
+def test_configure_without_the_sdk_or_the_grpc_exporter_says_so_and_stays_off(monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    with caplog.at_level(logging.WARNING, "hookpost.tracing"):
+        assert tracing.configure("hookpost-dispatcher", set_global=False) is None
+        monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if hookpost[otel] were missing
+        assert tracing.configure("hookpost-dispatcher", set_global=False) is None
+    assert "opentelemetry-exporter-otlp-proto-grpc" in caplog.text and "pip install 'hookpost[otel]'" in caplog.text
+    assert tracing.tracer() is None
