@@ -3,6 +3,7 @@ reaches a receiver that fails its first request; both attempts carry the change'
 ids, and an OTLP/HTTP collector started here (decoding with ``opentelemetry-proto``) gets the tree
 producer → publish → fan-out → deliver ×2, the receiver's parent being its attempt's deliver span."""
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -106,12 +107,12 @@ async def test_the_receiver_and_the_collector_see_one_trace_across_a_retry(setti
         async with running_worker(settings):
             await publish_in_trace(settings, "chg-traced")
             event = await finished_event(store, "chg-traced")
-        provider.force_flush()
+        await asyncio.to_thread(provider.force_flush)  # its export reaches the collector on this loop
         await wait_until(lambda: len(collector.named("deliver")) >= 2 and collector.named("fan-out"), 15,
                          message="the fan-out and both deliver spans at the collector")
     finally:
         tracing.install(None)
-        provider.shutdown()
+        await asyncio.to_thread(provider.shutdown)
 
     # the receiver: the change's trace id on both attempts, each with its own span id, and the tracestate
     assert len(rec.requests) == 2
