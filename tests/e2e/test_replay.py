@@ -43,7 +43,8 @@ async def test_changes_missed_while_disabled_are_counted_then_replayed_in_order(
             conn = await AmqpConnection.connect(settings.rabbitmq_urls)  # one published in a caller's trace
             ch = await conn.channel(confirms=True)
             body = article("c6", 6).model_dump_json().encode()
-            await ch.publish(f"{settings.prefix}.changes", "article.updated", body, message_id="c6", headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"})
+            await ch.publish(f"{settings.prefix}.changes", "article.updated", body, message_id="c6",
+                             headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"})
             await conn.close()
             await wait_until(lambda: consumed(worker) == 7, message="fan-out saw every change")
             assert await st.events.count({}) == 1  # nothing recorded for the disabled webhook
