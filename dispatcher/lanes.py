@@ -16,7 +16,7 @@ still its lane's head waiting for this attempt, so an old change is never sent a
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 from hookpost.common.lanes import change_key, lane_of
 from hookpost.common.models import (
@@ -80,12 +80,15 @@ class Lanes:
             out.append(e)
         return out
 
-    @asynccontextmanager
-    async def folding(self, change: ChangeEvent, hooks: list[Webhook]) -> AsyncIterator[None]:
+    def folding(self, change: ChangeEvent, hooks: list[Webhook]) -> AbstractAsyncContextManager[None]:
         """Hold the lanes of ``change`` for its coalescing webhooks while it is placed, stored and queued: the
         changes of one entity that this process fans out at once then fold one after the other, instead of each
-        finding no waiting event yet and making its own."""
+        finding no waiting event yet and making its own. (Nothing to hold without a coalescing webhook.)"""
         lanes = sorted(lane_of(h.id, change.entity) for h in hooks if h.coalesce == Coalesce.LATEST)
+        return self._holding(lanes) if lanes else nullcontext()
+
+    @asynccontextmanager
+    async def _holding(self, lanes: list[str]) -> AsyncIterator[None]:
         locks = []
         for lane in lanes:
             lock, users = self._folding.get(lane) or (asyncio.Lock(), 0)
