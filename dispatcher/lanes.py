@@ -56,6 +56,7 @@ class Lanes:
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._folding: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._swept_to = -1  # where the next sweep goes on from (lanes busy for hours must not starve the rest)
 
     # -- fan-out -----------------------------------------------------------------------------------------------
 
@@ -205,9 +206,11 @@ class Lanes:
 
     async def sweep(self, limit: int = 200) -> int:
         """Move on the lanes whose waiting events were left behind (a timer lost with its process, a head that
-        ended without moving its lane); return how many lanes were looked at."""
+        ended without moving its lane); return how many lanes were looked at. Each sweep goes on where the last one
+        stopped, so lanes whose head is busy for hours (retries) do not keep the others from being looked at."""
         grace_ms = round(self.settle * 1000) + 2000
-        lanes = await self.store.lanes.stale_lanes(now_ms() - grace_ms, limit)
+        lanes, self._swept_to = await self.store.lanes.stale_lanes(now_ms() - grace_ms, limit,
+                                                                   after_ms=self._swept_to)
         for lane in lanes:
             await self.advance(lane)
         return len(lanes)
