@@ -61,7 +61,7 @@ class Lanes:
     # -- fan-out -----------------------------------------------------------------------------------------------
 
     async def place(self, change: ChangeEvent, events: list[WebhookEvent], hooks: dict[str, Webhook], *,
-                    replay: bool, existing: set[str]) -> list[WebhookEvent]:
+                    existing: set[str]) -> list[WebhookEvent]:
         """Return ``events`` as they are to be stored: those of ordered webhooks waiting in their lanes (no due
         time), with the changes that folded into a waiting event (coalesce=latest) left out. ``existing`` names the
         webhooks that already have an event of this change (a redelivery): those never fold."""
@@ -76,7 +76,7 @@ class Lanes:
             if hook.coalesce == Coalesce.LATEST:
                 e.payload["data"]["coalesced"] = 1
                 e = e.model_copy(update={"coalesced": 1})
-                if hook.id not in existing and await self._fold(change, e, replay=replay):
+                if hook.id not in existing and await self._fold(change, e):
                     continue
             out.append(e)
         return out
@@ -95,14 +95,16 @@ class Lanes:
             lock, users = self._folding.get(lane) or (asyncio.Lock(), 0)
             self._folding[lane] = (lock, users + 1)
             locks.append((lane, lock))
+        acquired: list[asyncio.Lock] = []
         try:
             for _, lock in locks:
                 await lock.acquire()
+                acquired.append(lock)
             yield
         finally:
-            for lane, lock in locks:
-                if lock.locked():
-                    lock.release()
+            for lock in acquired:
+                lock.release()
+            for lane, _ in locks:
                 held, users = self._folding[lane]
                 if users <= 1:
                     del self._folding[lane]
@@ -122,7 +124,7 @@ class Lanes:
             assert e.lane is not None
             self.schedule(e.lane, stored_ms + round(self.settle * 1000))
 
-    async def _fold(self, change: ChangeEvent, event: WebhookEvent, *, replay: bool) -> bool:
+    async def _fold(self, change: ChangeEvent, event: WebhookEvent) -> bool:
         """Fold ``change`` into its lane's newest waiting event if that has the same type; return whether it did
         (or had, before a redelivery)."""
         assert event.lane is not None
