@@ -5,10 +5,11 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, shorten, table
+from hookpost.cli.base import DURATION, echo_json, run, shorten, table
+from hookpost.cli.ops import open_ops
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import Coalesce, Ordering, Webhook
-from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
+from hookpost.common.records import WebhookCreate, WebhookCreated, WebhookSecret, WebhookUpdate, WebhookView
 from hookpost.store.webhooks import BrokenWebhook
 
 
@@ -74,13 +75,13 @@ def create(url: str, events: tuple[str, ...], description: str, secret: str | No
                          headers=parse_headers(headers), rate_limit=rate_limit,
                          ordering=Ordering(ordering or "none"), coalesce=Coalesce(coalesce or "none"))
 
-    async def go() -> Webhook:
-        async with open_admin() as admin:
-            return await admin.webhooks.create(spec, actor=actor())
+    async def go() -> WebhookCreated:
+        async with open_ops() as ops:
+            return await ops.create_webhook(spec)
 
     hook = run(go())
     if as_json:
-        echo_json({**hook.public_dict(), "secret": hook.secret})
+        echo_json(hook.model_dump(mode="json"))
         return
     click.echo(hook.id)
     click.echo(f"signing secret: {hook.secret}  (shown once; 'hookpost webhooks secret {hook.id}' shows it again)",
@@ -97,8 +98,8 @@ def list_(as_json: bool) -> None:
       hookpost webhooks list --json | jq '.[] | select(.active == false)'
     """
     async def go() -> tuple[list[WebhookView], list[BrokenWebhook]]:
-        async with open_admin() as admin:
-            return await admin.webhooks.load()
+        async with open_ops() as ops:
+            return await ops.list_webhooks()
 
     views, broken = run(go())
     for b in broken:
@@ -127,8 +128,8 @@ def show(webhook_id: str, as_json: bool) -> None:
       hookpost webhooks show wh_01J9Z…
     """
     async def go() -> WebhookView:
-        async with open_admin() as admin:
-            return await admin.webhooks.get(webhook_id)
+        async with open_ops() as ops:
+            return await ops.get_webhook(webhook_id)
 
     hook = run(go())
     data: dict[str, Any] = hook.model_dump(mode="json")
@@ -179,9 +180,9 @@ def update(webhook_id: str, url: str | None, events: tuple[str, ...], descriptio
         raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active, "
                                "--rate-limit, --ordering or --coalesce")
 
-    async def go() -> Webhook:
-        async with open_admin() as admin:
-            return await admin.webhooks.update(webhook_id, spec, actor=actor())
+    async def go() -> WebhookView:
+        async with open_ops() as ops:
+            return await ops.update_webhook(webhook_id, spec)
 
     hook = run(go())
     click.echo(f"updated {hook.id}")
@@ -189,8 +190,8 @@ def update(webhook_id: str, url: str | None, events: tuple[str, ...], descriptio
 
 def _set_active(webhook_id: str, active: bool) -> None:
     async def go() -> None:
-        async with open_admin() as admin:
-            await admin.webhooks.set_active(webhook_id, active, actor=actor())
+        async with open_ops() as ops:
+            await ops.set_active(webhook_id, active)
 
     run(go())
     click.echo(f"{'enabled' if active else 'disabled'} {webhook_id}")
@@ -234,8 +235,8 @@ def delete(webhook_id: str, yes: bool) -> None:
         click.confirm(f"delete webhook {webhook_id}?", abort=True, err=True)
 
     async def go() -> None:
-        async with open_admin() as admin:
-            await admin.webhooks.delete(webhook_id, actor=actor())
+        async with open_ops() as ops:
+            await ops.delete_webhook(webhook_id)
 
     run(go())
     click.echo(f"deleted {webhook_id}")
@@ -251,8 +252,8 @@ def secret(webhook_id: str) -> None:
       hookpost webhooks secret wh_01J9Z…
     """
     async def go() -> WebhookSecret:
-        async with open_admin() as admin:
-            return await admin.webhooks.reveal_secret(webhook_id, actor=actor())
+        async with open_ops() as ops:
+            return await ops.reveal_secret(webhook_id)
 
     hook = run(go())
     click.echo(hook.secret)
@@ -273,8 +274,8 @@ def rotate_secret(webhook_id: str, grace: float) -> None:
       hookpost webhooks rotate-secret wh_01J9Z… --grace 1h
     """
     async def go() -> WebhookSecret:
-        async with open_admin() as admin:
-            return await admin.webhooks.rotate_secret(webhook_id, grace, actor=actor())
+        async with open_ops() as ops:
+            return await ops.rotate_secret(webhook_id, grace)
 
     hook = run(go())
     click.echo(hook.secret)
