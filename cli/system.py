@@ -12,7 +12,7 @@ import click
 from hookpost.cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
 from hookpost.cli.ops import open_ops
 from hookpost.cli.target import current
-from hookpost.common.errors import InvalidInputError
+from hookpost.common.errors import HookpostError, InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.logs import setup_logging
 from hookpost.common.models import ChangeEvent, EventStatus
@@ -180,8 +180,8 @@ def _api_config(as_json: bool) -> None:
         async with ApiClient(target, timeout=10) as client:
             try:
                 await client.request("GET", "/events", params={"limit": "1"})
-            except ApiError as exc:
-                if not exc.status:  # a refused token still tells the version; an unreachable server does not
+            except HookpostError as exc:  # any answer tells the version; an unreachable server does not
+                if isinstance(exc, ApiError) and not exc.status:
                     raise
             return client.server_version
 
