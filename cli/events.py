@@ -231,7 +231,10 @@ def _restart_bulk(flt: EventFilter, force: bool, dry_run: bool, yes: bool) -> No
     if dry_run:
         _print_counts(counted.model_copy(update={"dry_run": True}))
         return
-    if counted.restarted and not yes:
+    if not counted.restarted:  # nothing to do: no job, no audit entry
+        _print_counts(counted.model_copy(update={"dry_run": False}))
+        return
+    if not yes:
         click.confirm(f"restart {counted.restarted} events?", abort=True, err=True)
     job: list[str] = []
     try:

@@ -168,6 +168,9 @@ async def test_restart_by_id_and_in_bulk(cli: Cli, settings, store):
         "status": ["Failed"], "webhook_id": hook.id}
     # by id: one entry directly; through the API one per event (POST /events/{id}/restart)
     assert sum(e["details"]["restarted"] for e in audit[1:]) == 1 and len(audit) == (3 if cli.is_api else 2)
+    again = await cli(*args, "--yes", role="operator")  # nothing left to restart: no job, no audit entry
+    assert ok(again).startswith("restarted 0, skipped 0") and "job" not in again.stderr
+    assert len(json.loads(ok(await cli("audit", "list", "--json", "--action", "events.restarted")))) == len(audit)
 
 
 async def test_publish(cli: Cli, settings):
