@@ -3,6 +3,7 @@
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
@@ -257,13 +258,14 @@ async def _watch_restart(flt: EventFilter, force: bool, total: int, job: list[st
     async with open_ops() as ops:
         if total <= 200 and ops.where == "direct":
             return await ops.restart_bulk(flt, force, total)
-        with click.progressbar(length=max(total, 1), label="restarting", file=sys.stderr
-                               ) as bar:
-            seen = [0]
+        with ExitStack() as stack:
+            bars: list[Any] = []  # the bar starts with the first progress, after the job's line
 
             def progress(processed: int) -> None:
-                bar.update(processed - seen[0])
-                seen[0] = processed
+                if not bars:
+                    bars.append(stack.enter_context(click.progressbar(length=max(total, 1), label="restarting",
+                                                                      file=sys.stderr)))
+                bars[0].update(processed - bars[0].pos)
 
             return await ops.restart_bulk(flt, force, total, progress=progress, started=started)
 
