@@ -11,20 +11,10 @@ import pytest
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.models import EventStatus
 from hookpost.common.topology import topology_from
-from tests.api.cli_modes import Cli
+from tests.api.cli_modes import Cli, cli_fixture  # noqa: F401 (the fixture 'cli')
 from tests.api.conftest import declare_topology, make_api
 from tests.helpers import queue_depth, wait_until
 from tests.seed import insert, make_events
-
-
-@pytest.fixture(params=["direct", "api"])
-async def cli(request, settings, store):  # type: ignore[no-untyped-def]
-    """The CLI directly, or through a server with a token per role."""
-    if request.param == "direct":
-        yield Cli("direct", settings)
-        return
-    async for api in make_api(settings):
-        yield Cli("api", settings, api)
 
 
 def ok(result) -> str:  # type: ignore[no-untyped-def]
