@@ -211,6 +211,9 @@ def choose(ctx: click.Context, api_url: str | None, profile: str | None, token_f
         return
     target = resolve(api_url, profile, token_file, insecure, ca_file)
     _current["t"] = target
+    if not target.is_api and (token_file or insecure or ca_file):
+        given = "--token-file" if token_file else "--insecure" if insecure else "--ca-file"
+        raise click.UsageError(f"{given} is for API mode: give --api URL, --profile NAME or HOOKPOST_API_URL")
     helping = ctx.meta.get(HELPING, False)
     if target.is_api and ctx.invoked_subcommand in DIRECT_ONLY and not helping:
         raise refuse(f"'hookpost {ctx.invoked_subcommand}' needs direct access to MongoDB and RabbitMQ and does not "

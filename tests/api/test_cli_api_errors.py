@@ -156,6 +156,9 @@ async def test_no_token_and_plain_http_elsewhere(fake):
     res = await asyncio.to_thread(invoke_env, ["--api", "http://hookpost.invalid", "--insecure", "events", "list"],
                                   {**dict.fromkeys(API_VARS), **UNREACHABLE, "HOOKPOST_API_TOKEN": TOKEN})
     one_line(res, 1, "cannot reach http://hookpost.invalid")
+    res = await asyncio.to_thread(invoke_env, ["--token-file", "/dev/null", "events", "list"],
+                                  {**dict.fromkeys(API_VARS), **UNREACHABLE})
+    one_line(res, 2, "--token-file is for API mode")
 
 
 async def test_login_saves_a_private_profile_and_profile_uses_it(fake, tmp_path):
