@@ -44,7 +44,7 @@ async def test_webhook_commands(cli: Cli, store):
     listed = json.loads(ok(await cli("webhooks", "list", "--json")))
     assert [h["id"] for h in listed] == [hook_id, second] and "secret" not in listed[0]
     table = ok(await cli("webhooks", "list"))
-    assert table.splitlines()[0].split() == ["ID", "URL", "EVENTS", "STATUS", "SUCCESS", "DESCRIPTION"]
+    assert table.splitlines()[0].split() == ["ID", "URL", "EVENTS", "STATUS", "ORDERING", "SUCCESS", "DESCRIPTION"]
     assert hook_id in table and "whsec_" not in table
     shown = json.loads(ok(await cli("webhooks", "show", hook_id, "--json")))
     assert shown["event_types"] == ["article.*"] and shown["health"] == "healthy"
