@@ -1,16 +1,65 @@
 """What Hookpost set aside in ``PREFIX.invalid`` and ``PREFIX.failed``, for the CLI and the API alike: list
 without removing, and replay change events once the cause is fixed. The broker work is in
-:mod:`hookpost.producer.setaside`; each call opens its own connection with the caller's settings (the server's,
-for the API), since a listing takes the whole queue out and gives it back in order.
+:mod:`hookpost.producer.setaside`.
+
+A CLI command connects for its one call; the server keeps one connection (:class:`SetAsideBroker`) and gives each
+call its own channel, since a listing takes the whole queue out on it and gives it back in order.
 """
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from hookpost.common.amqp import AmqpConnection
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.settings import Settings
+from hookpost.common.topology import topology_from
 from hookpost.producer.setaside import ReplayReport, SetAside, SetAsideQueues
+
+
+class SetAsideBroker:
+    """One broker connection for a long-running process's set-aside calls: opened on first use and again after it
+    was lost; each call gets a confirmed channel of its own, closed afterwards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: AmqpConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> AmqpConnection:
+        async with self._lock:
+            if self._conn is None or not self._conn.is_open:
+                self._conn = await AmqpConnection.connect(self.settings.rabbitmq_urls, name="hookpost-server")
+            return self._conn
+
+    @asynccontextmanager
+    async def queues(self) -> AsyncIterator[SetAsideQueues]:
+        """The set-aside queues over a new channel of the shared connection."""
+        conn = await self._connection()
+        channel = await conn.channel(confirms=True)
+        try:
+            yield SetAsideQueues(conn, channel, topology_from(self.settings))
+        finally:
+            await channel.close()
+
+    async def close(self) -> None:
+        """Close the connection (if one was opened)."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+@asynccontextmanager
+async def _queues(settings: Settings, broker: SetAsideBroker | None) -> AsyncIterator[SetAsideQueues]:
+    if broker is not None:
+        async with broker.queues() as queues:
+            yield queues
+    else:
+        async with await SetAsideQueues.connect(settings) as queues:
+            yield queues
 
 
 @dataclass
@@ -43,27 +92,28 @@ def notice_of(item: SetAside) -> dict[str, Any]:
     return notice if isinstance(notice, dict) else {"event_id": None, "body": item.excerpt()}
 
 
-async def list_invalid(settings: Settings, limit: int = 50) -> SetAsideList:
-    """List the change events set aside in ``PREFIX.invalid`` (none removed)."""
-    async with await SetAsideQueues.connect(settings) as queues:
+async def list_invalid(settings: Settings, limit: int = 50, broker: SetAsideBroker | None = None) -> SetAsideList:
+    """List the change events set aside in ``PREFIX.invalid`` (none removed); over ``broker`` if given, else over
+    a connection of its own."""
+    async with _queues(settings, broker) as queues:
         items, total = await queues.list_invalid(check_limit(limit))
         return SetAsideList([i.as_dict() for i in items], total, queues.truncated)
 
 
-async def list_failed(settings: Settings, limit: int = 50) -> SetAsideList:
+async def list_failed(settings: Settings, limit: int = 50, broker: SetAsideBroker | None = None) -> SetAsideList:
     """List the failure notices in ``PREFIX.failed`` (none removed)."""
-    async with await SetAsideQueues.connect(settings) as queues:
+    async with _queues(settings, broker) as queues:
         items, total = await queues.list_failed(check_limit(limit))
         return SetAsideList([notice_of(i) for i in items], total, queues.truncated)
 
 
 async def replay_invalid(settings: Settings, *, ids: list[str], everything: bool, dry_run: bool = False,
-                         force: bool = False) -> ReplayReport:
+                         force: bool = False, broker: SetAsideBroker | None = None) -> ReplayReport:
     """Publish set-aside change events again (see :meth:`SetAsideQueues.replay`), checked against
     ``settings.max_change_bytes``."""
     if bool(ids) == everything:
         raise InvalidInputError("give ids, or all")
-    async with await SetAsideQueues.connect(settings) as queues:
+    async with _queues(settings, broker) as queues:
         return await queues.replay(ids=set(ids), everything=everything, dry_run=dry_run, force=force,
                                    max_change_bytes=settings.max_change_bytes)
 

@@ -1,8 +1,9 @@
 """The API's routes over RabbitMQ's set-aside queues (``GET /invalid``, ``POST /invalid/replay``,
-``GET /failed``), read with the server's own broker settings so that an operator needs only a token, and the
+``GET /failed``), read over the server's broker connection so that an operator needs only a token, and the
 ``Hookpost-Version`` header every answer carries (a newer CLI tells an older server by it).
 
-The handlers are listed in :data:`hookpost.web.api.ROUTES` like every other route.
+The handlers are listed in :data:`hookpost.web.api.ROUTES` like every other route; :func:`setup` adds the
+connection and the header to the app.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,8 +13,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from hookpost.admin import setaside
+from hookpost.admin.setaside import SetAsideBroker
 
 VERSION_HEADER = "Hookpost-Version"
+BROKER_KEY = web.AppKey("hookpost_setaside_broker", SetAsideBroker)
 
 
 def server_version() -> str:
@@ -68,7 +71,7 @@ async def list_invalid(request: web.Request) -> web.Response:
     """List the change events set aside in PREFIX.invalid."""
     from hookpost.web.api import SETTINGS_KEY, query_limit, reply
 
-    found = await setaside.list_invalid(request.app[SETTINGS_KEY], query_limit(request))
+    found = await setaside.list_invalid(request.app[SETTINGS_KEY], query_limit(request), request.app[BROKER_KEY])
     return reply(SetAsideItems(**found.as_dict()))
 
 
@@ -76,7 +79,7 @@ async def list_failed(request: web.Request) -> web.Response:
     """List the failure notices in PREFIX.failed."""
     from hookpost.web.api import SETTINGS_KEY, query_limit, reply
 
-    found = await setaside.list_failed(request.app[SETTINGS_KEY], query_limit(request))
+    found = await setaside.list_failed(request.app[SETTINGS_KEY], query_limit(request), request.app[BROKER_KEY])
     return reply(SetAsideItems(**found.as_dict()))
 
 
@@ -89,10 +92,24 @@ async def replay_invalid(request: web.Request) -> web.Response:
     if bool(spec.ids) == spec.all:
         raise InvalidFieldError("ids", "give ids, or all: true")
     report = await setaside.replay_invalid(request.app[SETTINGS_KEY], ids=spec.ids, everything=spec.all,
-                                           dry_run=spec.dry_run, force=spec.force)
+                                           dry_run=spec.dry_run, force=spec.force, broker=request.app[BROKER_KEY])
     return reply(ReplayResult.model_validate(report.as_dict()))
 
 
 async def add_version_header(_request: web.Request, response: web.StreamResponse) -> None:
     """Name this server's version on every answer (``Hookpost-Version``)."""
     response.headers[VERSION_HEADER] = server_version()
+
+
+def setup(app: web.Application) -> None:
+    """Give ``app`` the set-aside routes' broker connection (closed with the app) and the version header."""
+    from hookpost.web.api import SETTINGS_KEY
+
+    broker = SetAsideBroker(app[SETTINGS_KEY])
+    app[BROKER_KEY] = broker
+    app.on_response_prepare.append(add_version_header)
+
+    async def close(_app: web.Application) -> None:
+        await broker.close()
+
+    app.on_cleanup.append(close)

@@ -20,8 +20,8 @@ from hookpost.admin import Admin
 from hookpost.admin.events import InvalidFieldError
 from hookpost.common.records import ApiToken
 from hookpost.common.settings import Settings
+from hookpost.web import api_broker
 from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
-from hookpost.web.api_broker import add_version_header
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
 from hookpost.web.openapi import build_openapi
 from hookpost.web.problems import Handler, problem_middleware
@@ -175,7 +175,7 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
         if owned:
             await app[ADMIN_KEY].close()
 
-    app.on_response_prepare.append(add_version_header)
+    api_broker.setup(app)  # the set-aside routes' broker connection, the Hookpost-Version header
     app.on_startup.append(startup)
     app.on_cleanup.append(shutdown)
     for plugin in plugins:

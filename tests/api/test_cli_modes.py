@@ -11,6 +11,7 @@ import pytest
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.models import EventStatus
 from hookpost.common.topology import topology_from
+from hookpost.web.api_broker import BROKER_KEY
 from tests.api.cli_modes import Cli, cli_fixture  # noqa: F401 (the fixture 'cli')
 from tests.api.conftest import declare_topology, make_api
 from tests.helpers import queue_depth, wait_until
@@ -249,7 +250,16 @@ async def test_invalid_and_failed(cli: Cli, settings):
     assert await queue_depth(settings, topo.changes_queue) == 1  # published again, for fan-out
     bad = await cli("invalid", "list", "--limit", "0", role="operator")
     assert bad.exit_code == 2 and "--limit must be at least 1" in bad.stderr
-    if cli.is_api:
+    if cli.is_api:  # one broker connection in the server, opened again once lost
+        broker = cli.api.server.app[BROKER_KEY]  # type: ignore[union-attr]
+        first = broker._conn
+        assert first is not None and first.is_open
+        ok(await cli("failed", "list", role="operator"))
+        assert broker._conn is first
+        await first.close()
+        assert [i["id"] for i in json.loads(ok(await cli("invalid", "list", "--json", role="operator")))] == [
+            "chg-bad"]
+        assert broker._conn is not first and broker._conn.is_open
         refused(cli, await cli("invalid", "list", role="viewer"), "operator")
         refused(cli, await cli("invalid", "replay", "--all", role="operator"), "admin")
         refused(cli, await cli("failed", "list", role="viewer"), "operator")
