@@ -101,7 +101,7 @@ class ApiClient:
         raise the error of the answer (:class:`ApiError`, :class:`InvalidInputError`, :class:`NotFoundError`)."""
         assert self._session is not None, "use 'async with ApiClient(...)'"
         url = self.base + PREFIX + path
-        kwargs: dict[str, Any] = {"params": params}
+        kwargs: dict[str, Any] = {"params": params, "allow_redirects": False}  # the token follows no redirect
         if json_body is not None:
             kwargs["json"] = json_body
         if timeout is not None:
@@ -112,6 +112,7 @@ class ApiClient:
                 body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location", "")
                 ctype = resp.content_type or ""
         except aiohttp.ClientConnectorCertificateError as exc:
             raise ApiError(f"cannot reach {self.server}: TLS certificate not trusted ({_reason(exc)}); "
@@ -128,6 +129,9 @@ class ApiClient:
                 data = json.loads(body)
             except ValueError:
                 data = None
+        if 300 <= status < 400:
+            raise ApiError(f"{self.server} redirects to {location[:200] or 'elsewhere'}: give the address it "
+                           "should be as --api (the token is not sent on)", status)
         if status < 400:
             if body and data is None:
                 raise ApiError(f"{self.server} answered {status} with a body that is not JSON: is --api the "

@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hookpost.admin.setaside import SetAsideList, report_from
-from hookpost.cli.apiclient import ApiClient
+from hookpost.cli.apiclient import ApiClient, client_version
 from hookpost.cli.target import Target
 from hookpost.common.errors import HookpostError
 from hookpost.common.models import ChangeEvent, WebhookEvent
@@ -76,6 +76,19 @@ class ApiOps:
         async with ApiClient(target) as client:
             yield cls(client)
 
+    def _read(self, kind: Any, data: Any) -> Any:
+        """Read an answer as ``kind`` (a model or a list type); an answer of another shape is one line."""
+        try:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                return kind.model_validate(data)
+            return TypeAdapter(kind).validate_python(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the answer"
+            version = self.client.server_version or "unknown"
+            raise HookpostError(f"{self.where} answered in a form this CLI does not read ({where}: {first['msg']}; "
+                                f"server {version}, CLI {client_version()})") from None
+
     async def _get(self, path: str, params: Any = None) -> Any:
         return await self.client.request("GET", path, params=params)
 
@@ -84,25 +97,25 @@ class ApiOps:
 
     async def list_webhooks(self) -> tuple[list[WebhookView], list[BrokenWebhook]]:
         """Every webhook (the server logs the documents that do not validate)."""
-        return TypeAdapter(list[WebhookView]).validate_python(await self._get("/webhooks")), []
+        return self._read(list[WebhookView], await self._get("/webhooks")), []
 
     async def get_webhook(self, webhook_id: str) -> WebhookView:
         """One webhook."""
-        return WebhookView.model_validate(await self._get(f"/webhooks/{webhook_id}"))
+        return self._read(WebhookView, await self._get(f"/webhooks/{webhook_id}"))
 
     async def create_webhook(self, spec: WebhookCreate) -> WebhookCreated:
         """Create a webhook."""
-        return WebhookCreated.model_validate(await self._post("/webhooks", spec.model_dump(mode="json")))
+        return self._read(WebhookCreated, await self._post("/webhooks", spec.model_dump(mode="json")))
 
     async def update_webhook(self, webhook_id: str, spec: WebhookUpdate) -> WebhookView:
         """Change a webhook."""
         body = spec.model_dump(mode="json", exclude_none=True)
-        return WebhookView.model_validate(await self.client.request("PATCH", f"/webhooks/{webhook_id}",
+        return self._read(WebhookView, await self.client.request("PATCH", f"/webhooks/{webhook_id}",
                                                                     json_body=body))
 
     async def set_active(self, webhook_id: str, active: bool) -> WebhookView:
         """Enable or disable a webhook."""
-        return WebhookView.model_validate(await self._post(f"/webhooks/{webhook_id}/"
+        return self._read(WebhookView, await self._post(f"/webhooks/{webhook_id}/"
                                                            + ("enable" if active else "disable")))
 
     async def delete_webhook(self, webhook_id: str) -> None:
@@ -111,11 +124,11 @@ class ApiOps:
 
     async def reveal_secret(self, webhook_id: str) -> WebhookSecret:
         """A webhook's secrets."""
-        return WebhookSecret.model_validate(await self._get(f"/webhooks/{webhook_id}/secret"))
+        return self._read(WebhookSecret, await self._get(f"/webhooks/{webhook_id}/secret"))
 
     async def rotate_secret(self, webhook_id: str, grace: float) -> WebhookSecret:
         """Rotate a webhook's secret."""
-        return WebhookSecret.model_validate(await self._post(f"/webhooks/{webhook_id}/rotate-secret",
+        return self._read(WebhookSecret, await self._post(f"/webhooks/{webhook_id}/rotate-secret",
                                                              {"grace": grace}))
 
     async def list_events(self, flt: EventFilter, limit: int) -> EventPage:
@@ -125,7 +138,7 @@ class ApiOps:
         before = flt.before
         while True:
             want = min(API_PAGE, limit - len(items))
-            page = EventPage.model_validate(await self._get(
+            page = self._read(EventPage, await self._get(
                 "/events", [*params, ("limit", str(want))] + ([("before", before)] if before else [])))
             items += page.items
             before = page.next
@@ -134,7 +147,7 @@ class ApiOps:
 
     async def get_event(self, event_id: str) -> EventDetail:
         """One event with its attempts."""
-        return EventDetail.model_validate(await self._get(f"/events/{event_id}"))
+        return self._read(EventDetail, await self._get(f"/events/{event_id}"))
 
     async def events_by_id(self, event_ids: list[str]) -> list[WebhookEvent]:
         """The events ``event_ids``, one request each."""
@@ -143,7 +156,7 @@ class ApiOps:
         found, missing = [], []
         for event_id in dict.fromkeys(event_ids):
             try:
-                found.append(WebhookEvent.model_validate((await self.get_event(event_id)).model_dump()))
+                found.append(await self.get_event(event_id))
             except NotFoundError:
                 missing.append(event_id)
         if missing:
@@ -154,20 +167,20 @@ class ApiOps:
         """Restart events by id, one request each."""
         report = RestartReport()
         for event_id in dict.fromkeys(event_ids):
-            part = RestartReport.model_validate(await self._post(f"/events/{event_id}/restart", {"force": force}))
+            part = self._read(RestartReport, await self._post(f"/events/{event_id}/restart", {"force": force}))
             report.restarted += part.restarted
             report.skipped.update(part.skipped)
         return report
 
     async def restart_count(self, flt: EventFilter, force: bool) -> RestartCount:
         """The server's dry run of a bulk restart."""
-        return RestartCount.model_validate(await self._post("/events/restart", restart_body(flt, force, True)))
+        return self._read(RestartCount, await self._post("/events/restart", restart_body(flt, force, True)))
 
     async def restart_bulk(self, flt: EventFilter, force: bool, total: int,
                            progress: Callable[[int], None] | None = None,
                            started: Callable[[str], None] | None = None) -> RestartCount:
         """Start the restart as a job on the server and watch it until it ends."""
-        begun = RestartCount.model_validate(await self._post("/events/restart", restart_body(flt, force, False)))
+        begun = self._read(RestartCount, await self._post("/events/restart", restart_body(flt, force, False)))
         if begun.job is None:
             raise HookpostError(f"{self.where} started no job for the restart")
         if started:
@@ -184,11 +197,11 @@ class ApiOps:
 
     async def get_job(self, job_id: str) -> Job:
         """A background job."""
-        return Job.model_validate(await self._get(f"/jobs/{job_id}"))
+        return self._read(Job, await self._get(f"/jobs/{job_id}"))
 
     async def stats(self, since: datetime | None) -> Stats:
         """Counts of events."""
-        return Stats.model_validate(await self._get("/stats", {"since": since.isoformat()} if since else None))
+        return self._read(Stats, await self._get("/stats", {"since": since.isoformat()} if since else None))
 
     async def publish(self, change: ChangeEvent, timeout: float) -> str:
         """Publish a change through ``POST /changes`` (answered once the broker confirmed it)."""
@@ -197,22 +210,22 @@ class ApiOps:
 
     async def create_token(self, name: str, role: str) -> TokenCreated:
         """Make a token."""
-        return TokenCreated.model_validate(await self._post("/tokens", {"name": name, "role": role.lower()}))
+        return self._read(TokenCreated, await self._post("/tokens", {"name": name, "role": role.lower()}))
 
     async def list_tokens(self) -> list[TokenView]:
         """Every token."""
-        return TypeAdapter(list[TokenView]).validate_python(await self._get("/tokens"))
+        return self._read(list[TokenView], await self._get("/tokens"))
 
     async def revoke_token(self, token_id: str) -> TokenView:
         """Revoke a token."""
-        return TokenView.model_validate(await self._post(f"/tokens/{token_id}/revoke"))
+        return self._read(TokenView, await self._post(f"/tokens/{token_id}/revoke"))
 
     async def list_audit(self, actor: str | None, action: str | None, since: datetime | None,
                          limit: int) -> list[AuditEntry]:
         """Audit entries (the API gives at most 500)."""
         params = [(k, v) for k, v in (("actor", actor), ("action", action),
                                       ("since", since.isoformat() if since else None), ("limit", str(limit))) if v]
-        return TypeAdapter(list[AuditEntry]).validate_python(await self._get("/audit", params))
+        return self._read(list[AuditEntry], await self._get("/audit", params))
 
     async def list_invalid(self, limit: int) -> SetAsideList:
         """Change events set aside, read by the server."""

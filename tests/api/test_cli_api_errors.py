@@ -115,6 +115,16 @@ async def test_each_answer_is_one_line_and_its_exit_code(fake, status, body, hea
     assert fake.seen == [("GET", "/api/v1/events/evt_1", f"Bearer {TOKEN}")]
 
 
+async def test_a_redirect_and_an_answer_of_another_shape(fake):
+    fake.status, fake.headers = 302, {"Location": "http://elsewhere.example/api/v1/events/evt_1"}
+    res = await cli(fake.url, "events", "show", "evt_1")
+    one_line(res, 1, f"{fake.url} redirects to http://elsewhere.example/api/v1/events/evt_1", "--api")
+    assert len(fake.seen) == 1  # not followed
+    fake.status, fake.headers, fake.body = 200, {}, {"id": "evt_1"}
+    one_line(await cli(fake.url, "events", "show", "evt_1"), 1,
+             f"{fake.url} answered in a form this CLI does not read", "server 0.1.0")
+
+
 async def test_an_older_server_is_too_old_rather_than_not_found(fake):
     fake.status, fake.body, fake.version = 404, problem(404, "Not Found"), "0.0.9"
     res = await cli(fake.url, "invalid", "list")
