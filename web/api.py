@@ -43,8 +43,8 @@ from hookpost.common.records import (
 from hookpost.common.settings import Settings
 from hookpost.store.events import EventFilter
 from hookpost.web.api_broker import (
-    ReplayRequest,
-    ReplayResult,
+    InvalidReplayRequest,
+    InvalidReplayResult,
     SetAsideItems,
     list_failed,
     list_invalid,
@@ -374,7 +374,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/invalid", list_invalid, OPERATOR, "List the change events set aside in PREFIX.invalid (none "
           "removed)", response=SetAsideItems, query=(LIMIT,)),
     Route("POST", "/invalid/replay", replay_invalid, ADMIN, "Publish set-aside change events again (by id, or all)",
-          response=ReplayResult, body=ReplayRequest),
+          response=InvalidReplayResult, body=InvalidReplayRequest),
     Route("GET", "/failed", list_failed, OPERATOR, "List the failure notices in PREFIX.failed (none removed)",
           response=SetAsideItems, query=(LIMIT,)),
 )

@@ -36,7 +36,7 @@ class SetAsideItems(BaseModel):
     truncated: bool = False
 
 
-class ReplayRequest(BaseModel):
+class InvalidReplayRequest(BaseModel):
     """Which set-aside change events to publish again: ``ids`` (as ``GET /invalid`` names them) or ``all``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -47,7 +47,7 @@ class ReplayRequest(BaseModel):
     force: bool = False
 
 
-class ReplayKept(BaseModel):
+class InvalidReplayKept(BaseModel):
     """A chosen change event that stayed, and why."""
 
     id: str
@@ -55,13 +55,13 @@ class ReplayKept(BaseModel):
     error: str | None = None
 
 
-class ReplayResult(BaseModel):
+class InvalidReplayResult(BaseModel):
     """What a replay did (or, with ``dry_run``, would do)."""
 
     dry_run: bool
     replayed: list[str]
-    still_invalid: list[ReplayKept]
-    failed: list[ReplayKept]
+    still_invalid: list[InvalidReplayKept]
+    failed: list[InvalidReplayKept]
     not_found: list[str]
     kept: int
     truncated: bool
@@ -88,12 +88,12 @@ async def replay_invalid(request: web.Request) -> web.Response:
     from hookpost.admin.events import InvalidFieldError
     from hookpost.web.api import SETTINGS_KEY, body_of, reply
 
-    spec: ReplayRequest = await body_of(request, ReplayRequest)
+    spec: InvalidReplayRequest = await body_of(request, InvalidReplayRequest)
     if bool(spec.ids) == spec.all:
         raise InvalidFieldError("ids", "give ids, or all: true")
     report = await setaside.replay_invalid(request.app[SETTINGS_KEY], ids=spec.ids, everything=spec.all,
                                            dry_run=spec.dry_run, force=spec.force, broker=request.app[BROKER_KEY])
-    return reply(ReplayResult.model_validate(report.as_dict()))
+    return reply(InvalidReplayResult.model_validate(report.as_dict()))
 
 
 async def add_version_header(_request: web.Request, response: web.StreamResponse) -> None:
