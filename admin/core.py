@@ -36,6 +36,7 @@ class Admin:
         from hookpost.admin.changes import ChangeOps
         from hookpost.admin.events import EventOps
         from hookpost.admin.jobs import JobOps
+        from hookpost.admin.replay import ReplayOps
         from hookpost.admin.tokens import TokenOps
         from hookpost.admin.webhooks import WebhookOps
 
@@ -50,6 +51,7 @@ class Admin:
         self.audit = AuditOps(self)
         self.changes = ChangeOps(self)
         self.jobs = JobOps(self)
+        self.replays = ReplayOps(self)
 
     @classmethod
     @asynccontextmanager

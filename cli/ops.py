@@ -18,6 +18,8 @@ from hookpost.common.records import (
     EventDetail,
     EventPage,
     Job,
+    ReplayCount,
+    ReplayRequest,
     RestartCount,
     RestartReport,
     Stats,
@@ -57,6 +59,14 @@ class Operations(Protocol):
         """A webhook's signing secrets (audited)."""
     async def rotate_secret(self, webhook_id: str, grace: float) -> WebhookSecret:
         """Make a new signing secret; the old one signs for ``grace`` seconds more."""
+
+    async def replay_count(self, webhook_id: str, request: ReplayRequest) -> ReplayCount:
+        """What a replay of the changes a webhook missed would do (a dry run)."""
+    async def replay_webhook(self, webhook_id: str, request: ReplayRequest,
+                             progress: "Callable[[int], None] | None" = None,
+                             started: "Callable[[str], None] | None" = None) -> ReplayCount:
+        """Replay the changes a webhook missed; ``progress(n)`` reports changes published so far, ``started`` gets
+        the server's job id (API mode)."""
 
     # events
     async def list_events(self, flt: EventFilter, limit: int) -> EventPage:

@@ -20,6 +20,8 @@ from hookpost.common.records import (
     EventPage,
     Job,
     JobStatus,
+    ReplayCount,
+    ReplayRequest,
     RestartCount,
     RestartReport,
     Stats,
@@ -131,6 +133,36 @@ class ApiOps:
         return self._read(WebhookSecret, await self._post(f"/webhooks/{webhook_id}/rotate-secret",
                                                              {"grace": grace}))
 
+    async def replay_count(self, webhook_id: str, request: ReplayRequest) -> ReplayCount:
+        """The server's dry run of a replay."""
+        body = request.model_copy(update={"dry_run": True}).model_dump(mode="json")
+        return self._read(ReplayCount, await self._post(f"/webhooks/{webhook_id}/replay", body))
+
+    async def replay_webhook(self, webhook_id: str, request: ReplayRequest,
+                             progress: Callable[[int], None] | None = None,
+                             started: Callable[[str], None] | None = None) -> ReplayCount:
+        """Start the replay as a job on the server and watch it until it ends."""
+        body = request.model_copy(update={"dry_run": False}).model_dump(mode="json")
+        begun: ReplayCount = self._read(ReplayCount, await self._post(f"/webhooks/{webhook_id}/replay", body))
+        if begun.job is None:
+            raise HookpostError(f"{self.where} started no job for the replay")
+        if started:
+            started(begun.job)
+        job = await self._watch(begun.job, progress)
+        return begun.model_copy(update={"replayed": job.total})
+
+    async def _watch(self, job_id: str, progress: Callable[[int], None] | None) -> Job:
+        """Poll a job until it ends; raise if it failed."""
+        while True:
+            job = await self.get_job(job_id)
+            if progress:
+                progress(job.processed)
+            if job.status == JobStatus.FAILED:
+                raise HookpostError(f"{self.where}: job {job.id} failed: {job.error or 'no reason given'}")
+            if job.status != JobStatus.RUNNING:
+                return job
+            await asyncio.sleep(JOB_POLL)
+
     async def list_events(self, flt: EventFilter, limit: int) -> EventPage:
         """Up to ``limit`` events, in pages of at most 500."""
         items: list[WebhookEvent] = []
@@ -185,15 +217,8 @@ class ApiOps:
             raise HookpostError(f"{self.where} started no job for the restart")
         if started:
             started(begun.job)
-        while True:
-            job = await self.get_job(begun.job)
-            if progress:
-                progress(job.processed)
-            if job.status == JobStatus.FAILED:
-                raise HookpostError(f"{self.where}: restart job {job.id} failed: {job.error or 'no reason given'}")
-            if job.status != JobStatus.RUNNING:
-                return RestartCount(matched=job.total, restarted=job.restarted, skipped=job.skipped, job=job.id)
-            await asyncio.sleep(JOB_POLL)
+        job = await self._watch(begun.job, progress)
+        return RestartCount(matched=job.total, restarted=job.restarted, skipped=job.skipped, job=job.id)
 
     async def get_job(self, job_id: str) -> Job:
         """A background job."""

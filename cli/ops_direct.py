@@ -16,6 +16,8 @@ from hookpost.common.records import (
     EventDetail,
     EventPage,
     Job,
+    ReplayCount,
+    ReplayRequest,
     RestartCount,
     RestartReport,
     Stats,
@@ -82,6 +84,25 @@ class DirectOps:
     async def rotate_secret(self, webhook_id: str, grace: float) -> WebhookSecret:
         """Rotate a webhook's secret."""
         return await self.admin.webhooks.rotate_secret(webhook_id, grace, actor=self.actor)
+
+    async def replay_count(self, webhook_id: str, request: ReplayRequest) -> ReplayCount:
+        """Count a replay."""
+        count, _ = await self.admin.replays.plan(webhook_id, request)
+        return count.model_copy(update={"dry_run": True})
+
+    async def replay_webhook(self, webhook_id: str, request: ReplayRequest,
+                             progress: Callable[[int], None] | None = None,
+                             started: Callable[[str], None] | None = None) -> ReplayCount:
+        """Replay in this process: plan, then publish through fan-out for this webhook."""
+        count, todo = await self.admin.replays.plan(webhook_id, request)
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0])
+
+        return await self.admin.replays.publish(count, todo, types=request.types, actor=self.actor, progress=step)
 
     async def list_events(self, flt: EventFilter, limit: int) -> EventPage:
         """A page of events."""

@@ -1,6 +1,7 @@
 """``hookpost webhooks …``: create, list, show, update, enable, disable, delete, secret, rotate-secret."""
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -9,7 +10,15 @@ from hookpost.cli.base import DURATION, echo_json, run, shorten, table
 from hookpost.cli.ops import open_ops
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import Coalesce, Ordering, Webhook
-from hookpost.common.records import WebhookCreate, WebhookCreated, WebhookSecret, WebhookUpdate, WebhookView
+from hookpost.common.records import (
+    ReplayCount,
+    ReplayRequest,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookSecret,
+    WebhookUpdate,
+    WebhookView,
+)
 from hookpost.store.webhooks import BrokenWebhook
 
 
@@ -280,3 +289,64 @@ def rotate_secret(webhook_id: str, grace: float) -> None:
     hook = run(go())
     click.echo(hook.secret)
     click.echo(f"old secret keeps signing until {hook.previous_secret_expires_at}", err=True)
+
+
+@webhooks.command("replay")
+@click.argument("webhook_id")
+@click.option("--since", required=True, help="Start of the window: a duration back from now (2h, 3d) or an "
+              "ISO-8601 time.")
+@click.option("--until", default=None, help="End of the window (same forms); now if omitted.")
+@click.option("--type", "types", multiple=True, help="Only these event types or patterns (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def replay(webhook_id: str, since: str, until: str | None, types: tuple[str, ...], dry_run: bool, yes: bool,
+           as_json: bool) -> None:
+    """Replay the changes a webhook missed: those kept in the change log within the window, of its event types,
+    that it has no event of (published while it was disabled, broken or not yet created). They go through
+    fan-out for this webhook only; an ordered webhook's replayed changes join the tails of their lanes.
+
+    \b
+    Example:
+      hookpost webhooks replay wh_01J9Z… --since 2h --dry-run
+      hookpost webhooks replay wh_01J9Z… --since 2026-12-01T08:00 --until 2026-12-01T10:00 --yes
+    """
+    request = ReplayRequest(since=since, until=until, types=list(types), dry_run=dry_run)
+
+    async def plan() -> ReplayCount:
+        async with open_ops() as ops:
+            return await ops.replay_count(webhook_id, request)
+
+    count = run(plan())
+    if not as_json or not dry_run:
+        click.echo(f"{count.logged} change(s) logged in the window; {count.matched} of this webhook's types; "
+                   f"{count.already} it already has; {count.replayed} to replay", err=as_json)
+    if not dry_run and count.replayed:
+        if not yes:
+            click.confirm(f"replay {count.replayed} change(s) to {webhook_id}?", abort=True, err=True)
+        job: list[str] = []
+        try:
+            count = run(_replay(webhook_id, request, count.replayed, job))
+        except KeyboardInterrupt:
+            if not job:
+                raise
+            click.echo(f"hookpost: stopped watching; replay job {job[0]} keeps running on the server "
+                       f"(see it with 'hookpost events job {job[0]}')", err=True)
+            raise click.exceptions.Exit(130) from None
+    if as_json:
+        echo_json(count.model_dump(mode="json"))
+    elif not count.dry_run:
+        click.echo(f"replayed {count.replayed} change(s) to {webhook_id}")
+
+
+async def _replay(webhook_id: str, request: ReplayRequest, total: int, job: list[str]) -> ReplayCount:
+    def started(job_id: str) -> None:
+        job.append(job_id)
+        click.echo(f"replay job {job_id} started on the server", err=True)
+
+    async with open_ops() as ops:
+        with click.progressbar(length=max(total, 1), label="replaying", file=sys.stderr) as bar:
+            def progress(done: int) -> None:
+                bar.update(done - bar.pos)
+
+            return await ops.replay_webhook(webhook_id, request, progress=progress, started=started)

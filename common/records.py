@@ -156,6 +156,33 @@ class RestartCount(BaseModel):
     job: str | None = None
 
 
+class ReplayRequest(BaseModel):
+    """A replay of what a webhook missed: the changes logged within ``since`` … ``until`` (durations back from
+    now such as ``2h``, or ISO-8601 times), of ``types`` if given (patterns allowed), that it has no event of."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: str = Field(min_length=1, max_length=100)
+    until: str | None = Field(default=None, max_length=100)
+    types: list[str] = Field(default_factory=list, max_length=100)
+    dry_run: bool = False
+
+
+class ReplayCount(BaseModel):
+    """What a replay would do (a dry run) or did: changes logged in the window, those of the webhook's (and the
+    asked) types, those it already has an event of, and those replayed (or to replay)."""
+
+    webhook_id: str
+    since: UtcDatetime
+    until: UtcDatetime | None = None
+    logged: int
+    matched: int
+    already: int
+    replayed: int
+    dry_run: bool = False
+    job: str | None = None
+
+
 class EventPage(BaseModel):
     """One page of events, newest first; ``next`` is the ``before`` cursor of the next page (None: last page)."""
 

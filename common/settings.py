@@ -153,7 +153,7 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("disable_after", "breaker_recovery")
+    @field_validator("disable_after", "breaker_recovery", "order_settle", "change_log_retention")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:

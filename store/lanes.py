@@ -219,6 +219,17 @@ class LaneRepo:
         await self.queue.update_one({"_id": event.id}, {"$set": entry}, upsert=True)
         return True
 
+    async def in_use(self) -> bool:
+        """Tell whether any webhook ever waited in a lane or folded a change (the janitor then cleans up here)."""
+        return (await self.queue.estimated_document_count() > 0
+                or await self.folds.estimated_document_count() > 0)
+
+    async def forget(self, event_ids: list[str]) -> None:
+        """Delete the queue entries of, and the changes folded into, deleted events."""
+        if event_ids:
+            await self.queue.delete_many({"_id": {"$in": event_ids}})
+            await self.folds.delete_many({"event_id": {"$in": event_ids}})
+
     # -- folded changes ----------------------------------------------------------------------------------------
 
     async def record_fold(self, change_id: str, webhook_id: str, event_id: str, occurred_ms: int) -> bool:

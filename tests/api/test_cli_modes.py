@@ -287,3 +287,34 @@ async def test_direct_only_commands_refuse_in_api_mode(settings, args):
         line = res.stderr.strip()
         assert "\n" not in line and "does not run in API mode" in line and "HOOKPOST_API_URL" in line, line
         assert (await cli(*args, "--help")).exit_code == 0  # help still works
+
+
+async def test_webhook_replay(cli: Cli, settings, store):
+    from hookpost.common.models import ChangeEvent, Entity
+    from hookpost.producer import Publisher
+
+    await declare_topology(settings)
+    hook = await store.webhooks.create("http://127.0.0.1:9/r", ["article.*"])
+    async with Publisher.from_settings(settings) as pub:  # no dispatcher: the webhook has no event of them
+        await pub.publish_many([ChangeEvent(id=f"r{i}", type="article.updated", entity=Entity(kind="article",
+                                                                                             id=f"A-{i}"))
+                                for i in range(3)])
+    topo = topology_from(settings)
+    assert await queue_depth(settings, topo.changes_queue) == 3
+
+    dry = json.loads(ok(await cli("webhooks", "replay", hook.id, "--since", "10m", "--dry-run", "--json",
+                                  role="admin")))
+    assert (dry["logged"], dry["matched"], dry["already"], dry["replayed"], dry["dry_run"]) == (3, 3, 0, 3, True)
+    if cli.is_api:
+        refused(cli, await cli("webhooks", "replay", hook.id, "--since", "10m", "--yes", role="operator"), "admin")
+    res = await cli("webhooks", "replay", hook.id, "--since", "10m", "--yes", role="admin")
+    assert ok(res).splitlines() == ["3 change(s) logged in the window; 3 of this webhook's types; 0 it already "
+                                    "has; 3 to replay", f"replayed 3 change(s) to {hook.id}"]
+    assert ("replay job job_" in res.stderr) == cli.is_api
+
+    async def six() -> bool:
+        return await queue_depth(settings, topo.changes_queue) == 6
+
+    await wait_until(six, message="three changes published again, for fan-out")
+    audit = json.loads(ok(await cli("audit", "list", "--json", "--action", "webhook.replayed")))
+    assert [(e["actor"], e["target"]) for e in audit] == [(cli.actor("admin"), hook.id)]

@@ -4,6 +4,7 @@ from aiohttp import web
 
 from hookpost.common.models import ChangeEvent, Entity, EventStatus, Ordering
 from hookpost.producer import Publisher
+from hookpost.store.cleanup import RetentionRule, cleanup
 from hookpost.store.events import EventFilter
 from tests.helpers import running_worker, wait_until
 
@@ -104,3 +105,28 @@ async def test_other_entities_are_never_held_back(stores, new_receiver):
                 await pub.publish(change(f"o{i}", f"E-{i}", 1))
         await wait_until(lambda: len(rec.requests) == 11, message="the other entities delivered")
     assert sum(1 for r in rec.requests if r.json["data"]["entity"]["id"] == "STUCK") == 1
+
+
+async def test_when_the_janitor_deletes_a_stuck_head_its_lane_moves_on(stores, new_receiver):
+    settings, st = await stores(order_settle="50ms", retry_delays="1h", max_attempts=2, reconcile_interval="500ms")
+    rec = await new_receiver(respond=None)
+
+    async def respond(n: int, request: web.Request) -> web.Response:
+        return web.Response(status=503 if (await request.json())["data"]["sequence"] == 1 else 200)
+    rec.respond = respond
+    await st.webhooks.create(rec.url, ["article.*"], ordering=Ordering.ENTITY)
+    async with running_worker(settings):
+        async with Publisher.from_settings(settings) as pub:
+            for i in (1, 2, 3):
+                await pub.publish(change(f"c{i}", "A-1", i))
+
+        async def stuck() -> bool:
+            evs = await st.events.find(EventFilter(statuses=[EventStatus.RETRYING]), limit=5)
+            return len(evs) == 1
+        await wait_until(stuck, message="the head Retrying an hour from now")
+        report = await cleanup(st, [RetentionRule(EventStatus.RETRYING, 0)], duty=1.0)
+        assert report.events == {"Retrying": 1}
+        await wait_until(lambda: len(rec.requests) == 3, timeout=20, message="the lane moved on")
+        events = await wait_until(lambda: all_ended(st, 2), message="the rest Finished")
+    assert [r.json["data"]["sequence"] for r in rec.requests] == [1, 2, 3]
+    assert {e.change_id for e in events} == {"c2", "c3"}
