@@ -12,7 +12,6 @@ import json
 import ssl
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -46,10 +45,6 @@ class ApiError(HookpostError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
-
-
-class ApiNotFoundError(NotFoundError):
-    """The server answered 404 for an id it does not know."""
 
 
 class ApiClient:
@@ -160,7 +155,7 @@ class ApiClient:
                                 f"(this CLI is {client_version()}; {method} {PREFIX}{path} is not there)", status)
             return ApiError(f"{where} has no {method} {PREFIX}{path} (is --api the server's base URL?)", status)
         if status == 404:
-            return ApiNotFoundError(f"{where}: {detail}")
+            return NotFoundError(f"{where}: {detail}")
         if status == 429:
             wait = f"retry in {retry_after} s" if retry_after else "retry later"
             return ApiError(f"{where}: too many requests ({detail or 'rate limited'}); {wait}", status)
@@ -175,7 +170,3 @@ def _reason(exc: BaseException) -> str:
     text = getattr(inner, "strerror", None) or str(inner or exc) or type(exc).__name__
     return " ".join(text.split())[:200]
 
-
-def host_of(url: str) -> str:
-    """Return the host of ``url`` (for messages)."""
-    return urlsplit(url).hostname or url
