@@ -12,8 +12,10 @@ from hookpost.producer import Publisher
 from hookpost.store.events import EventFilter
 from tests.helpers import running_worker, wait_until
 
-HOT_CHANGES = int(os.environ.get("HOOKPOST_TEST_COALESCE_HOT", "1000"))
-OTHERS = int(os.environ.get("HOOKPOST_TEST_COALESCE_OTHERS", "100"))
+# the full size (1,000 changes behind the stuck head, 100 other entities × 10) with HOOKPOST_TEST_FULL=1
+FULL = os.environ.get("HOOKPOST_TEST_FULL") == "1"
+HOT_CHANGES = int(os.environ.get("HOOKPOST_TEST_COALESCE_HOT", "1000" if FULL else "300"))
+OTHERS = int(os.environ.get("HOOKPOST_TEST_COALESCE_OTHERS", "100" if FULL else "30"))
 OTHER_CHANGES = 10
 
 

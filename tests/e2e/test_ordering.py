@@ -2,7 +2,9 @@
 
 from aiohttp import web
 
+from hookpost.admin.core import Admin
 from hookpost.common.models import ChangeEvent, Entity, EventStatus, Ordering
+from hookpost.common.records import WebhookUpdate
 from hookpost.producer import Publisher
 from hookpost.store.cleanup import RetentionRule, cleanup
 from hookpost.store.events import EventFilter
@@ -130,3 +132,30 @@ async def test_when_the_janitor_deletes_a_stuck_head_its_lane_moves_on(stores, n
         events = await wait_until(lambda: all_ended(st, 2), message="the rest Finished")
     assert [r.json["data"]["sequence"] for r in rec.requests] == [1, 2, 3]
     assert {e.change_id for e in events} == {"c2", "c3"}
+
+
+async def test_turning_ordering_off_releases_the_waiting_events(stores, new_receiver):
+    settings, st = await stores(order_settle="50ms", retry_delays="1h", max_attempts=2)
+    rec = await new_receiver(respond=None)
+
+    async def respond(n: int, request: web.Request) -> web.Response:
+        return web.Response(status=503 if (await request.json())["data"]["sequence"] == 1 else 200)
+    rec.respond = respond
+    hook = await st.webhooks.create(rec.url, ["article.*"], ordering=Ordering.ENTITY)
+    async with running_worker(settings) as worker, Admin.open(settings) as admin:
+        async with Publisher.from_settings(settings) as pub:
+            for i in (1, 2, 3):
+                await pub.publish(change(f"c{i}", "A-1", i))
+
+        async def two_waiting() -> bool:
+            page = await admin.events.list(EventFilter())
+            return sorted(e.lane_note() or "" for e in page.items if e.waiting) == [
+                f"waiting behind {e.id}" for e in page.items if e.change_id == "c1"] * 2
+        await wait_until(two_waiting, message="two events waiting behind the retrying head")
+        await admin.webhooks.update(hook.id, WebhookUpdate(ordering=Ordering.NONE), actor="test")
+        worker.cache.invalidate()
+        await wait_until(lambda: len(rec.requests) == 3, message="the waiting events released and delivered")
+        updated = await st.webhooks.get(hook.id)
+    assert updated.ordering == Ordering.NONE
+    assert sorted(r.json["data"]["sequence"] for r in rec.requests) == [1, 2, 3]
+    assert await st.lanes.waiting_of(webhook_id=hook.id) == []

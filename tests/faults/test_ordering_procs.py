@@ -1,12 +1,13 @@
 """Per-entity ordering under retries, slow answers, two dispatcher processes and a kill -9.
 
-50 entities × 20 changes, each with its ``sequence`` (also in ``data``); retry delays of 200 ms; the receiver
-answers 503 to one request in four and waits 0–200 ms at random. Checked: for every entity the sequences the
-receiver sees never decrease in the order they arrive (repeats allowed), and every change was received or ended
-superseded; without a kill nothing is superseded.
+50 entities × 20 changes (20 × 10 in CI), each with its ``sequence`` (also in ``data``); retry delays of 200 ms;
+the receiver answers 503 to one request in four and waits 0–200 ms at random. Checked: for every entity the
+sequences the receiver sees never decrease in the order they arrive (repeats allowed), and every change was
+received or ended superseded; without a kill nothing is superseded.
 """
 
 import asyncio
+import os
 import random
 from collections import defaultdict
 
@@ -19,7 +20,10 @@ from tests.faults import publish
 from tests.faults.procs import dispatcher_env
 from tests.helpers import wait_until
 
-ENTITIES, CHANGES = 50, 20
+# the issue's full size (50 × 20) with HOOKPOST_TEST_FULL=1 (by hand; figures in docs/reliability.md); CI runs 20 × 10
+FULL = os.environ.get("HOOKPOST_TEST_FULL") == "1"
+ENTITIES, CHANGES = (50, 20) if FULL else (20, 10)
+SETTLE = "1s"
 
 
 class OrderedReceiver:
@@ -49,7 +53,7 @@ def changes() -> list[ChangeEvent]:
 
 @pytest.mark.parametrize("kill", [True, False], ids=["kill-9", "no-kill"])
 async def test_each_entity_sees_its_changes_in_order(kill, fault_settings, dispatchers, new_receiver) -> None:
-    s = fault_settings(retry_delays=",".join(["200ms"] * 9), order_settle="1s", reconcile_interval="1s",
+    s = fault_settings(retry_delays=",".join(["200ms"] * 9), order_settle=SETTLE, reconcile_interval="1s",
                        reconcile_grace="10s", http_timeout="5s", breaker="false")
     receiver = OrderedReceiver(seed=7 if kill else 8)
     rec = await new_receiver(respond=receiver.respond)
@@ -83,7 +87,13 @@ async def test_each_entity_sees_its_changes_in_order(kill, fault_settings, dispa
     failed = await store.events.coll.find({"status": EventStatus.FAILED.value}, {"_id": 1}).to_list()
     assert not failed
     if not kill:
-        assert not superseded
+        late = await store.events.coll.find({"superseded_by": {"$gt": ""}}, {"created_ms": 1, "superseded_by": 1,
+                                                                             "change_id": 1}).to_list()
+        skews = []
+        for d in late:
+            by = await store.events.coll.find_one({"_id": d["superseded_by"]}, {"created_ms": 1, "change_id": 1})
+            skews.append((d["change_id"], by["change_id"], d["created_ms"] - by["created_ms"]) if by else d)
+        assert not superseded, f"superseded without a kill (change, by, stored ms later): {skews}"
     print(f"\nordering ({'kill -9' if kill else 'no kill'}): {total} changes, {sum(map(len, receiver.seen.values()))} "
           f"requests, {len(superseded)} superseded")
     await store.close()
