@@ -148,7 +148,8 @@ def show(event_id: str, as_json: bool) -> None:
             ("next attempt", ev.next_attempt_at.isoformat() if ev.next_attempt_at else None),
             ("created", f"{ev.created_at.isoformat()} ({_age(ev.created_at, now)} ago)"),
             ("updated", ev.updated_at.isoformat()),
-            ("finished", ev.finished_at.isoformat() if ev.finished_at else None)]
+            ("finished", ev.finished_at.isoformat() if ev.finished_at else None),
+            ("trace", f"{ev.trace.trace_id} (parent span {ev.trace.parent_span_id})" if ev.trace else None)]
     for key, value in rows:
         if value not in (None, ""):
             click.echo(f"{key + ':':<18}{value}")

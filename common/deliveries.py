@@ -11,7 +11,7 @@ def first_delivery(event: WebhookEvent) -> DeliveryMessage:
     """Return the delivery message for the next attempt of ``event`` (as stored: due at its next attempt)."""
     return DeliveryMessage(event_id=event.id, webhook_id=event.webhook_id, attempt=event.attempt_count + 1,
                            budget_start=event.budget_start, payload=event.payload, due_ms=event.next_attempt_ms,
-                           lane=event.lane)
+                           lane=event.lane, trace=event.trace)
 
 
 def next_delivery(msg: DeliveryMessage, due_ms: int | None) -> DeliveryMessage:

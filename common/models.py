@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hookpost.common.matching import validate_pattern, validate_type
+from hookpost.common.traceparent import TraceContext
 
 
 def utcnow() -> datetime:
@@ -262,6 +263,7 @@ class WebhookEvent(BaseModel):
         if self.coalesced and self.coalesced > 1:
             return f"stands for {self.coalesced} changes"
         return None
+    trace: TraceContext | None = None  # its trace id and parent span (None: stored before tracing)
     # attempt 1, kept in the event's own document (later ones are in ``attempts``); read with the history, so it
     # is left out of lists and JSON (see hookpost.store.attempts)
     first_attempt: Attempt | None = Field(default=None, exclude=True)
@@ -289,6 +291,7 @@ class DeliveryMessage(BaseModel):
     probe: bool = False  # the probe request of an open circuit breaker (goes through while others are held)
     # the event's lane (ordering=entity): checked before the request, moved on after; absent for other webhooks
     lane: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    trace: TraceContext | None = None  # the event's trace context, so a retry hours later stays in its trace
 
 
 class FailedNotice(BaseModel):

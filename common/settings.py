@@ -131,12 +131,24 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "text", "json"] = Field("auto", description="text, json, or auto (json unless a tty)")
     log_level: str = Field("INFO", description="logging level")
+    trace_propagate: bool = Field(True, description="send each attempt's traceparent / tracestate to receivers")
+    trace_url: str | None = Field(None, description="link from an event to its trace in the console, with "
+                                  "{trace_id} (e.g. https://grafana.example/explore?traceId={trace_id})")
 
     @field_validator("prefix")
     @classmethod
     def _prefix_chars(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", value):
             raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("trace_url")
+    @classmethod
+    def _trace_link(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and ("{trace_id}" not in value or not value.startswith(("http://", "https://"))):
+            raise ValueError("an http(s) URL with {trace_id} where the trace id goes")
         return value
 
     @field_validator("mongodb_db")
@@ -205,7 +217,7 @@ class Settings(BaseSettings):
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name.endswith("_url"):
+            if name.endswith("_url") and value is not None:
                 value = mask_url(value)
             elif isinstance(value, SecretStr):
                 value = "***"

@@ -33,6 +33,7 @@ from hookpost.common.models import Attempt, DeliveryMessage, EventStatus, Webhoo
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.policy import AttemptResult, Decision, counts_as_failure, decide
+from hookpost.dispatcher.tracing import GAVE_UP, attempt, not_sent
 
 log = logging.getLogger("hookpost.delivery")
 
@@ -201,6 +202,7 @@ class DeliveryHandler:
         """End the event ``Failed`` without a request: its webhook was deleted or disabled (or its stored
         document no longer validates), or ``reason``."""
         decision = Decision(EventStatus.FAILED, reason=reason or self.unserved(dm, hook))
+        not_sent(dm, GAVE_UP)
         changes = {**event_changes(decision, None, utcnow()), "attempt_count": dm.attempt - 1}  # count stays
         if await self.recorder.record(Outcome(dm.event_id, dm.attempt, changes)):
             await self.followups.after(dm, decision, None, None)
@@ -219,7 +221,9 @@ class DeliveryHandler:
         started = utcnow()
         result = AttemptResult(error="Cancelled")
         try:
-            result = await self.sender.send(hook, dm.event_id, dm.payload)
+            with attempt(dm, hook) as span:  # its deliver span, whose traceparent the request sends
+                result = await self.sender.send(hook, dm.event_id, dm.payload)
+                span.done(result)
         finally:
             self.gate.leave(slot, result)
         self.metrics.attempt_made(result.status_code, result.duration_ms)

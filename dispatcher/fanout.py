@@ -47,6 +47,7 @@ from hookpost.common.models import (
     to_ms,
     utcnow,
 )
+from hookpost.common.traceparent import TraceContext
 from hookpost.common.wire import (
     NOTICE_HEADER,
     NOTICE_PREFIX,
@@ -57,6 +58,7 @@ from hookpost.common.wire import (
 )
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.tracing import fanned_out, traced_fan_out
 
 log = logging.getLogger("hookpost.fanout")
 
@@ -127,8 +129,8 @@ def replay_rank(headers: dict[str, object]) -> int:
         return to_ms(utcnow())
 
 
-def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
-    """Build the ``New`` webhook events of ``change``, one per webhook, due now."""
+def new_events(change: ChangeEvent, webhook_ids: list[str], trace: TraceContext | None = None) -> list[WebhookEvent]:
+    """Build the ``New`` webhook events of ``change``, one per webhook, due now, in the trace ``trace``."""
     now = utcnow()
     now_ms = to_ms(now)
     events = []
@@ -137,7 +139,7 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
         events.append(WebhookEvent(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
             payload=build_payload(event_id, change), status=EventStatus.NEW, **due_fields(now_ms),
-            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms))
+            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms, trace=trace))
     return events
 
 
@@ -155,6 +157,7 @@ class FanOut:
         self.metrics = metrics
         self.max_change_bytes = max_change_bytes
 
+    @traced_fan_out  # in the change's fan-out span (dispatcher/tracing.py)
     async def handle(self, msg: IncomingMessage) -> Verdict:
         """Fan one change message out (or set it aside with its reason)."""
         try:
@@ -168,7 +171,8 @@ class FanOut:
         if replay_for := headers.get(REPLAY_HEADER):  # a replay is for one webhook only
             hooks = [h for h in hooks if h.id == str(replay_for)]
         by_id = {h.id: h for h in hooks}
-        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks]), by_id)
+        trace = fanned_out(len(hooks))  # the fan-out span's context, kept by each event
+        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks], trace), by_id)
         async with self.lanes.folding(change, hooks) if self.lanes is not None else nullcontext():
             if self.lanes is not None and any(h.ordered for h in hooks):
                 events = await self.lanes.place(change, events, by_id, replay=msg.redelivered,

@@ -126,7 +126,10 @@ class FollowUps:
 
 
 def _log_extra(dm: DeliveryMessage, decision: Decision, result: AttemptResult | None) -> dict[str, Any]:
-    return {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
-            "status": decision.status.value, "status_code": result.status_code if result else None,
-            "duration_ms": result.duration_ms if result else None,
-            "error": None if result is None or result.ok else (decision.reason or result.summary())}
+    extra = {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
+             "status": decision.status.value, "status_code": result.status_code if result else None,
+             "duration_ms": result.duration_ms if result else None,
+             "error": None if result is None or result.ok else (decision.reason or result.summary())}
+    if dm.trace is not None:  # the attempt's span has ended: the event's trace id ties the line to its trace
+        extra["trace_id"] = dm.trace.trace_id
+    return extra

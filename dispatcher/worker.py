@@ -23,6 +23,7 @@ from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostErro
 from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishError
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
+from hookpost.common.tracing import configure as configure_tracing
 from hookpost.dispatcher.breaker import Breaker
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
@@ -82,7 +83,7 @@ class Worker:
                          allowed_networks=settings.allowed_target_networks, require_https=settings.require_https),
             timeout=settings.http_timeout, connect_timeout=settings.http_connect_timeout,
             excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
-            max_connections=settings.concurrency)
+            max_connections=settings.concurrency, propagate_trace=settings.trace_propagate)
         self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency, window=settings.prefetch,
                                        hang_after=settings.endpoint_hang_after,
                                        max_hold=max(0.1, settings.reconcile_grace / 2 - settings.http_timeout))
@@ -280,8 +281,11 @@ class Worker:
 
 
 def run_forever(settings: Settings, install_signals: bool = True) -> None:
-    """Run a :class:`Worker` in a new event loop until SIGTERM/SIGINT (the ``hookpost dispatcher`` command)."""
+    """Run a :class:`Worker` in a new event loop until SIGTERM/SIGINT (the ``hookpost dispatcher`` command), with
+    tracing as the ``OTEL_*`` variables ask (:func:`~hookpost.common.tracing.configure`)."""
     import signal
+
+    configure_tracing("hookpost-dispatcher")
 
     async def main() -> None:
         worker = Worker(settings)
