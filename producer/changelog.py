@@ -19,7 +19,7 @@ Example::
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from hookpost.common.amqp import AmqpConnection, IncomingMessage
@@ -28,6 +28,7 @@ from hookpost.common.ids import new_id
 from hookpost.common.models import ChangeEvent, now_ms
 from hookpost.common.settings import Settings
 from hookpost.common.topology import topology_from
+from hookpost.common.traceparent import TRACEPARENT, TRACESTATE
 from hookpost.common.wire import REPLAY_HEADER, REPLAY_RANK_HEADER, InvalidChangeError, decode_change
 
 MARK_HEADER = "hookpost-changelog-mark"
@@ -36,11 +37,13 @@ STREAM_SLACK = timedelta(minutes=1)  # a stream is read from the chunk that hold
 
 @dataclass(frozen=True)
 class LoggedChange:
-    """A change as the change log kept it: the validated change, and the body and content type it came with."""
+    """A change as the change log kept it: the validated change, and the body, content type and trace headers it
+    came with (a replayed change stays in its trace)."""
 
     change: ChangeEvent
     body: bytes
     content_type: str | None
+    trace_headers: dict[str, str] = field(default_factory=dict)
 
 
 async def read_changes(settings: Settings, *, since: datetime, until: datetime | None = None,
@@ -74,7 +77,8 @@ async def read_changes(settings: Settings, *, since: datetime, until: datetime |
             except InvalidChangeError:
                 return  # set aside when it was published; a replay would set it aside again
             if since <= change.occurred_at and (until is None or change.occurred_at < until):
-                found.setdefault(change.id, LoggedChange(change, msg.body, msg.properties.content_type))
+                trace = {k: str(headers[k]) for k in (TRACEPARENT, TRACESTATE) if k in headers}
+                found.setdefault(change.id, LoggedChange(change, msg.body, msg.properties.content_type, trace))
 
         tag = await reader.consume(stream, on_message, arguments={"x-stream-offset": since - STREAM_SLACK})
         try:
@@ -98,7 +102,8 @@ async def replay_changes(settings: Settings, changes: Sequence[LoggedChange], *,
         ch = await conn.channel(confirms=True)
         for start in range(0, len(changes), window):
             await asyncio.gather(*(
-                ch.publish_nowait("", topology.changes_queue, c.body, message_id=c.change.id, headers=headers,
+                ch.publish_nowait("", topology.changes_queue, c.body, message_id=c.change.id,
+                                  headers={**c.trace_headers, **headers},
                                   content_type=c.content_type or "application/json")
                 for c in changes[start:start + window]))
     finally:

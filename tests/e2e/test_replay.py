@@ -8,12 +8,15 @@ from click.testing import CliRunner
 from hookpost.admin.core import Admin
 from hookpost.cli.base import reset_settings
 from hookpost.cli.main import cli
+from hookpost.common.amqp import AmqpConnection
 from hookpost.common.models import ChangeEvent, Entity, EventStatus, Ordering
 from hookpost.common.records import ReplayRequest
 from hookpost.producer import Publisher
 from hookpost.store.events import EventFilter
 from tests.e2e.test_cli import env_for, run_cli
 from tests.helpers import running_worker, wait_until
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def consumed(worker) -> float:  # type: ignore[no-untyped-def]
@@ -34,9 +37,15 @@ async def test_changes_missed_while_disabled_are_counted_then_replayed_in_order(
             await wait_until(lambda: len(rec.requests) == 1, message="c1 delivered while enabled")
             await admin.webhooks.set_active(hook.id, False, actor="test")
             worker.cache.invalidate()
-            missed = [article(f"c{i}", i) for i in range(2, 7)]
+            missed = [article(f"c{i}", i) for i in range(2, 6)]
             await pub.publish_many([*missed, ChangeEvent(id="o1", type="order.created",
                                                          entity=Entity(kind="order", id="O-1"))])
+            conn = await AmqpConnection.connect(settings.rabbitmq_urls)  # one published in a caller's trace
+            ch = await conn.channel(confirms=True)
+            body = article("c6", 6).model_dump_json().encode()
+            await ch.publish(f"{settings.prefix}.changes", "article.updated", body, message_id="c6",
+                             headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"})
+            await conn.close()
             await wait_until(lambda: consumed(worker) == 7, message="fan-out saw every change")
             assert await st.events.count({}) == 1  # nothing recorded for the disabled webhook
 
@@ -57,6 +66,8 @@ async def test_changes_missed_while_disabled_are_counted_then_replayed_in_order(
             assert again.replayed == 0 and again.already == 6
         events = await st.events.find(EventFilter(), limit=20)
     assert [r.json["data"]["sequence"] for r in rec.requests] == [1, 2, 3, 4, 5, 6]
+    # a replayed change stays in the trace it was published in
+    assert rec.requests[-1].headers["traceparent"].split("-")[1] == TRACE_ID
     assert len(events) == 6 and all(e.status == EventStatus.FINISHED for e in events)
     assert [a.target for a in await st.audit.list(action="webhook.replayed")] == [hook.id]
 
