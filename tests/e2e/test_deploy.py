@@ -219,7 +219,12 @@ def test_dockerfile_shape():
             for name in re.findall(r"(HOOKPOST_\w+)=", env):
                 assert name in SETTINGS_VARS, f"Dockerfile sets {name}, which is not a setting"
     lines = [f"{w} {a}" for w, a in steps]
-    assert VENV_STEP in lines and any(line.startswith(PIP_STEP) for line in lines)
+    assert VENV_STEP in lines
+    assert any(line.startswith("RUN ") and PIP_STEP.removeprefix("RUN ") + " &&" in line for line in lines)
+    # extra CA certificates (a TLS-intercepting proxy) reach pip as a build secret, in the build stage only
+    runtime_stage = lines[[i for i, line in enumerate(lines) if line.startswith("FROM ")][-1]:]
+    assert any("--mount=type=secret,id=extra-ca" in line for line in lines)
+    assert not any("secret" in line or "ca-certificates" in line for line in runtime_stage)
 
 
 def test_every_hookpost_command_is_a_real_cli_command():
