@@ -3,8 +3,9 @@
 A supervisor connects to the first broker address that answers, declares the topology, consumes
 ``PREFIX.changes`` (fan-out) and ``PREFIX.deliver`` (attempts), and waits. When the connection or a channel is
 lost it logs once, backs off (capped exponential) and starts over; unacked messages go back to the queue.
-On :meth:`Worker.stop` it cancels the consumers, gives in-flight work ``HOOKPOST_SHUTDOWN_GRACE`` to finish
-(the rest stays unacked and is redelivered) and closes the connection.
+On :meth:`Worker.stop` it cancels the consumers, starts no more requests (deliveries waiting for an endpoint
+slot are given back at once), gives the running ones ``HOOKPOST_SHUTDOWN_GRACE`` to finish (the rest stays unacked
+and is redelivered) and closes the connection.
 
 Example::
 
@@ -259,7 +260,12 @@ class Worker:
                 await ch.cancel(tag)
             except (ConnectionLostError, pika.exceptions.AMQPError):
                 pass
-        pending = set(self._tasks)
+        # requests already running get the grace; deliveries still waiting for a slot start none (their messages
+        # stay unacked), so a stop takes as long as the running requests, not the whole grace
+        cancelled = self.limiter.close()
+        if cancelled:
+            log.info("stopping: gave back deliveries that had not started", extra={"count": cancelled})
+        pending = {task for task in self._tasks if not task.done()}
         if pending:
             log.info("stopping: waiting for in-flight work", extra={"in_flight": len(pending),
                                                                    "grace_s": self.settings.shutdown_grace})
