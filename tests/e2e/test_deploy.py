@@ -171,8 +171,11 @@ def compose_env(svc: dict[str, Any]) -> dict[str, str]:
     raw = svc.get("environment") or {}
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
-    # resolve compose interpolation with its defaults: ${NAME:-default}
-    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in raw.items()}
+    # resolve compose interpolation: ${NAME:-default} to its default, a required ${NAME:?message} to a stand-in;
+    # a variable without a value is taken from the host's environment (here: unset)
+    out = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in raw.items() if v is not None}
+    return {k: re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: f"stand-in-{m.group(1).lower()}", v)
+            for k, v in out.items()}
 
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
