@@ -21,6 +21,7 @@ from typing import Any
 import pika.exceptions
 
 from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
+from hookpost.common.broker_files import CachedFileReport
 from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishError
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
@@ -101,7 +102,8 @@ class Worker:
             self.notices, delays=settings.retry_delays, max_attempts=settings.max_attempts,
             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
-        self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
+        self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port,
+                             broker_files=CachedFileReport(settings.rabbitmq_urls))
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AmqpChannel, str]] = []
