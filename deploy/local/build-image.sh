@@ -10,7 +10,8 @@
 # Prints the tag on the last line of stdout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-eval "$(deploy/local/container-runtime.sh)"
+runtime_env="$(deploy/local/container-runtime.sh)"
+eval "$runtime_env"
 export CONTAINER_RUNTIME
 [ -n "${CONTAINERS_CONF:-}" ] && export CONTAINERS_CONF
 rt="$CONTAINER_RUNTIME"

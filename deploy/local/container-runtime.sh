@@ -51,6 +51,7 @@ nproc=$(ulimit -Hu)
 pid_max=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo "$nproc")
 # a limit above this shell's hard limit is refused (EPERM); here nproc above pid_max was refused as well
 if [ "$nproc" = unlimited ] || [ "$nproc" -gt "$pid_max" ]; then nproc=$pid_max; fi
+[ "$nofile" = unlimited ] && nofile=1048576
 cat >"$conf" <<TOML
 # Written by deploy/local/container-runtime.sh because podman could not run a container with its defaults.
 [containers]
