@@ -5,7 +5,6 @@ one are skipped with the reason; the schema and rules tests need none."""
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -13,7 +12,15 @@ import pytest
 
 from hookpost.common.settings import Settings
 from tests.conftest import FAST_DELAYS
-from tests.deploy.containers import ROOT, Containers, NoRuntime, Runtime
+from tests.deploy.containers import ROOT, Containers, NoRuntime, Runtime, report
+
+
+@pytest.fixture(scope="package", autouse=True)
+def wall_time(pytestconfig: pytest.Config) -> Iterator[None]:
+    """Report the wall time of the tests in tests/deploy (what they add to a CI run)."""
+    started = time.monotonic()
+    yield
+    report(pytestconfig, f"tests/deploy took {time.monotonic() - started:.0f} s of wall time")
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +36,7 @@ def runtime() -> Runtime:
 
 
 @pytest.fixture(scope="session")
-def image(runtime: Runtime) -> str:
+def image(runtime: Runtime, pytestconfig: pytest.Config) -> str:
     """The image tag, built for this session (HOOKPOST_TEST_IMAGE names an existing image to use instead)."""
     if os.environ.get("HOOKPOST_TEST_IMAGE"):
         return os.environ["HOOKPOST_TEST_IMAGE"]
@@ -39,7 +46,7 @@ def image(runtime: Runtime) -> str:
                           timeout=900, env=env, cwd=ROOT)
     assert proc.returncode == 0, f"the image build failed:\n{proc.stderr[-4000:]}"
     tag = proc.stdout.strip().splitlines()[-1]
-    print(f"\nimage {tag} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    report(pytestconfig, f"container tests: image {tag} built in {time.monotonic() - started:.0f} s")
     return tag
 
 

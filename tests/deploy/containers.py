@@ -87,6 +87,17 @@ class Containers:
             self.runtime("rm", "-f", "-t", "0", name, check=False)
 
 
+def report(config: Any, line: str) -> None:
+    """Show a measurement in the test run's output, also under ``-q`` and without ``-s``."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

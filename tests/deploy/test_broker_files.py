@@ -10,6 +10,7 @@ import sys
 import aiohttp
 
 from hookpost.common.settings import Settings
+from tests.deploy.containers import report
 
 
 def management_api_listens() -> bool:
@@ -30,14 +31,14 @@ def check(report: dict) -> None:
                           "connect; is the rabbitmq_management plugin enabled?)"}, report
 
 
-async def test_readyz_reports_the_broker_file_descriptors(settings: Settings, dispatcher):
+async def test_readyz_reports_the_broker_file_descriptors(settings: Settings, dispatcher, pytestconfig):
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{dispatcher.ops.port}/readyz") as resp:
             assert resp.status == 200
             body = await resp.json()
     assert body["ready"] is True and body["broker"] is True
     check(body["broker_files"])
-    print(f"\n/readyz broker_files: {body['broker_files']}", file=sys.stderr)
+    report(pytestconfig, f"/readyz broker_files: {body['broker_files']}")
 
 
 def test_topology_show_reports_the_broker_file_descriptors(settings: Settings):

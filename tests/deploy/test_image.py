@@ -2,10 +2,9 @@
 build-time CA certificate left in it."""
 
 import re
-import sys
 from pathlib import Path
 
-from tests.deploy.containers import Runtime
+from tests.deploy.containers import Runtime, report
 
 LOCAL_BASE = "localhost/hookpost-python:bookworm"
 MAX_MB_ON_LOCAL_BASE = 300
@@ -31,12 +30,12 @@ def test_runs_as_uid_10001_read_only_and_the_cli_works(runtime: Runtime, image: 
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_image_size_is_reported(runtime: Runtime, image: str):
+def test_image_size_is_reported(runtime: Runtime, image: str, pytestconfig):
     info = runtime.inspect(image)
     size_mb = info["Size"] / 1e6
     labels = info.get("Config", {}).get("Labels") or {}
     base = labels.get("org.opencontainers.image.base.name")  # set by deploy/local/build-image.sh
-    print(f"\nimage {image}: {size_mb:.0f} MB on {base}", file=sys.stderr)
+    report(pytestconfig, f"container tests: image {image} is {size_mb:.0f} MB (base {base})")
     assert base, "deploy/local/build-image.sh labels the image with its base"
     if base == LOCAL_BASE:
         assert size_mb <= MAX_MB_ON_LOCAL_BASE, f"{size_mb:.0f} MB > {MAX_MB_ON_LOCAL_BASE} MB"

@@ -4,14 +4,13 @@ missing. HOOKPOST_TEST_ROLLING_CHANGES sets the number of changes (default 5,000
 
 import asyncio
 import os
-import sys
 import time
 from collections import Counter
 
 from hookpost.common.models import ChangeEvent, Entity, EventStatus
 from hookpost.producer import Publisher
 from tests.deploy.conftest import container_env
-from tests.deploy.containers import free_port
+from tests.deploy.containers import free_port, report
 from tests.deploy.test_delivery import wait_ready
 from tests.helpers import wait_until
 
@@ -21,7 +20,8 @@ CHUNKS = 40          # the changes are published in this many chunks, paced over
 STOP_TIMEOUT = 20    # above HOOKPOST_SHUTDOWN_GRACE (5 s)
 
 
-async def test_rolling_restart_of_two_dispatchers_loses_nothing(settings, store, containers, new_receiver):
+async def test_rolling_restart_of_two_dispatchers_loses_nothing(settings, store, containers, new_receiver,
+                                                                pytestconfig):
     receiver = await new_receiver([200])
     await store.webhooks.create(receiver.url, ["article.*"])
     ports = {f"hp-{settings.prefix}-d{i}": free_port() for i in (1, 2)}
@@ -71,6 +71,6 @@ async def test_rolling_restart_of_two_dispatchers_loses_nothing(settings, store,
     sent = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert len(sent) == CHANGES
     duplicates = sum(n - 1 for n in sent.values())
-    print(f"\nrolling restart: {CHANGES} changes, {ROUNDS * len(ports)} restarts in {restarted_in:.0f} s "
+    report(pytestconfig, f"rolling restart: {CHANGES} changes, {ROUNDS * len(ports)} restarts in {restarted_in:.0f} s "
           f"(stops took {min(stops):.1f}-{max(stops):.1f} s), all Finished after {time.monotonic() - started:.0f} s; "
-          f"requests sent twice: {duplicates}", file=sys.stderr)
+          f"requests sent twice: {duplicates}")

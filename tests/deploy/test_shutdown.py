@@ -3,7 +3,6 @@ within HOOKPOST_SHUTDOWN_GRACE and exits 0; a second dispatcher takes over the r
 exactly one successful attempt."""
 
 import asyncio
-import sys
 import time
 from collections import Counter
 
@@ -12,7 +11,7 @@ from aiohttp import web
 from hookpost.common.models import ChangeEvent, Entity, EventStatus
 from hookpost.producer import Publisher
 from tests.deploy.conftest import container_env
-from tests.deploy.containers import free_port
+from tests.deploy.containers import free_port, report
 from tests.deploy.test_delivery import wait_ready
 from tests.helpers import wait_until
 
@@ -22,7 +21,7 @@ STOP_TIMEOUT = 20    # the runtime's stop timeout: above the grace (podman's def
 
 
 async def test_sigterm_finishes_in_flight_deliveries_and_a_second_dispatcher_takes_over(
-        settings, store, containers, new_receiver):
+        settings, store, containers, new_receiver, pytestconfig):
     in_flight = 0
     most_in_flight = 0
 
@@ -73,5 +72,5 @@ async def test_sigterm_finishes_in_flight_deliveries_and_a_second_dispatcher_tak
     sent = Counter(r.headers["webhook-id"] for r in receiver.requests)
     duplicates = sum(n - 1 for n in sent.values())
     assert len(sent) == CHANGES
-    print(f"\nSIGTERM: stopped in {took:.1f} s with {at_stop} of {CHANGES} requests made; "
-          f"most in flight {most_in_flight}; duplicate requests: {duplicates}", file=sys.stderr)
+    report(pytestconfig, f"SIGTERM: stopped in {took:.1f} s with {at_stop} of {CHANGES} requests made; "
+          f"most in flight {most_in_flight}; duplicate requests: {duplicates}")
