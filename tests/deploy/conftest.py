@@ -6,7 +6,7 @@ one are skipped with the reason; the schema and rules tests need none."""
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -70,9 +70,3 @@ def container_env(settings: Settings, **extra: object) -> dict[str, str]:
     }
     env.update({f"HOOKPOST_{k.upper()}": str(v) for k, v in extra.items()})
     return env
-
-
-@pytest.fixture
-async def deploy_settings(settings_factory) -> AsyncIterator[Settings]:  # type: ignore[no-untyped-def]
-    """Test settings (unique prefix and database, cleaned up) for the containers and the host side alike."""
-    yield settings_factory(shutdown_grace="5s")

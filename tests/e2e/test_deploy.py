@@ -448,7 +448,8 @@ def build_context(dest: Path) -> list[str]:
 
 def test_dockerignore_rules():
     patterns = dockerignore_patterns()
-    for rel in (".git/config", "tests/conftest.py", "cli/__pycache__/main.cpython-311.pyc", ".venv/bin/python",
+    for rel in (".git/config", "tests/conftest.py", "CHANGELOG.md", ".ci/run",
+                "cli/__pycache__/main.cpython-311.pyc", ".venv/bin/python",
                 "hookpost.egg-info/PKG-INFO", "deploy/k8s/secret.yaml", "docs/deployment.md", ".env"):
         assert ignored(rel, patterns), rel
     for rel in ("setup.cfg", "pyproject.toml", "cli/main.py", "common/settings.py", "store/client.py", "README.md"):
