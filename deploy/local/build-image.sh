@@ -18,15 +18,6 @@ rt="$CONTAINER_RUNTIME"
 version="$(sed -n 's/^version *= *//p' setup.cfg)"
 image="${IMAGE:-hookpost:$version}"
 
-base="${PYTHON_IMAGE:-}"
-if [ -z "$base" ]; then
-  base="python:3.11-slim"
-  if ! "$rt" image inspect "$base" >/dev/null 2>&1 && ! timeout 60 "$rt" pull -q "$base" >/dev/null 2>&1; then
-    echo "$base cannot be pulled; using a local Debian base instead" >&2
-    base="$(deploy/local/debian-base.sh | tail -n 1)"
-  fi
-fi
-
 secret=()
 ca_files=()
 if [ "${EXTRA_CA:-}" != none ]; then
@@ -38,11 +29,23 @@ if [ "${EXTRA_CA:-}" != none ]; then
     shopt -u nullglob
   fi
 fi
+for f in "${ca_files[@]}"; do
+  [ -r "$f" ] || { echo "EXTRA_CA: cannot read $f (PEM files, separated by spaces; EXTRA_CA=none for none)" >&2; exit 2; }
+done
 if [ "${#ca_files[@]}" -gt 0 ]; then
   bundle="$(mktemp "${TMPDIR:-/tmp}/hookpost-extra-ca.XXXXXX")"
   trap 'rm -f "$bundle"' EXIT
   cat "${ca_files[@]}" >"$bundle"
   secret=(--secret "id=extra-ca,src=$bundle")
+fi
+
+base="${PYTHON_IMAGE:-}"
+if [ -z "$base" ]; then
+  base="python:3.11-slim"
+  if ! "$rt" image inspect "$base" >/dev/null 2>&1 && ! timeout 60 "$rt" pull -q "$base" >/dev/null 2>&1; then
+    echo "$base cannot be pulled; using a local Debian base instead" >&2
+    base="$(deploy/local/debian-base.sh | tail -n 1)"
+  fi
 fi
 
 echo "building $image with $rt (PYTHON_IMAGE=$base${secret:+, extra CA certificates for the build stage})" >&2
