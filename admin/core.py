@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
+from hookpost.common.models import Webhook
 from hookpost.common.records import AuditEntry
 from hookpost.common.settings import Settings
 from hookpost.producer import Publisher
 from hookpost.producer.deliveries import DeliveryPublisher
 from hookpost.store import Store
+from hookpost.store.lane_moves import LaneMover
 
 
 def os_actor() -> str:
@@ -33,6 +36,7 @@ class Admin:
         from hookpost.admin.changes import ChangeOps
         from hookpost.admin.events import EventOps
         from hookpost.admin.jobs import JobOps
+        from hookpost.admin.replay import ReplayOps
         from hookpost.admin.tokens import TokenOps
         from hookpost.admin.webhooks import WebhookOps
 
@@ -47,6 +51,7 @@ class Admin:
         self.audit = AuditOps(self)
         self.changes = ChangeOps(self)
         self.jobs = JobOps(self)
+        self.replays = ReplayOps(self)
 
     @classmethod
     @asynccontextmanager
@@ -70,6 +75,16 @@ class Admin:
         if self._deliveries is None:
             self._deliveries = DeliveryPublisher.from_settings(self.settings)
         return self._deliveries
+
+    @property
+    def lanes(self) -> LaneMover:
+        """Moves ordered webhooks' lanes on (restarts, ordering turned off, a webhook disabled or deleted)."""
+        async def lookup(webhook_id: str) -> Webhook | None:
+            try:
+                return await self.store.webhooks.get(webhook_id)
+            except NotFoundError:
+                return None
+        return LaneMover(self.store.lanes, self.deliveries, lookup, settle=self.settings.order_settle)
 
     @property
     def publisher(self) -> Publisher:

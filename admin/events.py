@@ -7,6 +7,7 @@ The filters are the same words for the CLI (``--status failed``) and the API (``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -118,15 +119,39 @@ class EventOps:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidFieldError("limit", f"limit must be between 1 and {MAX_PAGE}")
         found = await self.admin.store.events.find(flt, limit=limit + 1)
+        if folded := await self.folded_into(flt, limit + 1):
+            merged = {e.id: e for e in [*found, *folded]}
+            found = sorted(merged.values(), key=lambda e: (e.created_ms, e.id), reverse=True)[:limit + 1]
         more = len(found) > limit
-        items = found[:limit]
+        items = await self.with_heads(found[:limit])
         return EventPage(items=items, next=items[-1].id if more and items else None)
 
     async def get(self, event_id: str) -> EventDetail:
         """Return one event with its attempts (raise :class:`NotFoundError` if there is none)."""
-        ev = await self.admin.store.events.get(event_id)
+        ev = (await self.with_heads([await self.admin.store.events.get(event_id)]))[0]
         attempts = await self.admin.store.attempts.for_event(event_id)
-        return EventDetail(**ev.model_dump(), attempts=attempts)
+        folded = await self.admin.store.lanes.folded_into(event_id) if ev.coalesced else []
+        return EventDetail(**ev.model_dump(), waiting_behind=ev.waiting_behind, attempts=attempts,
+                           folded_changes=folded)
+
+    async def with_heads(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        """Return ``events`` with ``waiting_behind`` set on those waiting in a lane (one read for all)."""
+        lanes = [e.lane for e in events if e.waiting and e.lane]
+        if not lanes:
+            return events
+        heads = await self.admin.store.lanes.heads(list(dict.fromkeys(lanes)))
+        return [e.model_copy(update={"waiting_behind": heads.get(e.lane)}) if e.waiting and e.lane
+                and heads.get(e.lane) != e.id else e for e in events]
+
+    async def folded_into(self, flt: EventFilter, limit: int) -> list[WebhookEvent]:
+        """The events that a searched change id folded into (coalesce=latest: such a change has no event of its
+        own), within ``flt``'s other filters."""
+        if not flt.search or flt.search.strip().endswith("*") or flt.ids:
+            return []
+        into = await self.admin.store.lanes.folded_change(flt.search.strip())
+        if not into:
+            return []
+        return await self.admin.store.events.find(replace(flt, search=None, ids=into), limit=limit)
 
     async def stats(self, since: datetime | None = None) -> Stats:
         """Return counts per status, type and webhook (of events created since ``since``), and the oldest
@@ -191,7 +216,7 @@ class EventOps:
                       progress: Callable[[int], None] | None = None) -> RestartReport:
         """Restart ``events`` already loaded; audited with ``what`` (the ids or the filter) and the counts."""
         report = await restart_events(self.admin.store, self.admin.deliveries, events, force=force,
-                                      progress=progress)
+                                      progress=progress, lanes=self.admin.lanes)
         await self._audit(actor, what or {"ids": [e.id for e in events]}, force, report)
         return report
 
@@ -205,7 +230,7 @@ class EventOps:
         while True:
             batch = await self.admin.store.events.find(page, limit=1000)
             part = await restart_events(self.admin.store, self.admin.deliveries, batch, force=force,
-                                        progress=progress)
+                                        progress=progress, lanes=self.admin.lanes)
             report.restarted += part.restarted
             report.skipped.update(part.skipped)
             if len(batch) < 1000:

@@ -1,4 +1,5 @@
-"""Background jobs: a bulk restart of many events runs as a task in this process, its progress in the store.
+"""Background jobs: a bulk restart of many events, or a webhook's replay, runs as a task in this process, its
+progress in the store.
 
 ``GET /jobs/{id}`` reads the job document, so any server process can report on it. A job whose process stops
 stays ``running`` in the store (the restarted part is done; run the same restart again to finish it: events
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from hookpost.common.ids import new_id
 from hookpost.common.models import utcnow
-from hookpost.common.records import Job, JobStatus
+from hookpost.common.records import Job, JobStatus, ReplayCount, ReplayRequest
 from hookpost.store.events import EventFilter
 
 if TYPE_CHECKING:
@@ -70,6 +71,36 @@ class JobOps:
             now = utcnow()
             await self.admin.store.jobs.set(job.id, status=JobStatus.FAILED.value, error=str(exc)[:500],
                                             updated_at=now, finished_at=now)
+
+    async def start_replay(self, webhook_id: str, request: ReplayRequest, *, actor: str) -> ReplayCount:
+        """Count what a replay would publish, then publish it in the background; return the count with the job id
+        at once (the job's ``processed`` counts the changes published)."""
+        count, _ = await self.admin.replays.plan(webhook_id, request)
+        job = Job(id=new_id("job"), kind="replay", actor=actor, total=count.replayed,
+                  params={"webhook": webhook_id, **request.model_dump(exclude={"dry_run"})})
+        await self.admin.store.jobs.insert(job)
+        task = asyncio.create_task(self._run_replay(job, webhook_id, request, actor))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return count.model_copy(update={"dry_run": False, "job": job.id})
+
+    async def _run_replay(self, job: Job, webhook_id: str, request: ReplayRequest, actor: str) -> None:
+        processed = 0
+
+        def progress(n: int) -> None:
+            nonlocal processed
+            processed += n
+
+        try:
+            count = await self.admin.replays.run(webhook_id, request, actor=actor, progress=progress)
+            now = utcnow()
+            await self.admin.store.jobs.set(job.id, status=JobStatus.DONE.value, processed=processed,
+                                            total=count.replayed, updated_at=now, finished_at=now)
+        except Exception as exc:
+            log.exception("replay job failed", extra={"job": job.id})
+            now = utcnow()
+            await self.admin.store.jobs.set(job.id, status=JobStatus.FAILED.value, processed=processed,
+                                            error=str(exc)[:500], updated_at=now, finished_at=now)
 
     async def wait(self) -> None:
         """Wait for every job this process started (tests, and a graceful stop)."""

@@ -11,7 +11,18 @@ from hookpost.common.endpoints import EndpointHealth, endpoint_key, health_label
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.matching import validate_pattern
-from hookpost.common.models import ChangeEvent, Entity, Webhook, WebhookEvent, build_payload, to_ms, utcnow
+from hookpost.common.models import (
+    ChangeEvent,
+    Coalesce,
+    Entity,
+    Ordering,
+    Webhook,
+    WebhookEvent,
+    build_payload,
+    check_sync_options,
+    to_ms,
+    utcnow,
+)
 from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
 from hookpost.common.signing import secret_key
 from hookpost.common.targets import TargetPolicy
@@ -32,6 +43,14 @@ def success_rate(codes: list[int | None]) -> str:
         return "-"
     ok = sum(1 for c in codes if c is not None and 200 <= c < 300)
     return f"{round(100 * ok / len(codes))}% of {len(codes)}"
+
+
+def sync_options(ordering: Ordering, coalesce: Coalesce) -> None:
+    """Refuse ``coalesce=latest`` without ``ordering=entity`` (:class:`InvalidInputError`)."""
+    try:
+        check_sync_options(ordering, coalesce)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -89,9 +108,11 @@ class WebhookOps:
         patterns = [validate_pattern(e) for e in spec.event_types]
         if spec.secret is not None:
             secret_key(spec.secret)
+        sync_options(spec.ordering, spec.coalesce)
         hook = await self.admin.store.webhooks.create(spec.url, patterns, description=spec.description,
                                                       secret=spec.secret, headers=check_headers(spec.headers),
-                                                      rate_limit=spec.rate_limit)
+                                                      rate_limit=spec.rate_limit, ordering=spec.ordering,
+                                                      coalesce=spec.coalesce)
         await self.admin.record(actor, "webhook.created", hook.id, url=hook.url, event_types=hook.event_types)
         return hook
 
@@ -111,24 +132,52 @@ class WebhookOps:
             fields["disabled_reason"] = None if spec.active else DISABLED_BY_OPERATOR
         if spec.rate_limit is not None:
             fields["rate_limit"] = spec.rate_limit or None  # 0 removes the limit
+        if spec.ordering is not None:
+            fields["ordering"] = spec.ordering
+        if spec.coalesce is not None:
+            fields["coalesce"] = spec.coalesce
         if not fields:
-            raise InvalidInputError("nothing to update: give url, event_types, description, headers, active or "
-                                    "rate_limit")
+            raise InvalidInputError("nothing to update: give url, event_types, description, headers, active, "
+                                    "rate_limit, ordering or coalesce")
+        before = await self.admin.store.webhooks.get(webhook_id)
+        if "ordering" in fields or "coalesce" in fields:
+            ordering = fields.get("ordering", before.ordering)
+            if ordering == Ordering.NONE and "coalesce" not in fields:
+                fields["coalesce"] = Coalesce.NONE  # coalescing needs the lanes: it goes with them
+            sync_options(ordering, fields.get("coalesce", before.coalesce))
         hook = await self.admin.store.webhooks.update(webhook_id, **fields)
         await self.admin.record(actor, "webhook.updated", webhook_id,
                                 changed={k: v for k, v in fields.items() if k != "disabled_reason"})
+        await self.after_change(before, hook)
         return hook
 
+    async def after_change(self, before: Webhook, after: Webhook | None) -> None:
+        """Settle an ordered webhook's waiting events after a change: released when its ordering is turned off,
+        ``Failed`` when it is disabled or deleted (``after`` None)."""
+        if not before.ordered:
+            return
+        if after is None or not after.active:
+            reason = ("webhook deleted" if after is None
+                      else f"webhook disabled: {after.disabled_reason or 'by operator'}")
+            await self.admin.lanes.fail_webhook(before.id, reason)
+        elif not after.ordered:
+            await self.admin.lanes.release_webhook(before.id)
+
     async def set_active(self, webhook_id: str, active: bool, *, actor: str) -> Webhook:
-        """Enable or disable a webhook; audited."""
+        """Enable or disable a webhook; audited. Disabling an ordered webhook ends its waiting events ``Failed``."""
+        before = await self.admin.store.webhooks.get(webhook_id)
         hook = await self.admin.store.webhooks.set_active(webhook_id, active, None if active else DISABLED_BY_OPERATOR)
         await self.admin.record(actor, "webhook.enabled" if active else "webhook.disabled", webhook_id)
+        await self.after_change(before, hook)
         return hook
 
     async def delete(self, webhook_id: str, *, actor: str) -> None:
-        """Delete a webhook (its events stay until the janitor deletes them); audited."""
+        """Delete a webhook (its events stay until the janitor deletes them); audited. An ordered webhook's
+        waiting events end ``Failed``."""
+        before = await self.admin.store.webhooks.get(webhook_id)
         await self.admin.store.webhooks.delete(webhook_id)
         await self.admin.record(actor, "webhook.deleted", webhook_id)
+        await self.after_change(before, None)
 
     async def reveal_secret(self, webhook_id: str, *, actor: str) -> WebhookSecret:
         """Return a webhook's signing secrets; audited (who saw it)."""

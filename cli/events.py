@@ -49,9 +49,19 @@ def _age(created: datetime, now: datetime) -> str:
 
 
 def _last(ev: WebhookEvent) -> str:
+    if note := ev.lane_note():
+        return shorten(note, 40)
     if ev.last_error:
         return shorten(ev.last_error, 40)
     return str(ev.last_status_code) if ev.last_status_code is not None else ""
+
+
+def _folded(ev: EventDetail) -> str | None:
+    """The changes folded into a coalesced event: the count and the newest ids."""
+    if not ev.coalesced or ev.coalesced < 2:
+        return None
+    shown = ", ".join(ev.folded_changes[:5]) + (", …" if len(ev.folded_changes) > 5 else "")
+    return f"{ev.coalesced - 1} (newest: {shown})" if shown else str(ev.coalesced - 1)
 
 
 def event_json(ev: WebhookEvent) -> dict[str, Any]:
@@ -130,11 +140,13 @@ def show(event_id: str, as_json: bool) -> None:
     rows = [("id", ev.id), ("status", ev.status.value), ("type", ev.type),
             ("entity", f"{ev.entity.kind}/{ev.entity.id}"), ("webhook", ev.webhook_id), ("change", ev.change_id),
             ("attempts", f"{ev.attempt_count} (this budget from attempt {ev.budget_start + 1})"),
-            ("last status code", ev.last_status_code), ("last error", ev.last_error),
+            ("last status code", ev.last_status_code), ("last error", ev.last_error), ("lane", ev.lane_note()),
+            ("folded changes", _folded(ev)),
             ("next attempt", ev.next_attempt_at.isoformat() if ev.next_attempt_at else None),
             ("created", f"{ev.created_at.isoformat()} ({_age(ev.created_at, now)} ago)"),
             ("updated", ev.updated_at.isoformat()),
-            ("finished", ev.finished_at.isoformat() if ev.finished_at else None)]
+            ("finished", ev.finished_at.isoformat() if ev.finished_at else None),
+            ("trace", f"{ev.trace.trace_id} (parent span {ev.trace.parent_span_id})" if ev.trace else None)]
     for key, value in rows:
         if value not in (None, ""):
             click.echo(f"{key + ':':<18}{value}")

@@ -7,8 +7,15 @@ import click
 
 from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, shorten, table
 from hookpost.common.errors import InvalidInputError
-from hookpost.common.models import Webhook
-from hookpost.common.records import WebhookCreate, WebhookSecret, WebhookUpdate, WebhookView
+from hookpost.common.models import Coalesce, Ordering, Webhook
+from hookpost.common.records import (
+    ReplayCount,
+    ReplayRequest,
+    WebhookCreate,
+    WebhookSecret,
+    WebhookUpdate,
+    WebhookView,
+)
 from hookpost.store.webhooks import BrokenWebhook
 
 
@@ -21,6 +28,13 @@ def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
             raise InvalidInputError(f"invalid header {item!r}: use 'Name: value'")
         out[name.strip()] = value.strip()
     return out
+
+
+def sync_label(hook: Webhook | WebhookView) -> str:
+    """Return how a webhook keeps receivers in sync, in a few words: ``-``, ``entity`` or ``entity, latest``."""
+    if hook.ordering == Ordering.NONE:
+        return "-"
+    return "entity, latest" if hook.coalesce == Coalesce.LATEST else "entity"
 
 
 def _status(hook: Webhook | WebhookView) -> str:
@@ -48,17 +62,24 @@ def webhooks() -> None:
 @click.option("--header", "headers", multiple=True, help="Extra request header 'Name: value' (repeatable).")
 @click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Most requests per second to this webhook (per dispatcher process); no limit if omitted.")
+@click.option("--ordering", type=click.Choice(["none", "entity"]), default=None,
+              help="entity: one event per entity in flight, in the order of its changes (default none).")
+@click.option("--coalesce", type=click.Choice(["none", "latest"]), default=None,
+              help="latest: a change folds into its entity's newest waiting event of the same type "
+                   "(needs --ordering entity).")
 @click.option("--json", "as_json", is_flag=True, help="Print the webhook as JSON (including its secret).")
 def create(url: str, events: tuple[str, ...], description: str, secret: str | None, headers: tuple[str, ...],
-           rate_limit: float | None, as_json: bool) -> None:
+           rate_limit: float | None, ordering: str | None, coalesce: str | None, as_json: bool) -> None:
     """Create a webhook and print its id (its signing secret goes to stderr, shown this once).
 
     \b
     Example:
       hookpost webhooks create --url https://shop.example/hooks --event 'article.*' --event order.created
+      hookpost webhooks create --url https://pim.example/sync --event 'article.*' --ordering entity --coalesce latest
     """
     spec = WebhookCreate(url=url, event_types=list(events), description=description, secret=secret,
-                         headers=parse_headers(headers), rate_limit=rate_limit)
+                         headers=parse_headers(headers), rate_limit=rate_limit,
+                         ordering=Ordering(ordering or "none"), coalesce=Coalesce(coalesce or "none"))
 
     async def go() -> Webhook:
         async with open_admin() as admin:
@@ -97,8 +118,8 @@ def list_(as_json: bool) -> None:
     if not rows:
         click.echo("no webhooks yet: create one with 'hookpost webhooks create --url URL --event TYPE'", err=True)
         return
-    click.echo(table(["ID", "URL", "EVENTS", "STATUS", "SUCCESS", "DESCRIPTION"],
-                     [[h.id, shorten(h.url, 50), ",".join(h.event_types), _status(h), rate,
+    click.echo(table(["ID", "URL", "EVENTS", "STATUS", "ORDERING", "SUCCESS", "DESCRIPTION"],
+                     [[h.id, shorten(h.url, 50), ",".join(h.event_types), _status(h), sync_label(h), rate,
                        shorten(h.description, 30)] for h, rate in rows]))
 
 
@@ -122,7 +143,8 @@ def show(webhook_id: str, as_json: bool) -> None:
         echo_json(data)
         return
     data["status"] = _status(hook)
-    for key in ("id", "url", "event_types", "status", "description", "headers", "rate_limit", "recent_success",
+    for key in ("id", "url", "event_types", "status", "ordering", "coalesce", "description", "headers", "rate_limit",
+                "recent_success",
                 "previous_secret_expires_at", "created_at", "updated_at"):
         value = data.get(key)
         if isinstance(value, list | dict):
@@ -140,19 +162,29 @@ def show(webhook_id: str, as_json: bool) -> None:
 @click.option("--header", "headers", multiple=True, help="Replace the extra headers 'Name: value' (repeatable).")
 @click.option("--rate-limit", type=click.FloatRange(min=0), default=None,
               help="Most requests per second (per dispatcher process); 0 removes the limit.")
+@click.option("--ordering", type=click.Choice(["none", "entity"]), default=None,
+              help="entity: one event per entity in flight, in the order of its changes (default none).")
+@click.option("--coalesce", type=click.Choice(["none", "latest"]), default=None,
+              help="latest: a change folds into its entity's newest waiting event of the same type "
+                   "(needs --ordering entity).")
 def update(webhook_id: str, url: str | None, events: tuple[str, ...], description: str | None,
-           active: bool | None, headers: tuple[str, ...], rate_limit: float | None) -> None:
-    """Change a webhook's URL, event types, description, headers, active flag or rate limit.
+           active: bool | None, headers: tuple[str, ...], rate_limit: float | None, ordering: str | None,
+           coalesce: str | None) -> None:
+    """Change a webhook's URL, event types, description, headers, active flag, rate limit, ordering or coalescing.
+
+    Turning ordering off releases the events waiting in its lanes (and turns coalescing off).
 
     \b
     Example:
       hookpost webhooks update wh_01J9Z… --event 'article.*' --description "PIM sync"
     """
     spec = WebhookUpdate(url=url, event_types=list(events) or None, description=description,
-                         headers=parse_headers(headers) if headers else None, active=active, rate_limit=rate_limit)
+                         headers=parse_headers(headers) if headers else None, active=active, rate_limit=rate_limit,
+                         ordering=Ordering(ordering) if ordering else None,
+                         coalesce=Coalesce(coalesce) if coalesce else None)
     if all(v is None for v in spec.model_dump().values()):
-        raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active or "
-                               "--rate-limit")
+        raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active, "
+                               "--rate-limit, --ordering or --coalesce")
 
     async def go() -> Webhook:
         async with open_admin() as admin:
@@ -254,3 +286,46 @@ def rotate_secret(webhook_id: str, grace: float) -> None:
     hook = run(go())
     click.echo(hook.secret)
     click.echo(f"old secret keeps signing until {hook.previous_secret_expires_at}", err=True)
+
+
+@webhooks.command("replay")
+@click.argument("webhook_id")
+@click.option("--since", required=True, help="Start of the window: a duration back from now (2h, 3d) or an "
+              "ISO-8601 time.")
+@click.option("--until", default=None, help="End of the window (same forms); now if omitted.")
+@click.option("--type", "types", multiple=True, help="Only these event types or patterns (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def replay(webhook_id: str, since: str, until: str | None, types: tuple[str, ...], dry_run: bool, yes: bool,
+           as_json: bool) -> None:
+    """Replay the changes a webhook missed: those kept in the change log within the window, of its event types,
+    that it has no event of (published while it was disabled, broken or not yet created). They go through
+    fan-out for this webhook only; an ordered webhook's replayed changes join the tails of their lanes.
+
+    \b
+    Example:
+      hookpost webhooks replay wh_01J9Z… --since 2h --dry-run
+      hookpost webhooks replay wh_01J9Z… --since 2026-12-01T08:00 --until 2026-12-01T10:00 --yes
+    """
+    request = ReplayRequest(since=since, until=until, types=list(types), dry_run=dry_run)
+
+    async def go() -> ReplayCount:
+        async with open_admin() as admin:
+            count, todo = await admin.replays.plan(webhook_id, request)
+            if not as_json or not dry_run:
+                click.echo(f"{count.logged} change(s) logged in the window; {count.matched} of this webhook's types; "
+                           f"{count.already} it already has; {count.replayed} to replay", err=as_json)
+            if dry_run or not todo:
+                return count
+            if not yes and not click.confirm(f"replay {len(todo)} change(s) to {webhook_id}?", err=True):
+                raise click.Abort()
+            with click.progressbar(length=len(todo), label="replaying", file=click.get_text_stream("stderr")) as bar:
+                return await admin.replays.publish(count, todo, types=request.types, actor=actor(),
+                                                   progress=bar.update)
+
+    count = run(go())
+    if as_json:
+        echo_json(count.model_dump(mode="json"))
+    elif not count.dry_run:
+        click.echo(f"replayed {count.replayed} change(s) to {webhook_id}")

@@ -230,15 +230,18 @@ class AmqpChannel:
         self._ch.basic_get(queue, got, auto_ack=False)
         return await fut
 
-    async def consume(self, queue: str, on_message: Callable[[IncomingMessage], None]) -> str:
-        """Start consuming ``queue``; ``on_message`` is called (synchronously) for each message."""
+    async def consume(self, queue: str, on_message: Callable[[IncomingMessage], None], *,
+                      arguments: dict[str, Any] | None = None) -> str:
+        """Start consuming ``queue``; ``on_message`` is called (synchronously) for each message. ``arguments``
+        are the consumer's (``x-stream-offset`` for a stream)."""
         def deliver(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
             on_message(IncomingMessage(self, method.delivery_tag, bool(method.redelivered), method.routing_key,
                                        props, body))
 
         tag_holder: dict[str, str] = {}
         fut = self._rpc(lambda callback, **kw: tag_holder.setdefault(
-            "tag", self._ch.basic_consume(callback=callback, **kw)), queue=queue, on_message_callback=deliver)
+            "tag", self._ch.basic_consume(callback=callback, **kw)), queue=queue, on_message_callback=deliver,
+            arguments=arguments)
         await fut
         return tag_holder["tag"]
 

@@ -10,7 +10,8 @@ from hookpost.common.models import DeliveryMessage, WebhookEvent
 def first_delivery(event: WebhookEvent) -> DeliveryMessage:
     """Return the delivery message for the next attempt of ``event`` (as stored: due at its next attempt)."""
     return DeliveryMessage(event_id=event.id, webhook_id=event.webhook_id, attempt=event.attempt_count + 1,
-                           budget_start=event.budget_start, payload=event.payload, due_ms=event.next_attempt_ms)
+                           budget_start=event.budget_start, payload=event.payload, due_ms=event.next_attempt_ms,
+                           lane=event.lane, trace=event.trace)
 
 
 def next_delivery(msg: DeliveryMessage, due_ms: int | None) -> DeliveryMessage:

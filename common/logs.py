@@ -11,6 +11,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from hookpost.common.tracing import log_fields
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -19,7 +21,8 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object: time, level, logger, message, and every ``extra`` field."""
+    """Format a record as one JSON object: time, level, logger, message, every ``extra`` field, and the
+    ``trace_id`` / ``span_id`` of the current span when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the JSON line for ``record``."""
@@ -29,6 +32,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **log_fields(),
             **_fields(record),
         }
         if record.exc_info:

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hookpost.common.matching import validate_pattern, validate_type
+from hookpost.common.traceparent import TraceContext
 
 
 def utcnow() -> datetime:
@@ -85,6 +86,25 @@ UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 IN_FLIGHT = (EventStatus.NEW, EventStatus.RETRYING)
 
 
+class Ordering(StrEnum):
+    """How a webhook orders its events: ``none`` (each on its own), or ``entity`` (one lane per entity: at most one
+    event of an entity in flight, in the order of its changes)."""
+
+    NONE = "none"
+    ENTITY = "entity"
+
+
+class Coalesce(StrEnum):
+    """Whether a webhook folds changes: ``none``, or ``latest`` (a change folds into its entity's newest waiting
+    event of the same type; needs ``ordering=entity``)."""
+
+    NONE = "none"
+    LATEST = "latest"
+
+
+MAX_SEQUENCE = 2**63 - 1
+
+
 class Entity(BaseModel):
     """The thing that changed: a kind (``article``) and that system's id for it (``A-1001``)."""
 
@@ -111,6 +131,7 @@ class ChangeEvent(BaseModel):
     occurred_at: datetime = Field(default_factory=utcnow)
     data: dict[str, Any] | None = None
     source: str | None = Field(default=None, max_length=200)
+    sequence: int | None = Field(default=None, ge=0, le=MAX_SEQUENCE)  # increases per entity (the producer's order)
 
     @field_validator("type")
     @classmethod
@@ -140,6 +161,8 @@ class Webhook(BaseModel):
     description: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
     rate_limit: float | None = Field(default=None, gt=0, le=100_000)  # requests per second (None: no limit)
+    ordering: Ordering = Ordering.NONE
+    coalesce: Coalesce = Coalesce.NONE
     created_at: UtcDatetime = Field(default_factory=utcnow)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
 
@@ -149,6 +172,16 @@ class Webhook(BaseModel):
         if not value:
             raise ValueError("a webhook needs at least one event type")
         return [validate_pattern(v) for v in value]
+
+    @model_validator(mode="after")
+    def _coalesce_needs_lanes(self) -> "Webhook":
+        check_sync_options(self.ordering, self.coalesce)
+        return self
+
+    @property
+    def ordered(self) -> bool:
+        """Whether this webhook keeps each entity's events in one lane (``ordering=entity``)."""
+        return self.ordering == Ordering.ENTITY
 
     def signing_secrets(self, now: datetime | None = None) -> list[str]:
         """Return the secrets that sign a request made at ``now`` (default: now): the current one, and the
@@ -164,6 +197,12 @@ class Webhook(BaseModel):
     def public_dict(self) -> dict[str, Any]:
         """Return the webhook as JSON-ready data without its secrets (for lists, logs and ``--json``)."""
         return self.model_dump(mode="json", exclude={"secret", "previous_secret"})
+
+
+def check_sync_options(ordering: Ordering, coalesce: Coalesce) -> None:
+    """Refuse ``coalesce=latest`` without ``ordering=entity`` (folding needs the entity's lane)."""
+    if coalesce == Coalesce.LATEST and ordering != Ordering.ENTITY:
+        raise ValueError("coalesce=latest needs ordering=entity")
 
 
 def attempt_id(event_id: str, attempt: int) -> str:
@@ -206,6 +245,25 @@ class WebhookEvent(BaseModel):
     last_status_code: int | None = None
     last_error: str | None = None
     held: str | None = None  # the endpoint whose open breaker holds this event's next delivery (not queued)
+    # for a webhook with ordering=entity: the event's lane (see hookpost.common.lanes); ``waiting`` while it waits
+    # in the lane behind its head (New, no message in any queue); ``superseded_by`` when it arrived late and was
+    # ended unsent; ``coalesced`` the changes it stands for (coalesce=latest). Absent from other events' documents.
+    lane: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    waiting: bool = Field(default=False, exclude_if=lambda v: not v)
+    superseded_by: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    coalesced: int | None = Field(default=None, exclude_if=lambda v: v is None)
+    waiting_behind: str | None = Field(default=None, exclude_if=lambda v: v is None)  # shown, never stored
+
+    def lane_note(self) -> str | None:
+        """Why an ordered webhook's event is where it is, in a few words (None for other events)."""
+        if self.superseded_by is not None:
+            return f"superseded by {self.superseded_by or 'a newer change'}"
+        if self.waiting:
+            return f"waiting behind {self.waiting_behind}" if self.waiting_behind else "waiting in its lane"
+        if self.coalesced and self.coalesced > 1:
+            return f"stands for {self.coalesced} changes"
+        return None
+    trace: TraceContext | None = None  # its trace id and parent span (None: stored before tracing)
     # attempt 1, kept in the event's own document (later ones are in ``attempts``); read with the history, so it
     # is left out of lists and JSON (see hookpost.store.attempts)
     first_attempt: Attempt | None = Field(default=None, exclude=True)
@@ -231,6 +289,9 @@ class DeliveryMessage(BaseModel):
     payload: dict[str, Any]
     due_ms: int | None = None  # the event's next_attempt_ms on record for this attempt (None: unknown)
     probe: bool = False  # the probe request of an open circuit breaker (goes through while others are held)
+    # the event's lane (ordering=entity): checked before the request, moved on after; absent for other webhooks
+    lane: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    trace: TraceContext | None = None  # the event's trace context, so a retry hours later stays in its trace
 
 
 class FailedNotice(BaseModel):
@@ -259,6 +320,8 @@ def build_payload(event_id: str, change: ChangeEvent) -> dict[str, Any]:
     }
     if change.source:
         data["source"] = change.source
+    if change.sequence is not None:
+        data["sequence"] = change.sequence
     if change.data:
         data["details"] = change.data
     return {

@@ -8,7 +8,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hookpost.common.models import Attempt, UtcDatetime, WebhookEvent, now_ms, parse_choice, utcnow
+from hookpost.common.models import (
+    Attempt,
+    Coalesce,
+    Ordering,
+    UtcDatetime,
+    WebhookEvent,
+    now_ms,
+    parse_choice,
+    utcnow,
+)
 
 
 class Role(StrEnum):
@@ -147,6 +156,33 @@ class RestartCount(BaseModel):
     job: str | None = None
 
 
+class ReplayRequest(BaseModel):
+    """A replay of what a webhook missed: the changes logged within ``since`` … ``until`` (durations back from
+    now such as ``2h``, or ISO-8601 times), of ``types`` if given (patterns allowed), that it has no event of."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: str = Field(min_length=1, max_length=100)
+    until: str | None = Field(default=None, max_length=100)
+    types: list[str] = Field(default_factory=list, max_length=100)
+    dry_run: bool = False
+
+
+class ReplayCount(BaseModel):
+    """What a replay would do (a dry run) or did: changes logged in the window, those of the webhook's (and the
+    asked) types, those it already has an event of, and those replayed (or to replay)."""
+
+    webhook_id: str
+    since: UtcDatetime
+    until: UtcDatetime | None = None
+    logged: int
+    matched: int
+    already: int
+    replayed: int
+    dry_run: bool = False
+    job: str | None = None
+
+
 class EventPage(BaseModel):
     """One page of events, newest first; ``next`` is the ``before`` cursor of the next page (None: last page)."""
 
@@ -155,9 +191,11 @@ class EventPage(BaseModel):
 
 
 class EventDetail(WebhookEvent):
-    """An event with every attempt made for it, in order."""
+    """An event with every attempt made for it, in order; for a coalescing webhook, the changes folded into it
+    (the newest 100)."""
 
     attempts: list[Attempt] = Field(default_factory=list)
+    folded_changes: list[str] = Field(default_factory=list)
 
 
 class OldestRetrying(BaseModel):
@@ -189,6 +227,8 @@ class WebhookView(BaseModel):
     description: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
     rate_limit: float | None = None
+    ordering: Ordering = Ordering.NONE
+    coalesce: Coalesce = Coalesce.NONE
     created_at: UtcDatetime
     updated_at: UtcDatetime
     recent_success: str = "-"
@@ -206,6 +246,10 @@ class WebhookCreate(BaseModel):
     secret: str | None = Field(default=None, max_length=200)
     headers: dict[str, str] = Field(default_factory=dict, max_length=50)
     rate_limit: float | None = Field(default=None, gt=0, le=100_000, description="requests per second")
+    ordering: Ordering = Field(default=Ordering.NONE, description="entity: one event per entity in flight, in "
+                               "the order of its changes")
+    coalesce: Coalesce = Field(default=Coalesce.NONE, description="latest: a change folds into its entity's "
+                               "newest waiting event of the same type (needs ordering=entity)")
 
 
 class WebhookUpdate(BaseModel):
@@ -220,6 +264,8 @@ class WebhookUpdate(BaseModel):
     active: bool | None = None
     rate_limit: float | None = Field(default=None, ge=0, le=100_000,
                                      description="requests per second; 0 removes the limit")
+    ordering: Ordering | None = None
+    coalesce: Coalesce | None = None
 
 
 class WebhookSecret(BaseModel):

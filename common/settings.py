@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     shutdown_grace: Duration = Field("30s", description="time in-flight deliveries get on SIGTERM")
     reconcile_interval: Duration = Field("1m", description="how often the dispatcher sweeps for lost deliveries")
     reconcile_grace: Duration = Field("5m", description="how overdue an attempt must be before it is re-published")
+    order_settle: Duration = Field("1s", description="ordered webhooks: how long an event waits in its entity's "
+                                   "lane before it may start (absorbs the skew between dispatchers)")
+    change_log_retention: Duration = Field("7d", description="how long the change log (a stream of every change, "
+                                           "for replays) keeps changes; 0 = no change log")
 
     ops_host: str = Field("0.0.0.0", description="address of the /healthz, /readyz, /metrics server")
     ops_port: int = Field(9000, ge=0, le=65535, description="port of the ops server (0 = pick a free one)")
@@ -127,12 +131,24 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "text", "json"] = Field("auto", description="text, json, or auto (json unless a tty)")
     log_level: str = Field("INFO", description="logging level")
+    trace_propagate: bool = Field(True, description="send each attempt's traceparent / tracestate to receivers")
+    trace_url: str | None = Field(None, description="link from an event to its trace in the console, with "
+                                  "{trace_id} (e.g. https://grafana.example/explore?traceId={trace_id})")
 
     @field_validator("prefix")
     @classmethod
     def _prefix_chars(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", value):
             raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("trace_url")
+    @classmethod
+    def _trace_link(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and ("{trace_id}" not in value or not value.startswith(("http://", "https://"))):
+            raise ValueError("an http(s) URL with {trace_id} where the trace id goes")
         return value
 
     @field_validator("mongodb_db")
@@ -149,7 +165,7 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be greater than zero")
         return value
 
-    @field_validator("disable_after", "breaker_recovery")
+    @field_validator("disable_after", "breaker_recovery", "order_settle", "change_log_retention")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
@@ -201,7 +217,7 @@ class Settings(BaseSettings):
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name.endswith("_url"):
+            if name.endswith("_url") and value is not None:
                 value = mask_url(value)
             elif isinstance(value, SecretStr):
                 value = "***"

@@ -41,6 +41,7 @@ class Topology:
     queue_type: str = "quorum"
     delivery_limit: int = 20
     defer_delay: float = 1.0
+    change_log_retention: float = 0.0  # seconds the change log keeps changes; 0: no change log
 
     @property
     def changes_exchange(self) -> str:
@@ -51,6 +52,11 @@ class Topology:
     def changes_queue(self) -> str:
         """Queue the fan-out stage consumes, bound to the changes exchange with ``#``."""
         return f"{self.prefix}.changes"
+
+    @property
+    def change_log(self) -> str | None:
+        """Stream bound to the changes exchange with ``#`` that keeps every change for replays (None: off)."""
+        return f"{self.prefix}.changelog" if self.change_log_retention > 0 else None
 
     @property
     def deliveries_exchange(self) -> str:
@@ -178,6 +184,9 @@ class Topology:
                 "x-dead-letter-exchange": self.deliveries_exchange,
                 "x-dead-letter-routing-key": "deliver",
             }, dead_letters=True)))
+        if self.change_log is not None:  # a stream whatever the queue type: it is read from a point in time
+            specs.append(QueueSpec(self.change_log, {"x-queue-type": "stream",
+                                                     "x-max-age": f"{max(1, round(self.change_log_retention))}s"}))
         return specs
 
     @property
@@ -188,6 +197,7 @@ class Topology:
             (self.deliver_queue, self.deliveries_exchange, "deliver"),
             (self.failed_queue, self.dead_exchange, "failed"),
             (self.invalid_queue, self.dead_exchange, "invalid"),
+            *([(self.change_log, self.changes_exchange, "#")] if self.change_log is not None else []),
         ]
 
 
@@ -195,4 +205,4 @@ def topology_from(settings: Any) -> Topology:
     """Build the :class:`Topology` that ``settings`` (a :class:`common.settings.Settings`) describes."""
     return Topology(prefix=settings.prefix, retry_delays=settings.retry_delays,
                     queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
-                    defer_delay=settings.defer_delay)
+                    defer_delay=settings.defer_delay, change_log_retention=settings.change_log_retention)

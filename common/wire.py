@@ -32,6 +32,8 @@ MAX_DEPTH = 32
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 NOTICE_PREFIX = "hookpost."  # event types of Hookpost's own notices; upstream producers may not use them
 NOTICE_HEADER = "hookpost-notice"  # set by the dispatcher on the notices it publishes
+REPLAY_HEADER = "hookpost-replay-for"  # a replayed change: fanned out for this webhook id only, at its lanes' tails
+REPLAY_RANK_HEADER = "hookpost-replay-rank"  # when the replay began (epoch ms): the lane rank of its changes
 
 
 class InvalidChangeError(InvalidInputError):

@@ -4,7 +4,8 @@
 
 1. :meth:`~DeliveryHandler.receive` — parse the message (a malformed one is dead-lettered);
 2. look up the webhook (:class:`Webhooks`); a deleted or disabled webhook ends the event ``Failed`` without a
-   request (:meth:`~DeliveryHandler.give_up`);
+   request (:meth:`~DeliveryHandler.give_up`); the event of an ordered webhook (``ordering=entity``) must still
+   be its lane's head and wait for this attempt (:class:`LaneCheck`), or nothing is sent;
 3. enter the :class:`Gate` — the endpoint's circuit breaker, a concurrency slot, the webhook's rate limit; a
    delivery held behind an open breaker or parked in the defer ladder is acked here, no attempt counted;
 4. :meth:`~DeliveryHandler.send` — the signed POST (:class:`Sender`) in the slot; the gate learns its outcome;
@@ -32,6 +33,7 @@ from hookpost.common.models import Attempt, DeliveryMessage, EventStatus, Webhoo
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.policy import AttemptResult, Decision, counts_as_failure, decide
+from hookpost.dispatcher.tracing import GAVE_UP, attempt, not_sent
 
 log = logging.getLogger("hookpost.delivery")
 
@@ -66,6 +68,13 @@ class Webhooks(Protocol):
 
     def problem(self, webhook_id: str) -> str | None:
         """Why the stored document of ``webhook_id`` does not validate, if it does not."""
+
+
+class LaneCheck(Protocol):
+    """The check before an ordered webhook's request."""
+
+    async def check(self, dm: DeliveryMessage) -> bool:
+        """Tell whether ``dm``'s event is still its lane's head and waits for this attempt."""
 
 
 class Gate(Protocol):
@@ -138,8 +147,10 @@ class DeliveryHandler:
     """Consumes ``PREFIX.deliver``: one message, one attempt (see the module docstring)."""
 
     def __init__(self, webhooks: Webhooks, gate: Gate, sender: Sender, recorder: Recorder, followups: FollowUps,
-                 metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int) -> None:
+                 metrics: Metrics, *, delays: tuple[float, ...], max_attempts: int,
+                 lanes: LaneCheck | None = None) -> None:
         self.webhooks = webhooks
+        self.lanes = lanes
         self.gate = gate
         self.sender = sender
         self.recorder = recorder
@@ -156,6 +167,8 @@ class DeliveryHandler:
         hook = await self.webhooks.get(dm.webhook_id)
         if hook is None or not hook.active:
             return await self.give_up(dm, hook)
+        if dm.lane is not None and self.lanes is not None and not await self.lanes.check(dm):
+            return await self.duplicate(msg, dm)  # an old copy: its event is past this attempt, or not the head
         slot = await self.gate.enter(dm, hook)
         if slot is None:
             return Verdict.ACK  # held behind the breaker or parked in the defer ladder, no attempt counted
@@ -189,6 +202,7 @@ class DeliveryHandler:
         """End the event ``Failed`` without a request: its webhook was deleted or disabled (or its stored
         document no longer validates), or ``reason``."""
         decision = Decision(EventStatus.FAILED, reason=reason or self.unserved(dm, hook))
+        not_sent(dm, GAVE_UP)
         changes = {**event_changes(decision, None, utcnow()), "attempt_count": dm.attempt - 1}  # count stays
         if await self.recorder.record(Outcome(dm.event_id, dm.attempt, changes)):
             await self.followups.after(dm, decision, None, None)
@@ -207,7 +221,9 @@ class DeliveryHandler:
         started = utcnow()
         result = AttemptResult(error="Cancelled")
         try:
-            result = await self.sender.send(hook, dm.event_id, dm.payload)
+            with attempt(dm, hook) as span:  # its deliver span, whose traceparent the request sends
+                result = await self.sender.send(hook, dm.event_id, dm.payload)
+                span.done(result)
         finally:
             self.gate.leave(slot, result)
         self.metrics.attempt_made(result.status_code, result.duration_ms)

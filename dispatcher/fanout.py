@@ -8,12 +8,15 @@
 3. :meth:`~FanOut.hold_for_open_breakers` — an event for an endpoint whose circuit breaker this process knows to
    be open (:class:`Endpoints`) is to be stored *held* (due at the next probe), like a delivery held behind the
    breaker, but without a trip through the deliver queue;
-4. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook (:class:`NewEvents`, batched with
+4. the events of webhooks with ``ordering=entity`` are to wait in their entity's lane, and with
+   ``coalesce=latest`` a change may fold into a waiting event instead (:class:`Lanes`, ``dispatcher/lanes.py``);
+5. :meth:`~FanOut.store_events` — insert one ``New`` event per webhook (:class:`NewEvents`, batched with
    concurrent changes; the unique (change, webhook) index makes a replay insert nothing); a change whose events
    the store refuses for good (over its document size limit) is set aside with the reason at once, not retried;
-5. :meth:`~FanOut.publish_deliveries` — publish the first delivery of each event not held, confirmed
+6. the waiting events join their lanes' queues (they start when their lane moves on, with no delivery now);
+7. :meth:`~FanOut.publish_deliveries` — publish the first delivery of each other event not held, confirmed
    (:class:`Deliveries`; one for an endpoint known to hang goes straight to the defer ladder);
-6. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
+8. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
 
 Each collaborator is named by the small interface below that says what this module needs of it;
 ``dispatcher/worker.py`` wires the real ones. A crash anywhere replays safely: a redelivered change whose events
@@ -24,6 +27,7 @@ stored them without publishing), except the held ones: the breaker's probe and r
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 from hookpost.common.amqp import IncomingMessage
@@ -33,6 +37,7 @@ from hookpost.common.errors import StoreRefusedError
 from hookpost.common.ids import new_id
 from hookpost.common.models import (
     ChangeEvent,
+    Coalesce,
     DeliveryMessage,
     EventStatus,
     Webhook,
@@ -42,9 +47,18 @@ from hookpost.common.models import (
     to_ms,
     utcnow,
 )
-from hookpost.common.wire import NOTICE_HEADER, NOTICE_PREFIX, InvalidChangeError, decode_change
+from hookpost.common.traceparent import TraceContext
+from hookpost.common.wire import (
+    NOTICE_HEADER,
+    NOTICE_PREFIX,
+    REPLAY_HEADER,
+    REPLAY_RANK_HEADER,
+    InvalidChangeError,
+    decode_change,
+)
 from hookpost.dispatcher.consumer import Verdict
 from hookpost.dispatcher.metrics import Metrics
+from hookpost.dispatcher.tracing import fanned_out, traced_fan_out
 
 log = logging.getLogger("hookpost.fanout")
 
@@ -86,6 +100,20 @@ class Deliveries(Protocol):
         """Publish ``now`` to the deliver queue and ``later`` (with their endpoints) into the defer ladder."""
 
 
+class Lanes(Protocol):
+    """The lanes of webhooks with ``ordering=entity``."""
+
+    async def place(self, change: ChangeEvent, events: list[WebhookEvent], hooks: dict[str, Webhook], *,
+                    replay: bool, existing: set[str]) -> list[WebhookEvent]:
+        """Return ``events`` to store, ordered webhooks' ones waiting, folded changes left out."""
+
+    async def stored(self, change: ChangeEvent, events: list[WebhookEvent], *, rank: int = 0) -> None:
+        """Queue the stored waiting events in their lanes (``rank`` > 0: at the tail)."""
+
+    def folding(self, change: ChangeEvent, hooks: list[Webhook]) -> AbstractAsyncContextManager[None]:
+        """Hold the lanes ``change`` may fold into (its coalescing webhooks') from placing to queueing."""
+
+
 class InvalidQueue(Protocol):
     """Where changes that cannot be fanned out are set aside."""
 
@@ -93,8 +121,16 @@ class InvalidQueue(Protocol):
         """Copy the change ``msg`` to ``PREFIX.invalid`` with ``reason``."""
 
 
-def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent]:
-    """Build the ``New`` webhook events of ``change``, one per webhook, due now."""
+def replay_rank(headers: dict[str, object]) -> int:
+    """The lane rank of a replayed change: when its replay began (epoch ms), or now if the header is unreadable."""
+    try:
+        return int(str(headers.get(REPLAY_RANK_HEADER)))
+    except ValueError:
+        return to_ms(utcnow())
+
+
+def new_events(change: ChangeEvent, webhook_ids: list[str], trace: TraceContext | None = None) -> list[WebhookEvent]:
+    """Build the ``New`` webhook events of ``change``, one per webhook, due now, in the trace ``trace``."""
     now = utcnow()
     now_ms = to_ms(now)
     events = []
@@ -103,7 +139,7 @@ def new_events(change: ChangeEvent, webhook_ids: list[str]) -> list[WebhookEvent
         events.append(WebhookEvent(
             id=event_id, webhook_id=webhook_id, change_id=change.id, type=change.type, entity=change.entity,
             payload=build_payload(event_id, change), status=EventStatus.NEW, **due_fields(now_ms),
-            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms))
+            created_at=now, created_ms=now_ms, updated_at=now, updated_ms=now_ms, trace=trace))
     return events
 
 
@@ -111,8 +147,9 @@ class FanOut:
     """Consumes ``PREFIX.changes``: one change, one event and one delivery per subscribed webhook."""
 
     def __init__(self, webhooks: Subscribers, endpoints: Endpoints, events: NewEvents, deliveries: Deliveries,
-                 outbox: InvalidQueue, metrics: Metrics, *, max_change_bytes: int) -> None:
+                 outbox: InvalidQueue, metrics: Metrics, *, max_change_bytes: int, lanes: Lanes | None = None) -> None:
         self.webhooks = webhooks
+        self.lanes = lanes
         self.endpoints = endpoints
         self.events = events
         self.deliveries = deliveries
@@ -120,6 +157,7 @@ class FanOut:
         self.metrics = metrics
         self.max_change_bytes = max_change_bytes
 
+    @traced_fan_out  # in the change's fan-out span (dispatcher/tracing.py)
     async def handle(self, msg: IncomingMessage) -> Verdict:
         """Fan one change message out (or set it aside with its reason)."""
         try:
@@ -129,13 +167,24 @@ class FanOut:
         hooks = await self.webhooks.subscribers(change.type)
         if change.type.startswith(NOTICE_PREFIX):  # a webhook never receives notices about itself
             hooks = [h for h in hooks if h.id != change.entity.id]
+        headers = msg.properties.headers or {}
+        if replay_for := headers.get(REPLAY_HEADER):  # a replay is for one webhook only
+            hooks = [h for h in hooks if h.id == str(replay_for)]
         by_id = {h.id: h for h in hooks}
-        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks]), by_id)
-        try:
-            stored = await self.store_events(change, events, replay=msg.redelivered)
-        except StoreRefusedError as exc:  # the same every time: no retry, no poison count
-            return await self.set_aside(msg, f"fan-out: {exc}")
-        await self.publish_deliveries([e for e in stored if e.held is None], by_id)
+        trace = fanned_out(len(hooks))  # the fan-out span's context, kept by each event
+        events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks], trace), by_id)
+        async with self.lanes.folding(change, hooks) if self.lanes is not None else nullcontext():
+            if self.lanes is not None and any(h.ordered for h in hooks):
+                events = await self.lanes.place(change, events, by_id, replay=msg.redelivered,
+                                                existing=await self.existing(change, hooks, msg.redelivered))
+            try:
+                stored = await self.store_events(change, events, replay=msg.redelivered)
+            except StoreRefusedError as exc:  # the same every time: no retry, no poison count
+                return await self.set_aside(msg, f"fan-out: {exc}")
+            if self.lanes is not None and any(e.waiting for e in stored):
+                rank = replay_rank(headers) if replay_for else 0
+                await self.lanes.stored(change, [e for e in stored if e.waiting], rank=rank)
+        await self.publish_deliveries([e for e in stored if e.held is None and not e.waiting], by_id)
         self.metrics.changes_consumed.labels("ok").inc()
         log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})
         return Verdict.ACK
@@ -160,14 +209,22 @@ class FanOut:
                     extra={"message_id": msg.properties.message_id, "reason": reason})
         return Verdict.ACK
 
+    async def existing(self, change: ChangeEvent, hooks: list[Webhook], redelivered: bool) -> set[str]:
+        """The webhooks that already have an event of ``change`` (read only for a redelivered change with a
+        coalescing subscriber: such a change never folds)."""
+        if not redelivered or not any(h.coalesce == Coalesce.LATEST for h in hooks):
+            return set()
+        return {e.webhook_id for e in await self.events.of_change(change.id)}
+
     def hold_for_open_breakers(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> list[WebhookEvent]:
         """Mark the events whose endpoint's breaker this process knows to be open as held by it, due at its next
         probe: they are stored so, and no delivery is published for them (the probe and the release after the
-        breaker closes pick them up like any held delivery). The others are returned unchanged."""
+        breaker closes pick them up like any held delivery). The others are returned unchanged; so are those of
+        ordered webhooks, which wait in their lanes (a lane's head may be held, never a waiting event)."""
         out = []
         for e in events:
             hook = hooks.get(e.webhook_id)
-            endpoint = endpoint_key(hook.url) if hook is not None else None
+            endpoint = endpoint_key(hook.url) if hook is not None and not hook.ordered else None
             due = self.endpoints.hold_new_at(endpoint) if endpoint is not None else None
             out.append(e if due is None else e.model_copy(update={"held": endpoint, **due_fields(due)}))
         return out

@@ -15,7 +15,7 @@ Example::
 """
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from hookpost.common.deliveries import next_delivery
 from hookpost.common.errors import NotFoundError
@@ -30,12 +30,20 @@ from hookpost.dispatcher.storeguard import GuardedStore
 log = logging.getLogger("hookpost.delivery")
 
 
+class LaneSteps(Protocol):
+    """Moves an ordered webhook's lane on."""
+
+    async def ended(self, lane: str) -> None:
+        """Start the next event of ``lane`` if its head has ended."""
+
+
 class FollowUps:
     """Publishes what follows an outcome: the next attempt or the failure notice (see the module docstring)."""
 
     def __init__(self, store: GuardedStore, cache: WebhookCache, outbox: Outbox, notices: Notices,
-                 metrics: Metrics, *, delays: tuple[float, ...]) -> None:
+                 metrics: Metrics, *, delays: tuple[float, ...], lanes: LaneSteps | None = None) -> None:
         self.store = store
+        self.lanes = lanes
         self.cache = cache
         self.outbox = outbox
         self.notices = notices
@@ -65,6 +73,9 @@ class FollowUps:
             if not is_notice(event_type):  # a notice that fails makes no further notice
                 await self.notices.send(EVENT_FAILED, dm.webhook_id, {
                     "event_id": dm.event_id, "event_type": event_type, "reason": error})
+        if dm.lane is not None and self.lanes is not None and decision.status in (EventStatus.FINISHED,
+                                                                                 EventStatus.FAILED):
+            await self.lanes.ended(dm.lane)  # the lane's next event starts
 
     async def again(self, dm: DeliveryMessage) -> None:
         """Publish again what followed ``dm``'s outcome, if the store shows that outcome as the event's latest:
@@ -86,6 +97,8 @@ class FollowUps:
         else:
             log.info("duplicate delivery ignored (event already past this attempt)",
                      extra={"event_id": dm.event_id, "attempt": dm.attempt})
+        if dm.lane is not None and self.lanes is not None:
+            await self.lanes.ended(dm.lane)  # moving the lane on may have been lost too (idempotent)
 
     async def _announce_failure(self, dm: DeliveryMessage, *, attempts: int, status_code: int | None,
                                 error: str | None, disable: bool) -> None:
@@ -113,7 +126,10 @@ class FollowUps:
 
 
 def _log_extra(dm: DeliveryMessage, decision: Decision, result: AttemptResult | None) -> dict[str, Any]:
-    return {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
-            "status": decision.status.value, "status_code": result.status_code if result else None,
-            "duration_ms": result.duration_ms if result else None,
-            "error": None if result is None or result.ok else (decision.reason or result.summary())}
+    extra = {"event_id": dm.event_id, "webhook_id": dm.webhook_id, "attempt": dm.attempt,
+             "status": decision.status.value, "status_code": result.status_code if result else None,
+             "duration_ms": result.duration_ms if result else None,
+             "error": None if result is None or result.ok else (decision.reason or result.summary())}
+    if dm.trace is not None:  # the attempt's span has ended: the event's trace id ties the line to its trace
+        extra["trace_id"] = dm.trace.trace_id
+    return extra

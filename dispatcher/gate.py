@@ -33,6 +33,7 @@ from hookpost.dispatcher.limits import EndpointBusyError, EndpointLimiter, endpo
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.ratelimit import RateLimits
+from hookpost.dispatcher.tracing import DEFERRED, HELD, RATE_LIMITED, not_sent
 
 
 class Gate:
@@ -52,6 +53,7 @@ class Gate:
         endpoint = endpoint_key(hook.url)
         if self.breaker.admit(dm, endpoint) is Admission.HOLD:
             await self.breaker.hold(dm, endpoint)
+            not_sent(dm, HELD)
             return None
         try:
             if self.limiter.should_defer(endpoint):
@@ -59,11 +61,13 @@ class Gate:
             token = await self.limiter.acquire(endpoint)
         except EndpointBusyError:
             await self.deferrer.defer(dm, endpoint)
+            not_sent(dm, DEFERRED)
             return None
         slot = Slot(endpoint, token, hook.id, hook.rate_limit, probe=dm.probe)
         if self.breaker.admit(dm, endpoint) is Admission.HOLD:  # it opened while the delivery waited
             self.limiter.give_back(endpoint, token)
             await self.breaker.hold(dm, endpoint)
+            not_sent(dm, HELD)
             return None
         if hook.rate_limit is not None and not await self._pace(dm, slot):
             return None
@@ -113,5 +117,6 @@ class Gate:
             delay = await self.deferrer.defer_for(dm, self.rates.expected_wait(slot.webhook_id, rate))
             self.rates.park(slot.webhook_id, delay)
             self.metrics.rate_limited.inc()
+            not_sent(dm, RATE_LIMITED)
             return False
         return True

@@ -60,6 +60,11 @@ class Metrics:
                                registry=r)
         self.rate_limited = Counter("hookpost_deliveries_rate_limited",
                                     "Deliveries parked because their webhook's rate limit was reached", registry=r)
+        self.changes_coalesced = Counter("hookpost_changes_coalesced", "Changes folded into a waiting event of "
+                                         "their entity (coalesce=latest)", ["webhook"], registry=r)
+        self.changes_superseded = Counter("hookpost_changes_superseded", "Changes that arrived late in their "
+                                          "entity's lane and were ended unsent (ordering=entity)", ["webhook"],
+                                          registry=r)
         self.queue_depth = Gauge("hookpost_queue_messages", "Ready messages per queue (sampled)", ["queue"],
                                  registry=r)
 

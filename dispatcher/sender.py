@@ -23,9 +23,10 @@ from hookpost.common.models import Webhook, utcnow
 from hookpost.common.signing import signature_headers
 from hookpost.dispatcher.policy import AttemptResult, parse_retry_after
 from hookpost.dispatcher.targets import SafeResolver, TargetPolicy, TargetRefusedError
+from hookpost.dispatcher.tracing import outgoing_headers
 
 PROTECTED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length",
-                     "host", "user-agent", "transfer-encoding", "accept-encoding"}
+                     "host", "user-agent", "transfer-encoding", "accept-encoding", "traceparent", "tracestate"}
 _CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
     t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None)
 
@@ -101,11 +102,13 @@ def error_text(exc: BaseException, timeout: float, connect_timeout: float | None
 
 
 class Sender:
-    """Sends webhook requests over one shared ``aiohttp.ClientSession`` that enforces the target policy."""
+    """Sends webhook requests over one shared ``aiohttp.ClientSession`` that enforces the target policy; each
+    carries the ``traceparent`` / ``tracestate`` of its attempt unless ``propagate_trace`` is False."""
 
     def __init__(self, policy: TargetPolicy, *, timeout: float, connect_timeout: float, excerpt_bytes: int,
-                 user_agent: str, max_connections: int = 500) -> None:
+                 user_agent: str, max_connections: int = 500, propagate_trace: bool = True) -> None:
         self.policy = policy
+        self.propagate_trace = propagate_trace
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.excerpt_bytes = excerpt_bytes
@@ -140,6 +143,8 @@ class Sender:
         try:
             url = self._target(hook.url)
             headers = request_headers(hook, event_id, body, int(time.time()), self.user_agent)
+            if self.propagate_trace and (trace_headers := outgoing_headers()):
+                headers.update(trace_headers)
             async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 excerpt, complete = await self._read_excerpt(resp)
                 if not complete:

@@ -22,6 +22,7 @@ from hookpost.store import Store
 from hookpost.store.attempts import AttemptRepo
 from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
+from hookpost.store.lanes import LaneRepo
 from hookpost.store.webhooks import WebhookRepo
 
 T = TypeVar("T")
@@ -107,3 +108,4 @@ class GuardedStore:
         self.webhooks: WebhookRepo = guarded(store.webhooks, guard)
         self.endpoints: EndpointRepo = guarded(store.endpoints, guard)
         self.notices: NoticeRepo = guarded(store.notices, guard)
+        self.lanes: LaneRepo = guarded(store.lanes, guard)

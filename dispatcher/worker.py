@@ -25,6 +25,7 @@ from hookpost.common.broker_files import CachedFileReport
 from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishError
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
+from hookpost.common.tracing import configure as configure_tracing
 from hookpost.dispatcher.breaker import Breaker
 from hookpost.dispatcher.cache import WebhookCache
 from hookpost.dispatcher.consumer import FailureCount, Stage, settle_after
@@ -33,6 +34,7 @@ from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
 from hookpost.dispatcher.followups import FollowUps
 from hookpost.dispatcher.gate import Gate
+from hookpost.dispatcher.lanes import Lanes
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics, StoreOpCounter
 from hookpost.dispatcher.notices import Notices
@@ -49,16 +51,17 @@ log = logging.getLogger("hookpost.worker")
 
 
 def consumers(store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
-              deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *, delays: tuple[float, ...],
-              max_attempts: int, max_change_bytes: int, batch: int) -> tuple[FanOut, DeliveryHandler]:
+              deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *,
+              delays: tuple[float, ...], max_attempts: int, max_change_bytes: int, batch: int,
+              lanes: Lanes | None = None) -> tuple[FanOut, DeliveryHandler]:
     """Wire the consumers of ``PREFIX.changes`` and ``PREFIX.deliver`` to their collaborators (one gate for
-    both)."""
+    both, one set of lanes for both)."""
     gate = Gate(breaker, limiter, deferrer, metrics)
     fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
-                    max_change_bytes=max_change_bytes)
+                    max_change_bytes=max_change_bytes, lanes=lanes)
     delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch),
-                               FollowUps(store, cache, outbox, notices, metrics, delays=delays),
-                               metrics, delays=delays, max_attempts=max_attempts)
+                               FollowUps(store, cache, outbox, notices, metrics, delays=delays, lanes=lanes),
+                               metrics, delays=delays, max_attempts=max_attempts, lanes=lanes)
     return fanout, delivery
 
 
@@ -82,7 +85,7 @@ class Worker:
                          allowed_networks=settings.allowed_target_networks, require_https=settings.require_https),
             timeout=settings.http_timeout, connect_timeout=settings.http_connect_timeout,
             excerpt_bytes=settings.response_excerpt_bytes, user_agent=settings.user_agent,
-            max_connections=settings.concurrency)
+            max_connections=settings.concurrency, propagate_trace=settings.trace_propagate)
         self.limiter = EndpointLimiter(settings.concurrency, settings.endpoint_concurrency, window=settings.prefetch,
                                        hang_after=settings.endpoint_hang_after,
                                        max_hold=max(0.1, settings.reconcile_grace / 2 - settings.http_timeout))
@@ -97,11 +100,13 @@ class Worker:
                                page=settings.prefetch,
                                hold_batch=settings.store_batch,
                                probe_lease=settings.http_timeout + settings.breaker_probe_max)
+        self.lanes = Lanes(guarded, self.outbox, self.cache.get, self.metrics, settle=settings.order_settle)
         self.fanout, self.delivery = consumers(
             guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
-            self.notices, delays=settings.retry_delays, max_attempts=settings.max_attempts,
+            self.notices, lanes=self.lanes, delays=settings.retry_delays, max_attempts=settings.max_attempts,
             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch)
-        self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace)
+        self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace,
+                                     lanes=self.lanes)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port,
                              broker_files=CachedFileReport(settings.rabbitmq_urls))
         self.connected = asyncio.Event()
@@ -140,6 +145,7 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            self.lanes.close()
             await self.ops.stop()
             await self.sender.close()
             await self.store.close()
@@ -283,8 +289,11 @@ class Worker:
 
 
 def run_forever(settings: Settings, install_signals: bool = True) -> None:
-    """Run a :class:`Worker` in a new event loop until SIGTERM/SIGINT (the ``hookpost dispatcher`` command)."""
+    """Run a :class:`Worker` in a new event loop until SIGTERM/SIGINT (the ``hookpost dispatcher`` command), with
+    tracing as the ``OTEL_*`` variables ask (:func:`~hookpost.common.tracing.configure`)."""
     import signal
+
+    configure_tracing("hookpost-dispatcher")
 
     async def main() -> None:
         worker = Worker(settings)

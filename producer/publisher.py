@@ -1,13 +1,14 @@
 """The :class:`Publisher`: how upstream Python systems (and ``hookpost publish``) hand change events to Hookpost.
 
-Each message is persistent, published with ``mandatory`` routing and publisher confirms, with the change id as
-AMQP ``message_id`` and the event type as routing key. ``publish`` returns only after the broker confirmed the
-message; a lost connection or a nack is retried (reconnecting, also to another cluster node) until ``timeout``,
-then :class:`common.errors.PublishError` is raised. It never reports success for an unconfirmed message. While
-the broker blocks publishers (a memory or disk alarm, ``connection.blocked``) nothing more is written, and a
-publish that is not confirmed by its timeout raises :class:`common.errors.BrokerBlockedError` (a
-``PublishError``). A message already written when the block began may still be delivered once it lifts (the
-change id makes that harmless).
+Each message is persistent, published with ``mandatory`` routing and publisher confirms, with the change id as AMQP
+``message_id`` and the event type as routing key. The caller's current trace context (OpenTelemetry) rides along as
+the W3C ``traceparent`` / ``tracestate`` headers, through a ``publish`` span when an SDK records. ``publish``
+returns only after the broker confirmed the message; a lost connection or a nack is retried (reconnecting, also to
+another cluster node) until ``timeout``, then :class:`common.errors.PublishError` is raised. It never reports
+success for an unconfirmed message. While the broker blocks publishers (a memory or disk alarm,
+``connection.blocked``) nothing more is written, and a publish that is not confirmed by its timeout raises
+:class:`common.errors.BrokerBlockedError` (a ``PublishError``). A message already written when the block began may
+still be delivered once it lifts (the change id makes that harmless).
 
 Example::
 
@@ -30,6 +31,7 @@ from hookpost.common.errors import BrokerBlockedError, BrokerUnavailableError, P
 from hookpost.common.models import ChangeEvent
 from hookpost.common.settings import Settings
 from hookpost.common.topology import Topology, topology_from
+from hookpost.common.tracing import publish_span
 from hookpost.common.wire import encode_change
 
 log = logging.getLogger("hookpost.producer")
@@ -45,11 +47,16 @@ class Publisher:
 
     ``declare=True`` declares the whole topology on connect (needs ``topology``), handy for tests and demos;
     in production ``hookpost topology declare`` or the dispatcher does it.
+
+    ``sequence=True`` fills the ``sequence`` of each change that has none (what ordered webhooks order an entity's
+    changes by) from this publisher's clock: nanoseconds since the epoch, strictly increasing within the
+    publisher. Across processes it orders as their clocks do; a producer that knows its own order (a database
+    revision, an outbox id) should set ``sequence`` itself.
     """
 
     def __init__(self, urls: Sequence[str] | str, *, prefix: str = "hookpost", timeout: float = 30.0,
                  max_change_bytes: int = 65536, topology: Topology | None = None, declare: bool = False,
-                 name: str = "hookpost-producer") -> None:
+                 name: str = "hookpost-producer", sequence: bool = False) -> None:
         self.urls = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
         self.exchange = f"{prefix}.changes"
         self.timeout = timeout
@@ -57,6 +64,8 @@ class Publisher:
         self.topology = topology
         self.declare = declare
         self.name = name
+        self.sequence = sequence
+        self._last_sequence = 0
         self._conn: AmqpConnection | None = None
         self._channel: AmqpChannel | None = None
         self._lock = asyncio.Lock()
@@ -96,7 +105,11 @@ class Publisher:
         self._conn = self._channel = None
 
     def _prepare(self, change: ChangeEvent | Mapping[str, Any]) -> ChangeEvent:
-        return change if isinstance(change, ChangeEvent) else ChangeEvent.model_validate(change)
+        change = change if isinstance(change, ChangeEvent) else ChangeEvent.model_validate(change)
+        if self.sequence and change.sequence is None:
+            self._last_sequence = max(self._last_sequence + 1, time.time_ns())
+            change = change.model_copy(update={"sequence": self._last_sequence})
+        return change
 
     async def publish(self, change: ChangeEvent | Mapping[str, Any]) -> str:
         """Publish one change event and return its id once the broker confirmed it.
@@ -110,8 +123,9 @@ class Publisher:
         """Publish change events in windows of ``window`` confirms; return their ids in order."""
         prepared = [self._prepare(c) for c in changes]
         bodies = [encode_change(c, max_bytes=self.max_change_bytes) for c in prepared]
-        for start in range(0, len(prepared), window):
-            await self._send_window(prepared[start:start + window], bodies[start:start + window])
+        with publish_span(self.exchange, len(prepared)) as headers:  # the caller's trace rides on each change
+            for start in range(0, len(prepared), window):
+                await self._send_window(prepared[start:start + window], bodies[start:start + window], headers)
         return [c.id for c in prepared]
 
     @property
@@ -125,7 +139,7 @@ class Publisher:
                                   f"event(s) not confirmed within {self.timeout:g}s")
 
     async def _confirmed(self, pending: list[int], changes: list[ChangeEvent], bodies: list[bytes],
-                         deadline: float) -> list[BaseException | None]:
+                         deadline: float, headers: dict[str, str]) -> list[BaseException | None]:
         """Publish ``pending`` on the current channel and wait for their confirms until ``deadline``.
 
         While the broker blocks the connection nothing is written (it would only wait in the socket); a window
@@ -138,7 +152,8 @@ class Publisher:
         try:
             if not conn.unblocked.is_set():
                 await asyncio.wait_for(conn.unblocked.wait(), max(deadline - time.monotonic(), 0.05))
-            futures = [channel.publish_nowait(self.exchange, changes[i].type, bodies[i], message_id=changes[i].id)
+            futures = [channel.publish_nowait(self.exchange, changes[i].type, bodies[i], message_id=changes[i].id,
+                                              headers=headers or None)
                        for i in pending]
             return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
                                           max(deadline - time.monotonic(), 0.05))
@@ -148,14 +163,14 @@ class Publisher:
             raise PublishError(f"{len(pending)} change event(s) not confirmed by the broker within "
                                f"{self.timeout:g}s") from None
 
-    async def _send_window(self, changes: list[ChangeEvent], bodies: list[bytes]) -> None:
+    async def _send_window(self, changes: list[ChangeEvent], bodies: list[bytes], headers: dict[str, str]) -> None:
         deadline = time.monotonic() + self.timeout
         pending = list(range(len(changes)))
         delay = 0.2
         last_error: Exception | None = None
         while pending:
             try:
-                results = await self._confirmed(pending, changes, bodies, deadline)
+                results = await self._confirmed(pending, changes, bodies, deadline, headers)
             except TRANSIENT as exc:
                 results = [exc] * len(pending)
             failed = []

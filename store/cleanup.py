@@ -1,5 +1,8 @@
 """The janitor's cleanup: delete events (and their attempts) past the retention for their status.
 
+The records of ordered webhooks' events (their lane queue entries and the changes folded into them) are deleted
+with them, when there are any. A lane whose head is deleted moves on (``store/lane_moves.py``).
+
 Age counts from an event's last change (``updated_ms``, epoch milliseconds), so a Failed event restarted
 yesterday is not deleted today. Work goes in small batches: find up to ``batch`` expired events with an indexed
 query (``(status, updated_ms)``, no sort), delete their attempts by ``_id`` (attempt ids derive from the event id
@@ -124,6 +127,7 @@ async def cleanup(store: Store, rules: list[RetentionRule], *, batch: int = 500,
     report = CleanupReport(dry_run=dry_run)
     pacer = Pacer(max_batch=batch, duty=duty, target_request_s=target_request_s)
     pause = sleep or (lambda s: _pause(s, stopping))
+    lanes_used = not dry_run and await store.lanes.in_use()  # ordered webhooks' records go with their events
     for rule in rules:
         cutoff_ms = int((now - timedelta(seconds=rule.older_than)).timestamp() * 1000)
         query: dict[str, Any] = {"status": rule.status.value, "updated_ms": {"$lt": cutoff_ms}}
@@ -150,6 +154,8 @@ async def cleanup(store: Store, rules: list[RetentionRule], *, batch: int = 500,
                 [attempt_id(event_id, n) for event_id, count in found for n in range(1, count + 2)])
             t2 = time.monotonic()
             report.events[rule.status.value] += await store.events.delete_only(ids)
+            if lanes_used:
+                await store.lanes.forget(ids)
             t3 = time.monotonic()
             times += [t2 - t1, t3 - t2]
             busy = sum(times)

@@ -17,13 +17,14 @@ from pymongo.monitoring import CommandListener
 from hookpost.store.attempts import AttemptRepo
 from hookpost.store.endpoints import EndpointRepo, NoticeRepo
 from hookpost.store.events import EventRepo
+from hookpost.store.lanes import LaneRepo
 from hookpost.store.records import AuditRepo, JobRepo, TokenRepo
 from hookpost.store.webhooks import WebhookRepo
 
 
 class Store:
     """Hookpost's MongoDB database: ``webhooks``, ``events``, ``attempts``, ``endpoints``, ``notices``, and
-    ``tokens``, ``audit``, ``jobs``."""
+    ``tokens``, ``audit``, ``jobs``; and for ordered webhooks ``lanes``, ``lane_queue``, ``folds``."""
 
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
         self.client = client
@@ -36,6 +37,7 @@ class Store:
         self.jobs = JobRepo(self.db["jobs"])
         self.endpoints = EndpointRepo(self.db["endpoints"])
         self.notices = NoticeRepo(self.db["notices"])
+        self.lanes = LaneRepo(self.db["lanes"], self.db["lane_queue"], self.db["folds"], self.db["events"])
 
     @classmethod
     def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000,
@@ -57,6 +59,7 @@ class Store:
         await self.attempts.ensure_indexes()
         await self.tokens.ensure_indexes()
         await self.audit.ensure_indexes()
+        await self.lanes.ensure_indexes()
 
     async def ping(self) -> bool:
         """Tell whether the store answers right now."""

@@ -22,7 +22,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from hookpost.common.errors import NotFoundError
 from hookpost.common.ids import new_id
-from hookpost.common.models import Webhook, now_ms, utcnow
+from hookpost.common.models import Coalesce, Ordering, Webhook, now_ms, utcnow
 from hookpost.common.signing import generate_secret
 from hookpost.store.docs import from_doc, to_doc
 
@@ -58,11 +58,12 @@ class WebhookRepo:
 
     async def create(self, url: str, event_types: list[str], *, description: str = "", secret: str | None = None,
                      headers: dict[str, str] | None = None, active: bool = True,
-                     rate_limit: float | None = None) -> Webhook:
+                     rate_limit: float | None = None, ordering: Ordering = Ordering.NONE,
+                     coalesce: Coalesce = Coalesce.NONE) -> Webhook:
         """Store a new webhook and return it (with a generated secret unless ``secret`` is given)."""
         hook = Webhook(id=new_id("wh"), url=url, event_types=event_types, description=description,
                        secret=secret or generate_secret(), headers=headers or {}, active=active,
-                       rate_limit=rate_limit)
+                       rate_limit=rate_limit, ordering=ordering, coalesce=coalesce)
         await self.coll.insert_one({**to_doc(hook), "updated_ms": now_ms()})
         return hook
 

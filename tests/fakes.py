@@ -62,6 +62,7 @@ from hookpost.dispatcher.outbox import Outbox
 from hookpost.dispatcher.policy import AttemptResult
 from hookpost.dispatcher.reconciler import Reconciler
 from hookpost.dispatcher.storeguard import GuardedStore, StoreGuard
+from hookpost.dispatcher.tracing import outgoing_headers
 from hookpost.dispatcher.worker import consumers
 from hookpost.store.docs import from_doc, to_doc
 from hookpost.store.webhooks import BrokenWebhook, split_documents
@@ -450,6 +451,7 @@ class FakeStore:
         self.webhooks = FakeWebhookRepo(self)
         self.endpoints = FakeEndpointRepo(self)
         self.notices = FakeNoticeRepo(self)
+        self.lanes: Any = None  # ordered webhooks are tested against the real store (tests/e2e/test_ordering.py)
 
     def fail_next(self, name: str, times: int = 1, *, after_write: bool = False) -> None:
         """Make the next ``times`` calls of ``name`` (``"events.record_attempts"``) raise ``ConnectionFailure``."""
@@ -692,6 +694,7 @@ class SentRequest:
     url: str
     event_id: str
     payload: dict[str, Any]
+    trace_headers: dict[str, str] = field(default_factory=dict)  # the traceparent / tracestate it would carry
 
 
 class FakeSender:
@@ -712,7 +715,7 @@ class FakeSender:
 
     async def send(self, hook: Webhook, event_id: str, payload: dict[str, Any]) -> AttemptResult:
         """Answer one request."""
-        self.requests.append(SentRequest(hook.id, hook.url, event_id, payload))
+        self.requests.append(SentRequest(hook.id, hook.url, event_id, payload, dict(outgoing_headers() or {})))
         if self.script:
             item = self.script.pop(0)
         elif self.default is not None:

@@ -24,6 +24,8 @@ from hookpost.common.records import (
     EventDetail,
     EventPage,
     Job,
+    ReplayCount,
+    ReplayRequest,
     RestartCount,
     RestartOne,
     RestartReport,
@@ -227,6 +229,15 @@ async def test_webhook(request: web.Request) -> web.Response:
     return reply(EventCreated(event_id=event.id), 202)
 
 
+async def replay_webhook(request: web.Request) -> web.Response:
+    """Replay the changes a webhook missed (a background job), or count them (dry_run)."""
+    spec: ReplayRequest = await body_of(request, ReplayRequest)
+    admin = admin_of(request)
+    if spec.dry_run:
+        return reply(await admin.replays.run(request.match_info["id"], spec, actor=actor_of(request)))
+    return reply(await admin.jobs.start_replay(request.match_info["id"], spec, actor=actor_of(request)), 202)
+
+
 # --- events --------------------------------------------------------------------------------------------------
 
 async def list_events(request: web.Request) -> web.Response:
@@ -342,6 +353,9 @@ ROUTES: tuple[Route, ...] = (
           body=RotateSecret, body_required=False),
     Route("POST", "/webhooks/{id}/test", test_webhook, OPERATOR,
           "Send a hookpost.test event to this webhook only", 202, EventCreated),
+    Route("POST", "/webhooks/{id}/replay", replay_webhook, ADMIN,
+          "Replay the logged changes of a window that this webhook has no event of, as a background job (202), or "
+          "count them (dry_run, 200)", 202, ReplayCount, ReplayRequest, also=(200,)),
     Route("GET", "/events", list_events, VIEWER, "List events, newest first; filters combine", response=EventPage,
           query=(*FILTER_PARAMS, LIMIT, BEFORE)),
     Route("GET", "/events/{id}", get_event, VIEWER, "Show an event with its attempts", response=EventDetail),

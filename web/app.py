@@ -24,6 +24,7 @@ from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
 from hookpost.web.openapi import build_openapi
 from hookpost.web.problems import Handler, problem_middleware
+from hookpost.web.tracing import tracing_middleware
 
 LIMITER_KEY = web.AppKey("hookpost_limiter", FailureLimiter)
 TRUSTED_KEY = web.AppKey("hookpost_trusted", list)
@@ -147,7 +148,7 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
                plugins: Sequence[Callable[[web.Application], None]] = (), console: bool = True) -> web.Application:
     """Build the server's application. ``admin`` defaults to one opened on ``settings`` and closed with the app;
     each of ``plugins`` may add routes, middlewares or startup hooks; ``console`` adds the web console at ``/``."""
-    app = web.Application(middlewares=[metrics_middleware, problem_middleware, auth_middleware],
+    app = web.Application(middlewares=[tracing_middleware, metrics_middleware, problem_middleware, auth_middleware],
                           client_max_size=max(settings.max_request_bytes, settings.max_change_bytes))
     owned = admin is None
     app[ADMIN_KEY] = admin or Admin.open_unmanaged(settings)

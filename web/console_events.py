@@ -13,7 +13,7 @@ from multidict import MultiDictProxy
 from hookpost.admin.events import InvalidFieldError, has_conditions, parse_filter
 from hookpost.common.errors import NotFoundError
 from hookpost.common.models import EventStatus
-from hookpost.common.records import Role, WebhookView
+from hookpost.common.records import EventDetail, Role, WebhookView
 from hookpost.store.events import EventFilter
 from hookpost.web.console import admin_of, insights_of, need, render, safe_next, url_with, utc_offset_label
 
@@ -193,7 +193,15 @@ async def event_page(request: web.Request) -> web.Response:
         "same_entity": url_with("/events", {"entity": event.entity.id}),
         "same_webhook": url_with("/events", {"webhook": event.webhook_id}),
         "attempts": list(reversed(event.attempts)), "siblings": siblings, "hook_urls": hook_urls,
+        "trace_link": trace_link(admin.settings.trace_url, event), "trace_sent": admin.settings.trace_propagate,
     })
+
+
+def trace_link(template: str | None, event: EventDetail) -> str | None:
+    """The link to ``event``'s trace in the tracing UI (``HOOKPOST_TRACE_URL`` with ``{trace_id}``), if set."""
+    if template is None or event.trace is None:
+        return None
+    return template.replace("{trace_id}", event.trace.trace_id)
 
 
 async def restart_one(request: web.Request) -> web.StreamResponse:

@@ -12,7 +12,7 @@ from hookpost.admin.webhooks import check_headers
 from hookpost.common.durations import parse_duration
 from hookpost.common.errors import ConfigError, InvalidInputError
 from hookpost.common.matching import validate_pattern
-from hookpost.common.records import Role, WebhookCreate, WebhookUpdate, WebhookView
+from hookpost.common.records import ReplayRequest, Role, WebhookCreate, WebhookUpdate, WebhookView
 from hookpost.web.console import admin_of, insights_of, need, render, url_with
 
 GRACE_CHOICES = (("0s", "at once"), ("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days"))
@@ -43,7 +43,9 @@ async def webhooks_page(request: web.Request) -> web.Response:
 
 def form_values(form: Any) -> dict[str, str]:
     """The create/edit form's fields as typed."""
-    return {k: str(form.get(k, "")) for k in ("url", "event_types", "description", "headers")}
+    values = {k: str(form.get(k, "")) for k in ("url", "event_types", "description", "headers")}
+    values.update({k: str(form.get(k) or "none") for k in ("ordering", "coalesce")})
+    return values
 
 
 def split_types(text: str) -> list[str]:
@@ -73,7 +75,10 @@ def check_form(request: web.Request, values: dict[str, str], *, creating: bool) 
     except InvalidInputError as exc:
         errors["headers"] = str(exc)
     data = {"url": values["url"].strip(), "event_types": split_types(values["event_types"]),
-            "description": values["description"], "headers": headers}
+            "description": values["description"], "headers": headers,
+            "ordering": values.get("ordering", "none"), "coalesce": values.get("coalesce", "none")}
+    if data["coalesce"] == "latest" and data["ordering"] != "entity":
+        errors["coalesce"] = "Folding changes needs ordering per entity: choose both, or neither"
     spec: Any = None
     try:
         spec = WebhookCreate(**data) if creating else WebhookUpdate(**data)
@@ -103,7 +108,8 @@ async def new_webhook_page(request: web.Request) -> web.Response:
     """The create form."""
     need(request, Role.ADMIN)
     return await render(request, "webhook_form.html", {"hook": None, "values": {
-        "url": "", "event_types": "", "description": "", "headers": ""}, "errors": {}})
+        "url": "", "event_types": "", "description": "", "headers": "", "ordering": "none", "coalesce": "none"},
+        "errors": {}})
 
 
 async def create_webhook(request: web.Request) -> web.StreamResponse:
@@ -120,7 +126,8 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
 
 def _values_of(hook: WebhookView) -> dict[str, str]:
     return {"url": hook.url, "event_types": "\n".join(hook.event_types), "description": hook.description,
-            "headers": "\n".join(f"{k}: {v}" for k, v in hook.headers.items())}
+            "headers": "\n".join(f"{k}: {v}" for k, v in hook.headers.items()),
+            "ordering": hook.ordering.value, "coalesce": hook.coalesce.value}
 
 
 async def webhook_page(request: web.Request) -> web.Response:
@@ -131,7 +138,7 @@ async def webhook_page(request: web.Request) -> web.Response:
     return await render(request, "webhook.html", {
         "hook": hook, "health": health, "percent": percent, "values": _values_of(hook), "errors": {},
         "notice": NOTICES.get(request.query.get("notice", "")), "grace_choices": GRACE_CHOICES,
-        "events_link": url_with("/events", {"webhook": hook.id}),
+        "events_link": url_with("/events", {"webhook": hook.id}), "replay_windows": REPLAY_WINDOWS,
     })
 
 
@@ -147,6 +154,7 @@ async def update_webhook(request: web.Request) -> web.StreamResponse:
         return await render(request, "webhook.html", {
             "hook": hook, "health": health, "percent": percent, "values": values, "errors": errors,
             "notice": None, "grace_choices": GRACE_CHOICES, "events_link": url_with("/events", {"webhook": hook.id}),
+            "replay_windows": REPLAY_WINDOWS,
         }, status=400)
     await admin.webhooks.update(hook.id, spec, actor=session.actor)
     raise web.HTTPSeeOther(url_with(f"/webhooks/{hook.id}", {"notice": "updated"}))
@@ -206,6 +214,28 @@ async def send_test(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/events/{event.id}")
 
 
+REPLAY_WINDOWS = (("1h", "the last hour"), ("6h", "the last 6 hours"), ("24h", "the last 24 hours"),
+                  ("7d", "the last 7 days"))
+
+
+async def replay(request: web.Request) -> web.Response:
+    """Replay what a webhook missed: first a dry run that counts, then (confirmed) a background job."""
+    session = need(request, Role.ADMIN)
+    form = await request.post()
+    hook_id = request.match_info["id"]
+    since = str(form.get("since", "24h"))
+    if since not in dict(REPLAY_WINDOWS):
+        raise InvalidInputError(f"unknown window {since!r}")
+    admin = admin_of(request)
+    if form.get("confirm") != "yes":
+        count = await admin.replays.run(hook_id, ReplayRequest(since=since, dry_run=True), actor=session.actor)
+        return await render(request, "replay_confirm.html", {
+            "count": count, "since": since, "window": dict(REPLAY_WINDOWS)[since], "hook_id": hook_id,
+            "back": f"/webhooks/{hook_id}"})
+    started = await admin.jobs.start_replay(hook_id, ReplayRequest(since=since), actor=session.actor)
+    raise web.HTTPSeeOther(url_with(f"/jobs/{started.job}", {"back": f"/webhooks/{hook_id}"}))
+
+
 def add_routes(app: web.Application) -> None:
     """Register the webhook pages."""
     app.router.add_get("/webhooks", webhooks_page)
@@ -219,3 +249,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/webhooks/{id}/secret", reveal_secret)
     app.router.add_post("/webhooks/{id}/rotate-secret", rotate_secret)
     app.router.add_post("/webhooks/{id}/test", send_test)
+    app.router.add_post("/webhooks/{id}/replay", replay)

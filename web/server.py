@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from hookpost.common.settings import Settings
+from hookpost.common.tracing import configure as configure_tracing
 from hookpost.web.app import create_app
 
 log = logging.getLogger("hookpost.web")
@@ -100,7 +101,9 @@ class ApiServer:
 
 
 def run_server(settings: Settings) -> None:
-    """Run ``hookpost server`` until SIGTERM or SIGINT."""
+    """Run ``hookpost server`` until SIGTERM or SIGINT, with tracing as the ``OTEL_*`` variables ask."""
+    configure_tracing("hookpost-server")
+
     async def main() -> None:
         server = ApiServer(settings)
         port = await server.start()

@@ -18,7 +18,7 @@ ALLOWED = {
     "operator": {"test_webhook", "restart_event", "restart_events", "get_job"},
     "admin": {"create_webhook", "update_webhook", "delete_webhook", "enable_webhook", "disable_webhook",
               "get_webhook_secret", "rotate_webhook_secret", "list_tokens", "create_token", "revoke_token",
-              "publish_change"},
+              "publish_change", "replay_webhook"},
 }
 RANK = {"viewer": ["viewer", "operator", "admin"], "operator": ["operator", "admin"], "admin": ["admin"]}
 
@@ -41,7 +41,7 @@ def test_matrix_covers_every_route():
 
 BODIES = {"create_webhook": {"url": "http://127.0.0.1:9/x", "event_types": ["a.*"]},
           "update_webhook": {"description": "x"}, "restart_events": {"status": ["failed"], "dry_run": True},
-          "create_token": {"name": "n", "role": "viewer"},
+          "create_token": {"name": "n", "role": "viewer"}, "replay_webhook": {"since": "1h", "dry_run": True},
           "publish_change": {"id": "c1", "type": "a.b", "entity": {"kind": "a", "id": "1"}}}
 
 

@@ -448,3 +448,46 @@ async def test_restart_all_of_a_search_within_one_webhook_counts_that_webhooks_e
     await page.get_by_role("button", name="Restart all matching…").click()
     await expect(page.locator("[data-dry-run]")).to_have_text("2")
     await expect(page.get_by_role("button", name="Yes, restart 2 events")).to_be_visible()
+
+
+async def test_an_ordered_webhook_replays_what_it_missed_from_the_console(console, dispatcher, new_receiver,
+                                                                         new_page, tmp_path):
+    """Create an ordered, coalescing webhook through the form (the refusal of coalescing alone shown beside its
+    field), disable it, publish changes it misses, enable it, then count and replay them from its page."""
+    receiver = await new_receiver([200])
+    page, watch = await new_page()
+    await console.sign_in(page, "admin", "/webhooks/new")
+    await page.get_by_label("Receiver URL").fill(receiver.url)
+    await page.get_by_label("Event types").fill("article.*")
+    await page.get_by_label("Fold waiting changes").select_option("latest")
+    await page.get_by_role("button", name="Create webhook").click()
+    await expect(page.locator("#coalesce-error")).to_contain_text("needs ordering per entity")
+    await page.get_by_label("Order", exact=True).select_option("entity")
+    await page.get_by_role("button", name="Create webhook").click()
+    await expect(page.get_by_text("Webhook created")).to_be_visible()
+    await expect(page.get_by_text("per entity, latest wins")).to_be_visible()
+    await page.screenshot(path=str(tmp_path / "ordered-webhook.png"), full_page=True)
+    hook = (await console.admin.webhooks.list())[0]
+    assert (hook.ordering.value, hook.coalesce.value) == ("entity", "latest")
+
+    await console.admin.webhooks.set_active(hook.id, False, actor="test")
+    dispatcher.cache.invalidate()
+    for i in range(3):
+        await console.admin.changes.publish(ChangeEvent(id=f"chg-missed-{i}", type="article.updated",
+                                                        entity=Entity(kind="article", id=f"A-{i}"), sequence=i))
+    await wait_until(lambda: dispatcher.metrics.changes_consumed.labels("ok")._value.get() >= 3,
+                     message="fan-out saw the missed changes")
+    await console.admin.webhooks.set_active(hook.id, True, actor="test")
+    dispatcher.cache.invalidate()
+
+    await page.reload()
+    await page.get_by_label("Changes of").select_option("1h")
+    await page.get_by_role("button", name="Count missed changes…").click()
+    await expect(page.locator("[data-replay-count]")).to_have_attribute("data-replay-count", "3")
+    await page.screenshot(path=str(tmp_path / "replay-confirm.png"), full_page=True)
+    await page.get_by_role("button", name="Yes, replay 3 changes").click()
+    await expect(page.locator("[data-job-status]")).to_have_attribute("data-job-status", "done", timeout=20000)
+    await wait_until(lambda: len(receiver.requests) == 3, message="the missed changes delivered")
+    assert sorted(r.json["data"]["change_id"] for r in receiver.requests) == [f"chg-missed-{i}" for i in range(3)]
+    assert all(r.json["data"]["coalesced"] == 1 for r in receiver.requests)
+    assert not watch.errors and not watch.dialogs
