@@ -12,6 +12,7 @@ import click
 from hookpost.cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
 from hookpost.cli.ops import open_ops
 from hookpost.cli.target import current
+from hookpost.common.broker_files import broker_file_descriptors
 from hookpost.common.errors import HookpostError, InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.logs import setup_logging
@@ -95,7 +96,8 @@ def topology_declare() -> None:
 @topology.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def topology_show(as_json: bool) -> None:
-    """Show the names and arguments Hookpost declares, and each queue's ready messages if reachable.
+    """Show the names and arguments Hookpost declares, each queue's ready messages if reachable, and the broker
+    nodes' file descriptors in use against their limit (from the management API, where it answers).
 
     \b
     Example:
@@ -112,15 +114,25 @@ def topology_show(as_json: bool) -> None:
         counts = run(depths())
     except Exception:
         counts = {}
+    files = run(broker_file_descriptors(s.rabbitmq_urls)).as_dict()
     rows = [{"queue": q.name, "messages": counts.get(q.name), "arguments": q.arguments} for q in topo.queues]
     if as_json:
-        echo_json({"exchanges": [{"name": n, "type": t} for n, t in topo.exchanges], "queues": rows})
+        echo_json({"exchanges": [{"name": n, "type": t} for n, t in topo.exchanges], "queues": rows,
+                   "broker_files": files})
         return
     click.echo(table(["EXCHANGE", "TYPE"], topo.exchanges))
     click.echo()
     click.echo(table(["QUEUE", "MESSAGES", "ARGUMENTS"],
                      [[r["queue"], "-" if r["messages"] is None else r["messages"],
                        " ".join(f"{k}={v}" for k, v in r["arguments"].items())] for r in rows]))
+    click.echo()
+    if not files["available"]:
+        click.echo(f"Broker file descriptors: unknown: {files['reason']}")
+        return
+    click.echo(table(["NODE", "FILE DESCRIPTORS", "LIMIT", "USED"],
+                     [[n["node"], n["used"], n["limit"], f"{n['ratio']:.0%}" + (" (near the limit)"
+                                                                                if n["near_limit"] else "")]
+                      for n in files["nodes"]]))
 
 
 @topology.command("delete")
