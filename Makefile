@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install broker bench clean
+.PHONY: run test lint install broker bench clean image
 
 run: install broker  ## set up and run Hookpost locally (store, dispatcher, demo receiver, one demo event)
 	$(BIN)/hookpost demo
@@ -22,6 +22,9 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
+
+image:  ## build the container image hookpost:<version> with docker or podman (docs/deployment.md)
+	@bash deploy/local/build-image.sh
 
 broker:
 	@bash deploy/local/ensure-rabbitmq.sh

@@ -2,8 +2,9 @@
 
 import click
 
-from hookpost.cli.base import actor, echo_json, open_admin, parse_when, run, table
-from hookpost.common.records import ApiToken, AuditEntry, TokenCreated
+from hookpost.cli.base import echo_json, parse_when, run, table
+from hookpost.cli.ops import open_ops
+from hookpost.common.records import AuditEntry, TokenCreated, TokenView
 
 
 @click.group("tokens")
@@ -34,8 +35,8 @@ def create(name: str, role: str, as_json: bool) -> None:
       hookpost tokens create --name grafana --role viewer
     """
     async def go() -> TokenCreated:
-        async with open_admin() as admin:
-            return await admin.tokens.create(name, role, actor=actor())
+        async with open_ops() as ops:
+            return await ops.create_token(name, role)
 
     made = run(go())
     if as_json:
@@ -55,13 +56,13 @@ def list_(as_json: bool) -> None:
     Example:
       hookpost tokens list
     """
-    async def go() -> list[ApiToken]:
-        async with open_admin() as admin:
-            return await admin.tokens.list()
+    async def go() -> list[TokenView]:
+        async with open_ops() as ops:
+            return await ops.list_tokens()
 
     found = run(go())
     if as_json:
-        echo_json([t.public_dict() for t in found])
+        echo_json([t.model_dump(mode="json") for t in found])
         return
     if not found:
         click.echo("no tokens yet: create one with 'hookpost tokens create --name NAME --role viewer'", err=True)
@@ -80,9 +81,9 @@ def revoke(token_id: str) -> None:
     Example:
       hookpost tokens revoke tok_01J9Z…
     """
-    async def go() -> ApiToken:
-        async with open_admin() as admin:
-            return await admin.tokens.revoke(token_id, actor=actor())
+    async def go() -> TokenView:
+        async with open_ops() as ops:
+            return await ops.revoke_token(token_id)
 
     run(go())
     click.echo(f"revoked {token_id}")
@@ -114,8 +115,8 @@ def audit_list(who: str | None, action: str | None, since: str | None, limit: in
     when = parse_when(since) if since else None
 
     async def go() -> list[AuditEntry]:
-        async with open_admin() as admin:
-            return await admin.audit.list(actor=who, action=action, since=when, limit=limit)
+        async with open_ops() as ops:
+            return await ops.list_audit(who, action, when, limit)
 
     found = run(go())
     if as_json:

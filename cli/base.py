@@ -100,8 +100,11 @@ def settings() -> Settings:
 
 
 def reset_settings() -> None:
-    """Forget loaded settings (tests change the environment between invocations)."""
+    """Forget loaded settings and the chosen target (tests change the environment between invocations)."""
+    from hookpost.cli.target import reset
+
     _settings.clear()
+    reset()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

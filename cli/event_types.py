@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import actor, echo_json, open_admin, run, shorten, table
+from hookpost.cli.base import echo_json, run, shorten, table
+from hookpost.cli.ops import open_ops
 from hookpost.common.catalog import CATALOG_DAYS, EventTypeDeclare, EventTypeUpdate, EventTypeView
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.matching import validate_type
@@ -60,8 +61,8 @@ def list_(as_json: bool) -> None:
       hookpost event-types list --json | jq '.[] | select(.count == 0)'
     """
     async def go() -> list[EventTypeView]:
-        async with open_admin() as admin:
-            return await admin.event_types.list()
+        async with open_ops() as ops:
+            return await ops.list_event_types()
 
     views = run(go())
     if as_json:
@@ -90,8 +91,8 @@ def show(name: str, as_json: bool) -> None:
       hookpost event-types show order.created
     """
     async def go() -> EventTypeView:
-        async with open_admin() as admin:
-            return await admin.event_types.get(name)
+        async with open_ops() as ops:
+            return await ops.get_event_type(name)
 
     view = run(go())
     if as_json:
@@ -129,8 +130,8 @@ def declare(name: str, title: str, description: str, schema_file: str | None, en
                             deprecated=deprecated)
 
     async def go() -> EventTypeView:
-        async with open_admin() as admin:
-            return await admin.event_types.declare(spec, actor=actor())
+        async with open_ops() as ops:
+            return await ops.declare_event_type(spec)
 
     view = run(go())
     click.echo(f"declared {view.name}" + (" (schema enforced)" if view.enforce else ""))
@@ -166,8 +167,8 @@ def update(name: str, title: str | None, description: str | None, schema_file: s
     spec = EventTypeUpdate.model_validate(fields)
 
     async def go() -> EventTypeView:
-        async with open_admin() as admin:
-            return await admin.event_types.update(name, spec, actor=actor())
+        async with open_ops() as ops:
+            return await ops.update_event_type(name, spec)
 
     view = run(go())
     click.echo(f"updated {view.name}")
@@ -187,8 +188,8 @@ def deprecate(name: str, undo: bool) -> None:
     spec = EventTypeUpdate(deprecated=not undo)
 
     async def go() -> EventTypeView:
-        async with open_admin() as admin:
-            return await admin.event_types.update(name, spec, actor=actor())
+        async with open_ops() as ops:
+            return await ops.update_event_type(name, spec)
 
     view = run(go())
     click.echo(f"{'deprecated' if view.deprecated else 'no longer deprecated'}: {view.name}")
@@ -208,8 +209,8 @@ def export(directory: str) -> None:
     from hookpost.admin.event_types import export_document
 
     async def go() -> list[EventTypeView]:
-        async with open_admin() as admin:
-            return [v for v in await admin.event_types.list() if v.declared]
+        async with open_ops() as ops:
+            return [v for v in await ops.list_event_types() if v.declared]
 
     views = run(go())
     out = Path(directory)

@@ -1,19 +1,22 @@
 """``hookpost events …``: the webhook events overview — list, search, filter, show, restart, stats."""
 
 import json
+import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
 import click
 
-from hookpost.admin.events import describe_filter, parse_filter
+from hookpost.admin.events import parse_filter
 from hookpost.admin.restart_rules import restart_refusal
-from hookpost.cli.base import actor, echo_json, open_admin, parse_when, run, shorten, table
+from hookpost.cli.base import echo_json, open_admin, parse_when, run, shorten, table
+from hookpost.cli.ops import open_ops
+from hookpost.cli.target import require_direct
 from hookpost.common.durations import format_age
-from hookpost.common.errors import NotFoundError
 from hookpost.common.models import WebhookEvent, utcnow
-from hookpost.common.records import EventDetail, EventPage, RestartReport, Stats
+from hookpost.common.records import EventDetail, EventPage, Job, RestartCount, RestartReport, Stats
 from hookpost.store.events import EventFilter
 
 
@@ -99,8 +102,8 @@ def list_(statuses: tuple[str, ...], event_type: str | None, webhook_id: str | N
     flt = build_filter(statuses, event_type, webhook_id, entity_id, since, until, search, before)
 
     async def go() -> EventPage:
-        async with open_admin() as admin:
-            return await admin.events.list(flt, limit=limit)
+        async with open_ops() as ops:
+            return await ops.list_events(flt, limit)
 
     page = run(go())
     found = page.items
@@ -128,8 +131,8 @@ def show(event_id: str, as_json: bool) -> None:
       hookpost events show evt_01J9Z…
     """
     async def go() -> EventDetail:
-        async with open_admin() as admin:
-            return await admin.events.get(event_id)
+        async with open_ops() as ops:
+            return await ops.get_event(event_id)
 
     ev = run(go())
     attempts = ev.attempts
@@ -184,50 +187,122 @@ def restart(event_ids: tuple[str, ...], statuses: tuple[str, ...], event_type: s
         raise click.UsageError("give event ids, or filters such as --status failed for a bulk restart")
     if not bulk and has_filter:
         raise click.UsageError("give either event ids or filters, not both")
-    flt = EventFilter(ids=list(event_ids)) if not bulk else build_filter(
-        statuses, event_type, webhook_id, entity_id, since, until, search)
+    if not bulk:
+        _restart_ids(list(event_ids), force, dry_run)
+    else:
+        _restart_bulk(build_filter(statuses, event_type, webhook_id, entity_id, since, until, search), force,
+                      dry_run, yes)
 
+
+def _can_restart(eligible: int, matched: int) -> None:
+    click.echo(f"{eligible} of {matched} matching events can be restarted"
+               + ("" if eligible == matched else f"; {matched - eligible} will be skipped"), err=True)
+
+
+def _restart_ids(event_ids: list[str], force: bool, dry_run: bool) -> None:
     async def candidates() -> list[WebhookEvent]:
-        async with open_admin() as admin:
-            found = await admin.events.matching(flt)
-            missing = set(event_ids) - {e.id for e in found}
-            if missing:
-                raise NotFoundError(f"no event {', '.join(sorted(missing))}")
-            return found
+        async with open_ops() as ops:
+            return await ops.events_by_id(event_ids)
 
     found = run(candidates())
-    eligible = [e for e in found if restart_refusal(e, force) is None]
-    click.echo(f"{len(eligible)} of {len(found)} matching events can be restarted"
-               + ("" if len(eligible) == len(found) else f"; {len(found) - len(eligible)} will be skipped"), err=True)
+    refusals = {e.id: why for e in found if (why := restart_refusal(e, force))}
+    _can_restart(len(found) - len(refusals), len(found))
     if dry_run:
-        report = RestartReport(skipped={e.id: restart_refusal(e, force) or "" for e in found
-                                        if restart_refusal(e, force)})
-        _print_report(report, dry_run=True, would=len(eligible))
+        _print_counts(RestartCount(matched=len(found), restarted=len(found) - len(refusals),
+                                   skipped=RestartReport(skipped=refusals).skipped_by_reason(), dry_run=True))
         return
-    if bulk and eligible and not yes:
-        click.confirm(f"restart {len(eligible)} events?", abort=True, err=True)
-    report = run(_restart(found, force, {"ids": list(event_ids)} if not bulk else {"filter": describe_filter(flt)}))
-    _print_report(report)
-    if event_ids and report.skipped and not report.restarted:
+
+    async def go() -> RestartReport:
+        async with open_ops() as ops:
+            return await ops.restart_ids(event_ids, force)
+
+    report = run(go())
+    _print_counts(RestartCount(matched=len(found), restarted=len(report.restarted),
+                               skipped=report.skipped_by_reason()))
+    if report.skipped and not report.restarted:
         raise click.exceptions.Exit(1)
 
 
-async def _restart(found: list[WebhookEvent], force: bool, what: dict[str, object]) -> RestartReport:
-    async with open_admin() as admin:
-        if len(found) > 200:
-            with click.progressbar(length=len(found), label="restarting", file=click.get_text_stream("stderr")
-                                   ) as bar:
-                return await admin.events.restart(found, actor=actor(), force=force, what=what, progress=bar.update)
-        return await admin.events.restart(found, actor=actor(), force=force, what=what)
+def _restart_bulk(flt: EventFilter, force: bool, dry_run: bool, yes: bool) -> None:
+    async def count() -> RestartCount:
+        async with open_ops() as ops:
+            return await ops.restart_count(flt, force)
 
-
-def _print_report(report: RestartReport, *, dry_run: bool = False, would: int = 0) -> None:
+    counted = run(count())
+    _can_restart(counted.restarted, counted.matched)
     if dry_run:
-        click.echo(f"dry run: would restart {would}, skip {len(report.skipped)}")
+        _print_counts(counted.model_copy(update={"dry_run": True}))
+        return
+    if not counted.restarted:  # nothing to do: no job, no audit entry
+        _print_counts(counted.model_copy(update={"dry_run": False}))
+        return
+    if not yes:
+        click.confirm(f"restart {counted.restarted} events?", abort=True, err=True)
+    job: list[str] = []
+    try:
+        done = run(_watch_restart(flt, force, counted.matched, job))
+    except KeyboardInterrupt:
+        if not job:
+            raise
+        click.echo(f"hookpost: stopped watching; restart job {job[0]} keeps running on the server "
+                   f"(see it with 'hookpost events job {job[0]}')", err=True)
+        raise click.exceptions.Exit(130) from None
+    _print_counts(done)
+
+
+async def _watch_restart(flt: EventFilter, force: bool, total: int, job: list[str]) -> RestartCount:
+    """Restart in bulk, with a progress bar on stderr for more than 200 events (and for every server job)."""
+    def started(job_id: str) -> None:
+        job.append(job_id)
+        click.echo(f"restart job {job_id} started on the server", err=True)
+
+    async with open_ops() as ops:
+        if total <= 200 and ops.where == "direct":
+            return await ops.restart_bulk(flt, force, total)
+        with ExitStack() as stack:
+            bars: list[Any] = []  # the bar starts with the first progress, after the job's line
+
+            def progress(processed: int) -> None:
+                if not bars:
+                    bars.append(stack.enter_context(click.progressbar(length=max(total, 1), label="restarting",
+                                                                      file=sys.stderr)))
+                bars[0].update(processed - bars[0].pos)
+
+            return await ops.restart_bulk(flt, force, total, progress=progress, started=started)
+
+
+def _print_counts(counts: RestartCount) -> None:
+    skipped = sum(counts.skipped.values())
+    if counts.dry_run:
+        click.echo(f"dry run: would restart {counts.restarted}, skip {skipped}")
     else:
-        click.echo(f"restarted {len(report.restarted)}, skipped {len(report.skipped)}")
-    for reason, count in sorted(report.skipped_by_reason().items()):
-        click.echo(f"  skipped {count}: {reason}")
+        click.echo(f"restarted {counts.restarted}, skipped {skipped}")
+    for reason, n in sorted(counts.skipped.items()):
+        click.echo(f"  skipped {n}: {reason}")
+
+
+@events.command("job")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+def job(job_id: str, as_json: bool) -> None:
+    """Show a background restart job (a bulk restart through the API): its progress, then its counts.
+
+    \b
+    Example:
+      hookpost --profile prod events job job_01J9Z…
+    """
+    async def go() -> Job:
+        async with open_ops() as ops:
+            return await ops.get_job(job_id)
+
+    found = run(go())
+    if as_json:
+        echo_json(found.model_dump(mode="json"))
+        return
+    click.echo(f"{found.id}: {found.status.value}, processed {found.processed} of {found.total}")
+    if found.status.value != "running":
+        _print_counts(RestartCount(matched=found.total, restarted=found.restarted, skipped=found.skipped))
+
 
 
 @events.command("stats")
@@ -243,8 +318,8 @@ def stats(since: str | None, as_json: bool) -> None:
     when = parse_when(since) if since else None
 
     async def go() -> Stats:
-        async with open_admin() as admin:
-            return await admin.events.stats(when)
+        async with open_ops() as ops:
+            return await ops.stats(when)
 
     data = run(go()).model_dump(mode="json")
     if as_json:
@@ -272,6 +347,8 @@ def reindex() -> None:
     Example:
       hookpost events reindex
     """
+    require_direct("events reindex")
+
     async def go() -> tuple[int, int]:
         async with open_admin() as admin:
             return await admin.events.reindex()

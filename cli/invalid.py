@@ -5,31 +5,33 @@ from datetime import datetime
 
 import click
 
+from hookpost.admin.setaside import SetAsideList, check_limit
 from hookpost.cli.base import echo_json, run, settings, shorten, table
+from hookpost.cli.ops import open_ops
+from hookpost.cli.target import current
 from hookpost.common.durations import format_age
-from hookpost.common.errors import InvalidInputError, NotFoundError
+from hookpost.common.errors import NotFoundError
 from hookpost.common.models import utcnow
-from hookpost.producer.setaside import ReplayReport, SetAside, SetAsideQueues
+from hookpost.producer.setaside import ReplayReport
 
 TRUNCATED = ("note: only the head of the queue was looked at (10,000 messages or 64 MiB at a time); "
              "the order of a quorum queue's messages changed")
 
 
-def _limit(value: int) -> int:
-    if value < 1:
-        raise InvalidInputError(f"--limit must be at least 1, not {value}")
-    return value
+def _queue(name: str) -> str:
+    """How messages name a set-aside queue: ``PREFIX.invalid`` directly (the prefix is the server's in API mode)."""
+    return f"{settings().prefix}.{name}" if not current().is_api else f"PREFIX.{name} on {current().api}"
 
 
-def _age(when: datetime | None, now: datetime) -> str:
-    return format_age((now - when).total_seconds()) if when else "-"
+def _age(when: str | None, now: datetime) -> str:
+    return format_age((now - datetime.fromisoformat(when)).total_seconds()) if when else "-"
 
 
-def _print_items(items: list[SetAside], total: int, queue: str) -> None:
+def _print_items(items: list[dict], total: int, queue: str) -> None:
     now = utcnow()
     click.echo(table(["ID", "SET ASIDE", "REASON", "BODY"],
-                     [[i.key, _age(i.set_aside_at, now), shorten(i.reason, 60), shorten(i.excerpt(), 60)]
-                      for i in items]))
+                     [[i["id"], _age(i.get("set_aside_at"), now), shorten(i.get("reason"), 60),
+                       shorten(i.get("excerpt"), 60)] for i in items]))
     if total > len(items):
         click.echo(f"{len(items)} of {total} messages in {queue} shown; more with --limit", err=True)
 
@@ -56,19 +58,18 @@ def invalid_list(limit: int, as_json: bool) -> None:
     Example:
       hookpost invalid list --json | jq '.[].reason'
     """
-    s = settings()
-    _limit(limit)
+    check_limit(limit)
 
-    async def go() -> tuple[list[SetAside], int, bool]:
-        async with await SetAsideQueues.connect(s) as queues:
-            return *(await queues.list_invalid(limit)), queues.truncated
+    async def go() -> SetAsideList:
+        async with open_ops() as ops:
+            return await ops.list_invalid(limit)
 
-    items, total, truncated = run(go())
+    found = run(go())
     if as_json:
-        echo_json([i.as_dict() for i in items])
+        echo_json(found.items)
     else:
-        _print_items(items, total, f"{s.prefix}.invalid")
-    if truncated:
+        _print_items(found.items, found.total, _queue("invalid"))
+    if found.truncated:
         click.echo(TRUNCATED, err=True)
 
 
@@ -90,12 +91,10 @@ def invalid_replay(ids: tuple[str, ...], everything: bool, dry_run: bool, force:
     """
     if bool(ids) == everything:
         raise click.UsageError("give --id ID (repeatable) or --all")
-    s = settings()
 
     async def go() -> ReplayReport:
-        async with await SetAsideQueues.connect(s) as queues:
-            return await queues.replay(ids=set(ids), everything=everything, dry_run=dry_run, force=force,
-                                       max_change_bytes=s.max_change_bytes)
+        async with open_ops() as ops:
+            return await ops.replay_invalid(list(ids), everything, dry_run, force)
 
     report = run(go())
     if as_json:
@@ -112,7 +111,7 @@ def invalid_replay(ids: tuple[str, ...], everything: bool, dry_run: bool, force:
     if report.truncated:
         click.echo(TRUNCATED.replace("was looked at", "was looked at; run again for the rest"), err=True)
     if report.not_found:
-        raise NotFoundError(f"not in {s.prefix}.invalid: {', '.join(report.not_found)}")
+        raise NotFoundError(f"not in {_queue('invalid')}: {', '.join(report.not_found)}")
     if report.failed or (report.still_invalid and not report.replayed):
         raise click.exceptions.Exit(1)
 
@@ -137,28 +136,19 @@ def failed_list(limit: int, as_json: bool) -> None:
     Example:
       hookpost failed list --limit 10
     """
-    import json
+    check_limit(limit)
 
-    s = settings()
-    _limit(limit)
+    async def go() -> SetAsideList:
+        async with open_ops() as ops:
+            return await ops.list_failed(limit)
 
-    async def go() -> tuple[list[SetAside], int]:
-        async with await SetAsideQueues.connect(s) as queues:
-            return await queues.list_failed(limit)
-
-    items, total = run(go())
-    notices = []
-    for i in items:
-        try:
-            notice = json.loads(i.body)
-        except ValueError:
-            notice = None
-        notices.append(notice if isinstance(notice, dict) else {"event_id": None, "body": i.excerpt()})
+    found = run(go())
+    notices, total = found.items, found.total
     if as_json:
         echo_json(notices)
         return
     click.echo(table(["EVENT", "WEBHOOK", "TYPE", "ATTEMPTS", "LAST ERROR", "FAILED AT"],
                      [[n.get("event_id"), n.get("webhook_id"), n.get("type"), n.get("attempts"),
                        shorten(n.get("last_error") or n.get("body"), 50), n.get("failed_at")] for n in notices]))
-    if total > len(items):
-        click.echo(f"{len(items)} of {total} notices in {s.prefix}.failed shown; more with --limit", err=True)
+    if total > len(notices):
+        click.echo(f"{len(notices)} of {total} notices in {_queue('failed')} shown; more with --limit", err=True)

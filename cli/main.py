@@ -9,6 +9,7 @@ import importlib
 import click
 
 from hookpost.cli.base import HookpostGroup
+from hookpost.cli.target import HELPING, api_options, choose
 
 # command name → "module:attribute"; modules load on first use, so `hookpost events list` does not import
 # aiohttp, pika or the dispatcher (start-up time is most of a short command's run time)
@@ -28,6 +29,7 @@ COMMANDS = {
     "tokens": "hookpost.cli.access:tokens",
     "audit": "hookpost.cli.access:audit",
     "server": "hookpost.cli.server:server",
+    "login": "hookpost.cli.login:login",
 }
 
 
@@ -47,6 +49,13 @@ class LazyGroup(HookpostGroup):
         command: click.Command = getattr(importlib.import_module(module), attr)
         return command
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        """Resolve the subcommand; note whether its --help is asked for (API mode refuses direct-only commands,
+        but still shows their help)."""
+        ctx.meta[HELPING] = any(a in ("-h", "--help") for a in args[1:])
+        return super().resolve_command(ctx, args)
+
     @property
     def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
         """Every command, imported (for tools that walk the tree, like the tests)."""
@@ -59,17 +68,24 @@ class LazyGroup(HookpostGroup):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="hookpost", prog_name="hookpost")
-def cli() -> None:
+@api_options
+@click.pass_context
+def cli(ctx: click.Context, api_url: str | None, profile: str | None, token_file: str | None, insecure: bool,
+        ca_file: str | None) -> None:
     """Hookpost: webhook delivery from RabbitMQ change events, recorded in MongoDB.
 
-    Settings come from HOOKPOST_* environment variables; 'hookpost config' shows them.
+    Settings come from HOOKPOST_* environment variables; 'hookpost config' shows them. With --api URL,
+    --profile NAME or HOOKPOST_API_URL, commands go through a hookpost server's HTTP API instead (token from
+    HOOKPOST_API_TOKEN, --token-file or the profile; see 'hookpost login').
 
     \b
     Examples:
       hookpost webhooks create --url https://example.com/hooks --event 'article.*'
       hookpost publish article.updated --entity-kind article --entity-id A-1001
       hookpost events list --status failed --since 24h
+      hookpost --profile prod events restart --status failed --since 1h
     """
+    choose(ctx, api_url, profile, token_file, insecure, ca_file)
 
 
 

@@ -9,8 +9,11 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import DURATION, echo_json, open_admin, open_broker, open_store, run, settings, table
-from hookpost.common.errors import InvalidInputError
+from hookpost.cli.base import DURATION, echo_json, open_broker, open_store, run, settings, table
+from hookpost.cli.ops import open_ops
+from hookpost.cli.target import current
+from hookpost.common.broker_files import broker_file_descriptors
+from hookpost.common.errors import HookpostError, InvalidInputError
 from hookpost.common.ids import new_id
 from hookpost.common.logs import setup_logging
 from hookpost.common.models import ChangeEvent, EventStatus
@@ -55,8 +58,8 @@ def publish(event_type: str, entity_kind: str, entity_id: str, data: str | None,
                          entity={"kind": entity_kind, "id": entity_id}, data=details, source=source)
 
     async def go() -> str:
-        async with open_admin(publish_timeout=timeout) as admin:
-            return await admin.changes.publish(change)
+        async with open_ops(publish_timeout=timeout) as ops:
+            return await ops.publish(change, timeout)
 
     click.echo(run(go()))
 
@@ -93,7 +96,8 @@ def topology_declare() -> None:
 @topology.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def topology_show(as_json: bool) -> None:
-    """Show the names and arguments Hookpost declares, and each queue's ready messages if reachable.
+    """Show the names and arguments Hookpost declares, each queue's ready messages if reachable, and the broker
+    nodes' file descriptors in use against their limit (from the management API, where it answers).
 
     \b
     Example:
@@ -110,15 +114,25 @@ def topology_show(as_json: bool) -> None:
         counts = run(depths())
     except Exception:
         counts = {}
+    files = run(broker_file_descriptors(s.rabbitmq_urls)).as_dict()
     rows = [{"queue": q.name, "messages": counts.get(q.name), "arguments": q.arguments} for q in topo.queues]
     if as_json:
-        echo_json({"exchanges": [{"name": n, "type": t} for n, t in topo.exchanges], "queues": rows})
+        echo_json({"exchanges": [{"name": n, "type": t} for n, t in topo.exchanges], "queues": rows,
+                   "broker_files": files})
         return
     click.echo(table(["EXCHANGE", "TYPE"], topo.exchanges))
     click.echo()
     click.echo(table(["QUEUE", "MESSAGES", "ARGUMENTS"],
                      [[r["queue"], "-" if r["messages"] is None else r["messages"],
                        " ".join(f"{k}={v}" for k, v in r["arguments"].items())] for r in rows]))
+    click.echo()
+    if not files["available"]:
+        click.echo(f"Broker file descriptors: unknown: {files['reason']}")
+        return
+    click.echo(table(["NODE", "FILE DESCRIPTORS", "LIMIT", "USED"],
+                     [[n["node"], n["used"], n["limit"], f"{n['ratio']:.0%}" + (" (near the limit)"
+                                                                                if n["near_limit"] else "")]
+                      for n in files["nodes"]]))
 
 
 @topology.command("delete")
@@ -146,18 +160,58 @@ def topology_delete(yes: bool) -> None:
 @click.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config(as_json: bool) -> None:
-    """Print the effective settings (passwords masked) and the variable each comes from.
+    """Print the mode in use and the effective settings (passwords masked) with the variable each comes from.
+
+    In API mode (--api, --profile or HOOKPOST_API_URL) it shows the server, where its URL and token come from
+    (never the token) and the server's version instead: the settings are the server's business.
 
     \b
     Example:
       HOOKPOST_MAX_ATTEMPTS=5 HOOKPOST_RETRY_DELAYS=1s,5s,30s,1m hookpost config
+      hookpost --profile prod config
     """
+    target = current()
+    if target.is_api:
+        _api_config(as_json)
+        return
     data = settings().masked()
+    click.echo("mode: direct (MongoDB and RabbitMQ from these settings)", err=True)
     if as_json:
         echo_json(data)
         return
     click.echo(table(["VARIABLE", "VALUE"], [[f"HOOKPOST_{k.upper()}", v if not isinstance(v, list) else
                                               ",".join(map(str, v))] for k, v in data.items()]))
+
+
+def _api_config(as_json: bool) -> None:
+    from hookpost.cli.apiclient import ApiClient, ApiError, client_version
+
+    target = current()
+
+    async def server_version() -> str | None:
+        async with ApiClient(target, timeout=10) as client:
+            try:
+                await client.request("GET", "/events", params={"limit": "1"})
+            except HookpostError as exc:  # any answer tells the version; an unreachable server does not
+                if isinstance(exc, ApiError) and not exc.status:
+                    raise
+            return client.server_version
+
+    try:
+        version: str | None = run(server_version())
+        reach = "" if version else "no version header (not a hookpost server?)"
+    except (ApiError, InvalidInputError) as exc:
+        version, reach = None, str(exc)
+    data = {"mode": "api", "server": target.api, "source": target.source, "profile": target.profile,
+            "token": target.token_source, "ca_file": target.ca_file, "insecure": target.insecure,
+            "server_version": version, "client_version": client_version()}
+    if as_json:
+        echo_json(data)
+        return
+    rows = [[k, v] for k, v in data.items() if v not in (None, False)]
+    click.echo(table(["SETTING", "VALUE"], rows))
+    if reach:
+        click.echo(f"hookpost: warning: {reach}", err=True)
 
 
 @click.command("dispatcher")

@@ -1,17 +1,21 @@
 """``hookpost webhooks …``: create, list, show, update, enable, disable, delete, secret, rotate-secret."""
 
 import json
+import sys
 from typing import Any
 
 import click
 
-from hookpost.cli.base import DURATION, actor, echo_json, open_admin, run, shorten, table
+from hookpost.cli.base import DURATION, echo_json, run, shorten, table
+from hookpost.cli.ops import open_ops
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import Coalesce, Ordering, Webhook
 from hookpost.common.records import (
     ReplayCount,
     ReplayRequest,
     WebhookCreate,
+    WebhookCreated,
+    WebhookSaved,
     WebhookSecret,
     WebhookUpdate,
     WebhookView,
@@ -87,15 +91,14 @@ def create(url: str, events: tuple[str, ...], description: str, secret: str | No
                          headers=parse_headers(headers), rate_limit=rate_limit,
                          ordering=Ordering(ordering or "none"), coalesce=Coalesce(coalesce or "none"))
 
-    async def go() -> tuple[Webhook, list[str]]:
-        async with open_admin() as admin:
-            hook = await admin.webhooks.create(spec, actor=actor())
-            return hook, await admin.event_types.warnings_for(hook.event_types)
+    async def go() -> WebhookCreated:
+        async with open_ops() as ops:
+            return await ops.create_webhook(spec)
 
-    hook, warnings = run(go())
-    warn_about_types(warnings)
+    hook = run(go())
+    warn_about_types(hook.warnings)
     if as_json:
-        echo_json({**hook.public_dict(), "secret": hook.secret})
+        echo_json(hook.model_dump(mode="json"))
         return
     click.echo(hook.id)
     click.echo(f"signing secret: {hook.secret}  (shown once; 'hookpost webhooks secret {hook.id}' shows it again)",
@@ -112,8 +115,8 @@ def list_(as_json: bool) -> None:
       hookpost webhooks list --json | jq '.[] | select(.active == false)'
     """
     async def go() -> tuple[list[WebhookView], list[BrokenWebhook]]:
-        async with open_admin() as admin:
-            return await admin.webhooks.load()
+        async with open_ops() as ops:
+            return await ops.list_webhooks()
 
     views, broken = run(go())
     for b in broken:
@@ -142,8 +145,8 @@ def show(webhook_id: str, as_json: bool) -> None:
       hookpost webhooks show wh_01J9Z…
     """
     async def go() -> WebhookView:
-        async with open_admin() as admin:
-            return await admin.webhooks.get(webhook_id)
+        async with open_ops() as ops:
+            return await ops.get_webhook(webhook_id)
 
     hook = run(go())
     data: dict[str, Any] = hook.model_dump(mode="json")
@@ -194,20 +197,19 @@ def update(webhook_id: str, url: str | None, events: tuple[str, ...], descriptio
         raise click.UsageError("nothing to update: give --url, --event, --description, --header, --active, "
                                "--rate-limit, --ordering or --coalesce")
 
-    async def go() -> tuple[Webhook, list[str]]:
-        async with open_admin() as admin:
-            hook = await admin.webhooks.update(webhook_id, spec, actor=actor())
-            return hook, await admin.event_types.warnings_for(hook.event_types) if events else []
+    async def go() -> WebhookSaved:
+        async with open_ops() as ops:
+            return await ops.update_webhook(webhook_id, spec)
 
-    hook, warnings = run(go())
-    warn_about_types(warnings)
+    hook = run(go())
+    warn_about_types(hook.warnings)
     click.echo(f"updated {hook.id}")
 
 
 def _set_active(webhook_id: str, active: bool) -> None:
     async def go() -> None:
-        async with open_admin() as admin:
-            await admin.webhooks.set_active(webhook_id, active, actor=actor())
+        async with open_ops() as ops:
+            await ops.set_active(webhook_id, active)
 
     run(go())
     click.echo(f"{'enabled' if active else 'disabled'} {webhook_id}")
@@ -251,8 +253,8 @@ def delete(webhook_id: str, yes: bool) -> None:
         click.confirm(f"delete webhook {webhook_id}?", abort=True, err=True)
 
     async def go() -> None:
-        async with open_admin() as admin:
-            await admin.webhooks.delete(webhook_id, actor=actor())
+        async with open_ops() as ops:
+            await ops.delete_webhook(webhook_id)
 
     run(go())
     click.echo(f"deleted {webhook_id}")
@@ -268,8 +270,8 @@ def secret(webhook_id: str) -> None:
       hookpost webhooks secret wh_01J9Z…
     """
     async def go() -> WebhookSecret:
-        async with open_admin() as admin:
-            return await admin.webhooks.reveal_secret(webhook_id, actor=actor())
+        async with open_ops() as ops:
+            return await ops.reveal_secret(webhook_id)
 
     hook = run(go())
     click.echo(hook.secret)
@@ -290,8 +292,8 @@ def rotate_secret(webhook_id: str, grace: float) -> None:
       hookpost webhooks rotate-secret wh_01J9Z… --grace 1h
     """
     async def go() -> WebhookSecret:
-        async with open_admin() as admin:
-            return await admin.webhooks.rotate_secret(webhook_id, grace, actor=actor())
+        async with open_ops() as ops:
+            return await ops.rotate_secret(webhook_id, grace)
 
     hook = run(go())
     click.echo(hook.secret)
@@ -320,22 +322,40 @@ def replay(webhook_id: str, since: str, until: str | None, types: tuple[str, ...
     """
     request = ReplayRequest(since=since, until=until, types=list(types), dry_run=dry_run)
 
-    async def go() -> ReplayCount:
-        async with open_admin() as admin:
-            count, todo = await admin.replays.plan(webhook_id, request)
-            if not as_json or not dry_run:
-                click.echo(f"{count.logged} change(s) logged in the window; {count.matched} of this webhook's types; "
-                           f"{count.already} it already has; {count.replayed} to replay", err=as_json)
-            if dry_run or not todo:
-                return count
-            if not yes and not click.confirm(f"replay {len(todo)} change(s) to {webhook_id}?", err=True):
-                raise click.Abort()
-            with click.progressbar(length=len(todo), label="replaying", file=click.get_text_stream("stderr")) as bar:
-                return await admin.replays.publish(count, todo, types=request.types, actor=actor(),
-                                                   progress=bar.update)
+    async def plan() -> ReplayCount:
+        async with open_ops() as ops:
+            return await ops.replay_count(webhook_id, request)
 
-    count = run(go())
+    count = run(plan())
+    if not as_json or not dry_run:
+        click.echo(f"{count.logged} change(s) logged in the window; {count.matched} of this webhook's types; "
+                   f"{count.already} it already has; {count.replayed} to replay", err=as_json)
+    if not dry_run and count.replayed:
+        if not yes:
+            click.confirm(f"replay {count.replayed} change(s) to {webhook_id}?", abort=True, err=True)
+        job: list[str] = []
+        try:
+            count = run(_replay(webhook_id, request, count.replayed, job))
+        except KeyboardInterrupt:
+            if not job:
+                raise
+            click.echo(f"hookpost: stopped watching; replay job {job[0]} keeps running on the server "
+                       f"(see it with 'hookpost events job {job[0]}')", err=True)
+            raise click.exceptions.Exit(130) from None
     if as_json:
         echo_json(count.model_dump(mode="json"))
     elif not count.dry_run:
         click.echo(f"replayed {count.replayed} change(s) to {webhook_id}")
+
+
+async def _replay(webhook_id: str, request: ReplayRequest, total: int, job: list[str]) -> ReplayCount:
+    def started(job_id: str) -> None:
+        job.append(job_id)
+        click.echo(f"replay job {job_id} started on the server", err=True)
+
+    async with open_ops() as ops:
+        with click.progressbar(length=max(total, 1), label="replaying", file=sys.stderr) as bar:
+            def progress(done: int) -> None:
+                bar.update(done - bar.pos)
+
+            return await ops.replay_webhook(webhook_id, request, progress=progress, started=started)

@@ -116,7 +116,7 @@ class Lanes(Protocol):
     """The lanes of webhooks with ``ordering=entity``."""
 
     async def place(self, change: ChangeEvent, events: list[WebhookEvent], hooks: dict[str, Webhook], *,
-                    replay: bool, existing: set[str]) -> list[WebhookEvent]:
+                    existing: set[str]) -> list[WebhookEvent]:
         """Return ``events`` to store, ordered webhooks' ones waiting, folded changes left out."""
 
     async def stored(self, change: ChangeEvent, events: list[WebhookEvent], *, rank: int = 0) -> None:
@@ -193,7 +193,7 @@ class FanOut:
         events = self.hold_for_open_breakers(new_events(change, [h.id for h in hooks], trace), by_id)
         async with self.lanes.folding(change, hooks) if self.lanes is not None else nullcontext():
             if self.lanes is not None and any(h.ordered for h in hooks):
-                events = await self.lanes.place(change, events, by_id, replay=msg.redelivered,
+                events = await self.lanes.place(change, events, by_id,
                                                 existing=await self.existing(change, hooks, msg.redelivered))
             try:
                 stored = await self.store_events(change, events, replay=msg.redelivered)

@@ -56,11 +56,12 @@ class Lanes:
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._folding: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._swept_to = -1  # where the next sweep goes on from (lanes busy for hours must not starve the rest)
 
     # -- fan-out -----------------------------------------------------------------------------------------------
 
     async def place(self, change: ChangeEvent, events: list[WebhookEvent], hooks: dict[str, Webhook], *,
-                    replay: bool, existing: set[str]) -> list[WebhookEvent]:
+                    existing: set[str]) -> list[WebhookEvent]:
         """Return ``events`` as they are to be stored: those of ordered webhooks waiting in their lanes (no due
         time), with the changes that folded into a waiting event (coalesce=latest) left out. ``existing`` names the
         webhooks that already have an event of this change (a redelivery): those never fold."""
@@ -75,7 +76,7 @@ class Lanes:
             if hook.coalesce == Coalesce.LATEST:
                 e.payload["data"]["coalesced"] = 1
                 e = e.model_copy(update={"coalesced": 1})
-                if hook.id not in existing and await self._fold(change, e, replay=replay):
+                if hook.id not in existing and await self._fold(change, e):
                     continue
             out.append(e)
         return out
@@ -94,14 +95,16 @@ class Lanes:
             lock, users = self._folding.get(lane) or (asyncio.Lock(), 0)
             self._folding[lane] = (lock, users + 1)
             locks.append((lane, lock))
+        acquired: list[asyncio.Lock] = []
         try:
             for _, lock in locks:
                 await lock.acquire()
+                acquired.append(lock)
             yield
         finally:
-            for lane, lock in locks:
-                if lock.locked():
-                    lock.release()
+            for lock in acquired:
+                lock.release()
+            for lane, _ in locks:
                 held, users = self._folding[lane]
                 if users <= 1:
                     del self._folding[lane]
@@ -121,7 +124,7 @@ class Lanes:
             assert e.lane is not None
             self.schedule(e.lane, stored_ms + round(self.settle * 1000))
 
-    async def _fold(self, change: ChangeEvent, event: WebhookEvent, *, replay: bool) -> bool:
+    async def _fold(self, change: ChangeEvent, event: WebhookEvent) -> bool:
         """Fold ``change`` into its lane's newest waiting event if that has the same type; return whether it did
         (or had, before a redelivery)."""
         assert event.lane is not None
@@ -205,9 +208,11 @@ class Lanes:
 
     async def sweep(self, limit: int = 200) -> int:
         """Move on the lanes whose waiting events were left behind (a timer lost with its process, a head that
-        ended without moving its lane); return how many lanes were looked at."""
+        ended without moving its lane); return how many lanes were looked at. Each sweep goes on where the last one
+        stopped, so lanes whose head is busy for hours (retries) do not keep the others from being looked at."""
         grace_ms = round(self.settle * 1000) + 2000
-        lanes = await self.store.lanes.stale_lanes(now_ms() - grace_ms, limit)
+        lanes, self._swept_to = await self.store.lanes.stale_lanes(now_ms() - grace_ms, limit,
+                                                                   after_ms=self._swept_to)
         for lane in lanes:
             await self.advance(lane)
         return len(lanes)

@@ -97,6 +97,8 @@ class EndpointLimiter:
         self._tokens = count()
         self._active = 1
         self._active_at = 0.0
+        self._closed = False
+        self._acquiring: set[asyncio.Task[object]] = set()
 
     # ---- what callers ask ---------------------------------------------------------------------------------------
 
@@ -163,9 +165,32 @@ class EndpointLimiter:
 
     # ---- taking and giving back slots ---------------------------------------------------------------------------
 
+    def close(self) -> int:
+        """Start no more requests (the dispatcher is stopping): cancel the deliveries waiting for a slot, and
+        every later :meth:`acquire`. Their messages stay unacked and go back to the queue; the requests already
+        running go on. Returns how many waiting deliveries were cancelled."""
+        self._closed = True
+        waiting = [task for task in self._acquiring if not task.done()]
+        for task in waiting:
+            task.cancel()
+        return len(waiting)
+
     async def acquire(self, key: str) -> int:
         """Take a slot of endpoint ``key`` (first come, first served) and a global one; return the token
-        :meth:`release` needs. Raises :class:`EndpointBusyError` if the endpoint starts hanging meanwhile."""
+        :meth:`release` needs. Raises :class:`EndpointBusyError` if the endpoint starts hanging meanwhile, and
+        :class:`asyncio.CancelledError` once :meth:`close` was called."""
+        if self._closed:
+            raise asyncio.CancelledError("the dispatcher is stopping")
+        task = asyncio.current_task()
+        if task is not None:
+            self._acquiring.add(task)
+        try:
+            return await self._acquire(key)
+        finally:
+            if task is not None:
+                self._acquiring.discard(task)
+
+    async def _acquire(self, key: str) -> int:
         ep = self._endpoint(key)
         ep.users += 1
         try:

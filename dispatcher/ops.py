@@ -1,19 +1,23 @@
-"""The ops server: ``/healthz`` (the process runs), ``/readyz`` (broker and store reachable), ``/metrics``."""
+"""The ops server: ``/healthz`` (the process runs), ``/readyz`` (broker and store reachable; also the broker's file
+descriptors against its limit, where the management API tells), ``/metrics``."""
 
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hookpost.common.broker_files import CachedFileReport
 from hookpost.dispatcher.metrics import Metrics
 
 
 class OpsServer:
     """A small aiohttp server for probes and Prometheus."""
 
-    def __init__(self, metrics: Metrics, readiness: Callable[[], dict[str, bool]], host: str, port: int) -> None:
+    def __init__(self, metrics: Metrics, readiness: Callable[[], dict[str, bool]], host: str, port: int,
+                 broker_files: CachedFileReport | None = None) -> None:
         self.metrics = metrics
         self.readiness = readiness
+        self.broker_files = broker_files
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -44,7 +48,10 @@ class OpsServer:
     async def _readyz(self, _req: web.Request) -> web.Response:
         checks = self.readiness()
         ready = all(checks.values())
-        return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, **checks}
+        if self.broker_files is not None:  # a report only: it never makes the process unready
+            body["broker_files"] = (await self.broker_files.get()).as_dict()
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, _req: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

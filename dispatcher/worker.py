@@ -3,8 +3,9 @@
 A supervisor connects to the first broker address that answers, declares the topology, consumes
 ``PREFIX.changes`` (fan-out) and ``PREFIX.deliver`` (attempts), and waits. When the connection or a channel is
 lost it logs once, backs off (capped exponential) and starts over; unacked messages go back to the queue.
-On :meth:`Worker.stop` it cancels the consumers, gives in-flight work ``HOOKPOST_SHUTDOWN_GRACE`` to finish
-(the rest stays unacked and is redelivered) and closes the connection.
+On :meth:`Worker.stop` it cancels the consumers, starts no more requests (deliveries waiting for an endpoint
+slot are given back at once), gives the running ones ``HOOKPOST_SHUTDOWN_GRACE`` to finish (the rest stays unacked
+and is redelivered) and closes the connection.
 
 Example::
 
@@ -20,6 +21,7 @@ from typing import Any
 import pika.exceptions
 
 from hookpost.common.amqp import AmqpChannel, AmqpConnection, ConnectionLostError, IncomingMessage
+from hookpost.common.broker_files import CachedFileReport
 from hookpost.common.errors import BrokerUnavailableError, ConfigError, PublishError
 from hookpost.common.settings import Settings, mask_url
 from hookpost.common.topology import topology_from
@@ -108,7 +110,8 @@ class Worker:
             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch, catalog=self.catalog)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace,
                                      lanes=self.lanes)
-        self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port)
+        self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port,
+                             broker_files=CachedFileReport(settings.rabbitmq_urls))
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AmqpChannel, str]] = []
@@ -270,7 +273,12 @@ class Worker:
                 await ch.cancel(tag)
             except (ConnectionLostError, pika.exceptions.AMQPError):
                 pass
-        pending = set(self._tasks)
+        # requests already running get the grace; deliveries still waiting for a slot start none (their messages
+        # stay unacked), so a stop takes as long as the running requests, not the whole grace
+        cancelled = self.limiter.close()
+        if cancelled:
+            log.info("stopping: gave back deliveries that had not started", extra={"count": cancelled})
+        pending = {task for task in self._tasks if not task.done()}
         if pending:
             log.info("stopping: waiting for in-flight work", extra={"in_flight": len(pending),
                                                                    "grace_s": self.settings.shutdown_grace})

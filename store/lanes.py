@@ -116,15 +116,19 @@ class LaneRepo:
         doc = await self.queue.find_one({"lane": lane}, {"stored_ms": 1}, sort=[("stored_ms", ASCENDING)])
         return None if doc is None else int(doc["stored_ms"])
 
-    async def stale_lanes(self, stored_before_ms: int, limit: int) -> list[str]:
-        """Return up to ``limit`` lanes with an entry waiting since before ``stored_before_ms``."""
-        cursor = self.queue.find({"stored_ms": {"$lt": stored_before_ms}}, {"lane": 1}).limit(limit * 10)
+    async def stale_lanes(self, stored_before_ms: int, limit: int, *, after_ms: int = -1) -> tuple[list[str], int]:
+        """Return up to ``limit`` lanes with an entry waiting since before ``stored_before_ms`` and after
+        ``after_ms``, oldest entries first, and the ``stored_ms`` to go on after (-1: none left, start over)."""
+        cursor = self.queue.find({"stored_ms": {"$gt": after_ms, "$lt": stored_before_ms}},
+                                 {"lane": 1, "stored_ms": 1}).sort("stored_ms", ASCENDING).limit(limit * 10)
         lanes: dict[str, None] = {}
+        last = -1
         async for doc in cursor:
             lanes.setdefault(doc["lane"])
+            last = int(doc["stored_ms"])
             if len(lanes) >= limit:
-                break
-        return list(lanes)
+                return list(lanes), last
+        return list(lanes), -1
 
     async def waiting_of(self, *, lane: str | None = None, webhook_id: str | None = None,
                          limit: int = 1000) -> list[dict[str, Any]]:

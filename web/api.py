@@ -46,6 +46,14 @@ from hookpost.common.records import (
 )
 from hookpost.common.settings import Settings
 from hookpost.store.events import EventFilter
+from hookpost.web.api_broker import (
+    InvalidReplayRequest,
+    InvalidReplayResult,
+    SetAsideItems,
+    list_failed,
+    list_invalid,
+    replay_invalid,
+)
 from hookpost.web.auth import TOKEN_KEY
 from hookpost.web.problems import ProblemError, read_json, validation_detail
 
@@ -386,6 +394,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/audit", list_audit, VIEWER, "List audit entries, newest first", response=list[AuditEntry],
           query=(Param("actor", _STR, "only this actor (token:NAME or cli:USER)"),
                  Param("action", _STR, "only this action (webhook.created, events.restarted, …)"), SINCE, LIMIT)),
+    # the broker's set-aside queues, read with the server's connection settings (hookpost.web.api_broker)
+    Route("GET", "/invalid", list_invalid, OPERATOR, "List the change events set aside in PREFIX.invalid (none "
+          "removed)", response=SetAsideItems, query=(LIMIT,)),
+    Route("POST", "/invalid/replay", replay_invalid, ADMIN, "Publish set-aside change events again (by id, or all)",
+          response=InvalidReplayResult, body=InvalidReplayRequest),
+    Route("GET", "/failed", list_failed, OPERATOR, "List the failure notices in PREFIX.failed (none removed)",
+          response=SetAsideItems, query=(LIMIT,)),
 )
 
 

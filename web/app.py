@@ -20,6 +20,7 @@ from hookpost.admin import Admin
 from hookpost.admin.events import InvalidFieldError
 from hookpost.common.records import ApiToken
 from hookpost.common.settings import Settings
+from hookpost.web import api_broker
 from hookpost.web.api import ADMIN_KEY, PREFIX, ROUTES, SETTINGS_KEY, Route
 from hookpost.web.auth import TOKEN_KEY, FailureLimiter, authenticate, client_address, require
 from hookpost.web.openapi import build_openapi
@@ -175,6 +176,7 @@ def create_app(settings: Settings, *, admin: Admin | None = None,
         if owned:
             await app[ADMIN_KEY].close()
 
+    api_broker.setup(app)  # the set-aside routes' broker connection, the Hookpost-Version header
     app.on_startup.append(startup)
     app.on_cleanup.append(shutdown)
     for plugin in plugins:

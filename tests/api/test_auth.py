@@ -16,10 +16,10 @@ from tests.api.conftest import declare_topology, make_api
 ALLOWED = {
     "viewer": {"list_webhooks", "get_webhook", "list_events", "get_event", "get_stats", "list_audit",
                "list_event_types", "get_event_type"},
-    "operator": {"test_webhook", "restart_event", "restart_events", "get_job"},
+    "operator": {"test_webhook", "restart_event", "restart_events", "get_job", "list_invalid", "list_failed"},
     "admin": {"create_webhook", "update_webhook", "delete_webhook", "enable_webhook", "disable_webhook",
               "get_webhook_secret", "rotate_webhook_secret", "list_tokens", "create_token", "revoke_token",
-              "publish_change", "replay_webhook", "declare_event_type", "update_event_type"},
+              "publish_change", "replay_invalid", "replay_webhook", "declare_event_type", "update_event_type"},
 }
 RANK = {"viewer": ["viewer", "operator", "admin"], "operator": ["operator", "admin"], "admin": ["admin"]}
 
@@ -42,7 +42,8 @@ def test_matrix_covers_every_route():
 
 BODIES = {"create_webhook": {"url": "http://127.0.0.1:9/x", "event_types": ["a.*"]},
           "update_webhook": {"description": "x"}, "restart_events": {"status": ["failed"], "dry_run": True},
-          "create_token": {"name": "n", "role": "viewer"}, "replay_webhook": {"since": "1h", "dry_run": True},
+          "create_token": {"name": "n", "role": "viewer"}, "replay_invalid": {"ids": ["x"], "dry_run": True},
+          "replay_webhook": {"since": "1h", "dry_run": True},
           "publish_change": {"id": "c1", "type": "a.b", "entity": {"kind": "a", "id": "1"}},
           "declare_event_type": {"name": "a.b", "title": "A b"}, "update_event_type": {"title": "x"}}
 

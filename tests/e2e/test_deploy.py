@@ -171,8 +171,11 @@ def compose_env(svc: dict[str, Any]) -> dict[str, str]:
     raw = svc.get("environment") or {}
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
-    # resolve compose interpolation with its defaults: ${NAME:-default}
-    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in raw.items()}
+    # resolve compose interpolation: ${NAME:-default} to its default, a required ${NAME:?message} to a stand-in;
+    # a variable without a value is taken from the host's environment (here: unset)
+    out = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in raw.items() if v is not None}
+    return {k: re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: f"stand-in-{m.group(1).lower()}", v)
+            for k, v in out.items()}
 
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -219,7 +222,12 @@ def test_dockerfile_shape():
             for name in re.findall(r"(HOOKPOST_\w+)=", env):
                 assert name in SETTINGS_VARS, f"Dockerfile sets {name}, which is not a setting"
     lines = [f"{w} {a}" for w, a in steps]
-    assert VENV_STEP in lines and any(line.startswith(PIP_STEP) for line in lines)
+    assert VENV_STEP in lines
+    assert any(line.startswith("RUN ") and PIP_STEP.removeprefix("RUN ") + " &&" in line for line in lines)
+    # extra CA certificates (a TLS-intercepting proxy) reach pip as a build secret, in the build stage only
+    runtime_stage = lines[[i for i, line in enumerate(lines) if line.startswith("FROM ")][-1]:]
+    assert any("--mount=type=secret,id=extra-ca" in line for line in lines)
+    assert not any("secret" in line or "ca-certificates" in line for line in runtime_stage)
 
 
 def test_every_hookpost_command_is_a_real_cli_command():
@@ -440,7 +448,8 @@ def build_context(dest: Path) -> list[str]:
 
 def test_dockerignore_rules():
     patterns = dockerignore_patterns()
-    for rel in (".git/config", "tests/conftest.py", "cli/__pycache__/main.cpython-311.pyc", ".venv/bin/python",
+    for rel in (".git/config", "tests/conftest.py", "CHANGELOG.md", ".ci/run",
+                "cli/__pycache__/main.cpython-311.pyc", ".venv/bin/python",
                 "hookpost.egg-info/PKG-INFO", "deploy/k8s/secret.yaml", "docs/deployment.md", ".env"):
         assert ignored(rel, patterns), rel
     for rel in ("setup.cfg", "pyproject.toml", "cli/main.py", "common/settings.py", "store/client.py", "README.md"):

@@ -159,3 +159,16 @@ async def test_turning_ordering_off_releases_the_waiting_events(stores, new_rece
     assert updated.ordering == Ordering.NONE
     assert sorted(r.json["data"]["sequence"] for r in rec.requests) == [1, 2, 3]
     assert await st.lanes.waiting_of(webhook_id=hook.id) == []
+
+
+async def test_the_lane_sweep_pages_through_every_stale_lane(stores):
+    _, st = await stores()
+    await st.lanes.enqueue([{"_id": f"evt_{i}", "lane": f"L{i}", "webhook_id": "wh", "type": "a.b", "rank": 0,
+                             "seq": i, "tie": f"c{i}", "stored_ms": 1000 + i} for i in range(5)])
+    seen, after = [], -1
+    for _ in range(5):
+        lanes, after = await st.lanes.stale_lanes(10_000, 2, after_ms=after)
+        seen += lanes
+        if after == -1:
+            break
+    assert seen == ["L0", "L1", "L2", "L3", "L4"] and after == -1

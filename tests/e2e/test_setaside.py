@@ -95,14 +95,17 @@ async def test_invalid_list_and_replay(settings_factory, store, new_receiver):
     assert res.exit_code == 1 and "still invalid: too large" in res.stderr
     assert await queue_depth(small, topo.invalid_queue) == 4
 
-    # unroutable (the changes queue unbound): not confirmed, so nothing leaves the invalid queue
+    # unroutable (the changes queue and the change log unbound): not confirmed, so nothing leaves the invalid queue
+    # (with the change log bound the copy would be routed, and kept there for a replay)
     conn = await AmqpConnection.connect(small.rabbitmq_urls)
     ch = await conn.channel()
     await ch._rpc(ch._ch.queue_unbind, queue=topo.changes_queue, exchange=topo.changes_exchange, routing_key="#")
+    await ch._rpc(ch._ch.queue_unbind, queue=topo.change_log, exchange=topo.changes_exchange, routing_key="#")
     res = await run_cli(fixed, "invalid", "replay", "--id", "big-1")
     assert res.exit_code == 1 and "not confirmed" in res.stderr and "not routed" in res.stderr
     assert await queue_depth(small, topo.invalid_queue) == 4
     await ch._rpc(ch._ch.queue_bind, queue=topo.changes_queue, exchange=topo.changes_exchange, routing_key="#")
+    await ch._rpc(ch._ch.queue_bind, queue=topo.change_log, exchange=topo.changes_exchange, routing_key="#")
     await conn.close()
 
     async with running_worker(fixed):  # the cause fixed: a bigger HOOKPOST_MAX_CHANGE_BYTES
