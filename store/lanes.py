@@ -21,11 +21,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from hookpost.common.lanes import LaneKey
-from hookpost.common.models import EventStatus, WebhookEvent, due_fields, now_ms, utcnow
+from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
 from hookpost.store.docs import from_doc
-from hookpost.store.events import waiting_for
 
 NO_HEAD = ""
+IN_FLIGHT_VALUES = frozenset(s.value for s in IN_FLIGHT)
 
 
 def queue_doc(event: WebhookEvent, key: LaneKey, stored_ms: int) -> dict[str, Any]:
@@ -157,9 +157,13 @@ class LaneRepo:
         return None if doc is None else from_doc(WebhookEvent, doc)
 
     async def is_head_for(self, event_id: str, attempt: int) -> bool:
-        """Tell whether ``event_id`` is a started (not waiting) in-flight event waiting for ``attempt``."""
-        doc = await self.events.find_one({**waiting_for(event_id, attempt), "waiting": False}, {"_id": 1})
-        return doc is not None
+        """Tell whether ``event_id`` is a started (not waiting) in-flight event waiting for ``attempt``.
+
+        Read by ``_id`` alone and checked here: a ``find`` with the status guard's ``$or`` beside it scans the whole
+        collection on the local stand-in (200 ms at 10,000 events, against 1–2 ms by ``_id``)."""
+        doc = await self.events.find_one({"_id": event_id}, {"status": 1, "attempt_count": 1, "waiting": 1})
+        return (doc is not None and doc.get("status") in IN_FLIGHT_VALUES and not doc.get("waiting")
+                and doc.get("attempt_count") == attempt - 1)
 
     async def start(self, event_id: str, due_ms: int) -> WebhookEvent | None:
         """Start a waiting event (it becomes its lane's head, due at ``due_ms``); return it, or None if it is no
