@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any
 
 from hookpost.common.lanes import change_key, lane_of
 from hookpost.common.models import (
@@ -31,6 +32,7 @@ from hookpost.common.models import (
     now_ms,
     to_ms,
 )
+from hookpost.dispatcher.batcher import Batcher
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.dispatcher.storeguard import GuardedStore
 from hookpost.store.lane_moves import DeliverySink, HookLookup, LaneMover
@@ -45,16 +47,18 @@ class Lanes:
     """The dispatcher's side of ordered webhooks (see the module docstring)."""
 
     def __init__(self, store: GuardedStore, sink: DeliverySink, webhook: HookLookup, metrics: Metrics, *,
-                 settle: float) -> None:
+                 settle: float, batch: int = 500) -> None:
         self.store = store
         self.metrics = metrics
         self.settle = settle
         self.mover = LaneMover(store.lanes, sink, webhook, settle=settle,
                                superseded=lambda w: metrics.changes_superseded.labels(w).inc())
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._running: set[str] = set()
-        self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # concurrent lanes move on, check and queue together: a fixed number of store round trips per batch
+        self._moves: Batcher[str, int | None] = Batcher(self._advance_many, max_batch=batch, max_in_flight=1)
+        self._checks: Batcher[tuple[str, int], bool] = Batcher(store.lanes.heads_for, max_batch=batch)
+        self._queued: Batcher[dict[str, Any], None] = Batcher(self._enqueue, max_batch=batch)
         self._folding: dict[str, tuple[asyncio.Lock, int]] = {}
         self._swept_to = -1  # where the next sweep goes on from (lanes busy for hours must not starve the rest)
 
@@ -119,7 +123,7 @@ class Lanes:
             return
         stored_ms = now_ms()
         key = change_key(change, rank)
-        await self.store.lanes.enqueue([queue_doc(e, key, stored_ms) for e in waiting])
+        await asyncio.gather(*(self._queued.submit(queue_doc(e, key, stored_ms)) for e in waiting))
         for e in waiting:
             assert e.lane is not None
             self.schedule(e.lane, stored_ms + round(self.settle * 1000))
@@ -155,8 +159,9 @@ class Lanes:
     # -- delivery ----------------------------------------------------------------------------------------------
 
     async def check(self, dm: DeliveryMessage) -> bool:
-        """Tell whether the event of ``dm`` is still its lane's head and waits for this attempt (one read)."""
-        return await self.store.lanes.is_head_for(dm.event_id, dm.attempt)
+        """Tell whether the event of ``dm`` is still its lane's head and waits for this attempt (one read, shared
+        with the concurrent checks)."""
+        return await self._checks.submit((dm.event_id, dm.attempt))
 
     async def ended(self, lane: str) -> None:
         """Move ``lane`` on after its head ended (``Finished`` or ``Failed``)."""
@@ -165,23 +170,18 @@ class Lanes:
     # -- moving lanes on ---------------------------------------------------------------------------------------
 
     async def advance(self, lane: str) -> None:
-        """Move ``lane`` on now; set a timer if a waiting event has yet to settle. One move at a time per lane in
-        this process: a call while one runs makes the running one look again when it is done."""
-        if lane in self._running:
-            self._again.add(lane)
-            return
-        self._running.add(lane)
-        try:
-            while True:
-                due = await self.mover.advance(lane)
-                if lane not in self._again:
-                    break
-                self._again.discard(lane)
-        finally:
-            self._running.discard(lane)
-            self._again.discard(lane)
+        """Move ``lane`` on now (with the other lanes moving on at the same time: one batch of store round trips);
+        set a timer if a waiting event has yet to settle."""
+        due = await self._moves.submit(lane)
         if due is not None:
             self.schedule(lane, due)
+
+    async def _advance_many(self, lanes: list[str]) -> list[int | None]:
+        return await self.mover.advance_many(lanes)
+
+    async def _enqueue(self, entries: list[dict[str, Any]]) -> list[None]:
+        await self.store.lanes.enqueue(entries)
+        return [None] * len(entries)
 
     def schedule(self, lane: str, at_ms: int) -> None:
         """Call :meth:`advance` for ``lane`` at ``at_ms`` (epoch ms), unless a call is set for it already."""

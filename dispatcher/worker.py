@@ -103,7 +103,8 @@ class Worker:
                                page=settings.prefetch,
                                hold_batch=settings.store_batch,
                                probe_lease=settings.http_timeout + settings.breaker_probe_max)
-        self.lanes = Lanes(guarded, self.outbox, self.cache.get, self.metrics, settle=settings.order_settle)
+        self.lanes = Lanes(guarded, self.outbox, self.cache.get, self.metrics, settle=settings.order_settle,
+                           batch=settings.store_batch)
         self.fanout, self.delivery = consumers(
             guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
             self.notices, lanes=self.lanes, delays=settings.retry_delays, max_attempts=settings.max_attempts,

@@ -17,10 +17,10 @@ call finishes.
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from hookpost.common.deliveries import first_delivery
-from hookpost.common.lanes import LaneKey, is_late, webhook_of
+from hookpost.common.lanes import LaneKey, is_late
 from hookpost.common.models import IN_FLIGHT, DeliveryMessage, Webhook, now_ms
 from hookpost.store.lanes import NO_HEAD, LaneRepo, entry_key
 
@@ -49,55 +49,73 @@ class LaneMover:
         self.superseded = superseded or (lambda _webhook_id: None)
 
     async def advance(self, lane: str) -> int | None:
-        """Move ``lane`` on if its head has ended. Return None when the lane is busy or empty, else the epoch ms
-        at which its next waiting event settles (the time to call again)."""
-        doc = await self.repo.get(lane)
-        head = str(doc.get("head") or NO_HEAD) if doc else NO_HEAD
-        if head:
-            ev = await self.repo.event(head)
-            if ev is not None and ev.waiting:  # taken but not started: a crash between the two writes
-                await self._start(head)
-                return None
-            if ev is not None and ev.status in IN_FLIGHT:
-                return None
-        last = LaneKey(0, int(doc["last_seq"]), str(doc["last_tie"])) if doc and "last_seq" in doc else None
-        last_event = str(doc.get("last_event") or "") if doc else ""
-        while True:
-            entry = await self.repo.next_waiting(lane, now_ms() - self.settle_ms)
-            if entry is None:
-                first = await self.repo.first_stored(lane)
-                return None if first is None else first + self.settle_ms
-            hook = await self.webhook(entry["webhook_id"])
-            if hook is None or not hook.active:
-                await self.fail_lane(lane, "webhook deleted" if hook is None else
-                                     f"webhook disabled: {hook.disabled_reason or 'by operator'}")
-                return None
-            key = entry_key(entry)
-            if is_late(key, last):
-                if await self.repo.supersede(entry["_id"], last_event):
-                    self.superseded(entry["webhook_id"])
-                    log.info("late change superseded", extra={"event_id": entry["_id"], "by": last_event})
-                await self.repo.dequeue([entry["_id"]])
-                continue
-            if not await self.repo.take_head(lane, webhook_of(lane), head, entry["_id"], key, last):
-                return None  # another process moved the lane meanwhile
-            if await self._start(entry["_id"]):
-                return None
-            ev = await self.repo.event(entry["_id"])
-            if ev is not None and ev.status in IN_FLIGHT:
-                return None  # a stale entry of the head itself (started before a crash)
-            head = entry["_id"]  # a stale entry of an event that has ended: move on past it
-            if last is None or (key.seq, key.tie) > (last.seq, last.tie):
-                last, last_event = key, entry["_id"]
+        """Move ``lane`` on if its head has ended (:meth:`advance_many` of one lane)."""
+        return (await self.advance_many([lane]))[0]
 
-    async def _start(self, event_id: str) -> bool:
-        """Start the waiting event ``event_id`` (due now), publish its delivery, and take it out of the queue;
-        return whether it was waiting."""
-        ev = await self.repo.start(event_id, now_ms())
-        if ev is not None:
-            await self.sink.deliveries([first_delivery(ev)])
-        await self.repo.dequeue([event_id])
-        return ev is not None
+    async def advance_many(self, lanes: Sequence[str]) -> list[int | None]:
+        """Move ``lanes`` on, each as the module docstring says, in a fixed number of store round trips whatever
+        their number. Return per lane None when it is busy or empty, else the epoch ms at which its next waiting
+        event settles (the time to call again)."""
+        todo = list(dict.fromkeys(lanes))
+        docs = await self.repo.get_many(todo)
+        heads = {lane: str(docs[lane].get("head") or NO_HEAD) for lane in todo if lane in docs}
+        head_events = await self.repo.events_by_id([h for h in heads.values() if h])
+        due: dict[str, int | None] = {}
+        unstarted: list[str] = []  # heads taken but not started: a crash between the two writes
+        free = []
+        for lane in todo:
+            ev = head_events.get(heads.get(lane, NO_HEAD))
+            if ev is not None and ev.waiting:
+                unstarted.append(ev.id)
+            if ev is not None and (ev.waiting or ev.status in IN_FLIGHT):
+                due[lane] = None
+            else:
+                free.append(lane)
+        entries: dict[str, list[dict[str, Any]]] = {lane: [] for lane in free}
+        for entry in await self.repo.waiting_in(free) if free else []:
+            entries[entry["lane"]].append(entry)
+        settled_ms = now_ms() - self.settle_ms
+        takes, superseded, failing = [], [], []
+        for lane in free:
+            waiting = sorted(entries[lane], key=entry_key)
+            due[lane] = min((e["stored_ms"] for e in waiting), default=None)
+            if due[lane] is not None:
+                due[lane] = int(due[lane]) + self.settle_ms  # type: ignore[operator]
+            doc = docs.get(lane, {})
+            last = LaneKey(0, int(doc["last_seq"]), str(doc["last_tie"])) if "last_seq" in doc else None
+            for entry in waiting:
+                if entry["stored_ms"] > settled_ms:
+                    continue
+                hook = await self.webhook(entry["webhook_id"])
+                if hook is None or not hook.active:
+                    failing.append((lane, "webhook deleted" if hook is None else
+                                    f"webhook disabled: {hook.disabled_reason or 'by operator'}"))
+                    due[lane] = None
+                    break
+                key = entry_key(entry)
+                if is_late(key, last):
+                    superseded.append((entry, str(doc.get("last_event") or "")))
+                    continue
+                takes.append((lane, heads.get(lane, NO_HEAD), entry["_id"], key, last))
+                due[lane] = None
+                break
+        for lane, reason in failing:
+            await self.fail_lane(lane, reason)
+        if superseded:
+            await self.repo.supersede_many([(e["_id"], by) for e, by in superseded])
+            for entry, by in superseded:
+                self.superseded(entry["webhook_id"])
+                log.info("late change superseded", extra={"event_id": entry["_id"], "by": by})
+        taken = await self.repo.take_heads(takes)
+        to_start = unstarted + [event_id for lane, _, event_id, _, _ in takes if lane in taken]
+        started = await self.repo.start_many(to_start, now_ms())
+        await self.sink.deliveries([first_delivery(e) for e in started])
+        await self.repo.dequeue([e["_id"] for e, _ in superseded] + to_start)
+        stale = {lane for lane, _, event_id, _, _ in takes if lane in taken} - {e.lane for e in started}
+        if stale:  # a queued entry of an event that had already started or ended: past it, on to the next
+            again = await self.advance_many(sorted(stale))
+            due.update(zip(sorted(stale), again, strict=True))
+        return [due.get(lane) for lane in lanes]
 
     async def fail_lane(self, lane: str, reason: str) -> int:
         """End every waiting event of ``lane`` ``Failed`` with ``reason``; return how many."""

@@ -20,7 +20,8 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from hookpost.common.lanes import LaneKey
+from hookpost.common.ids import new_id
+from hookpost.common.lanes import LaneKey, webhook_of
 from hookpost.common.models import IN_FLIGHT, EventStatus, WebhookEvent, due_fields, now_ms, utcnow
 from hookpost.store.docs import from_doc
 
@@ -80,6 +81,36 @@ class LaneRepo:
             return False
         return res.matched_count == 1 or res.upserted_id is not None
 
+    async def get_many(self, lanes: list[str]) -> dict[str, dict[str, Any]]:
+        """Return the documents of ``lanes`` that exist, by lane id (one read)."""
+        return {d["_id"]: d async for d in self.lanes.find({"_id": {"$in": lanes}})}
+
+    async def take_heads(self, takes: list[tuple[str, str, str, LaneKey, LaneKey | None]]) -> set[str]:
+        """Take the heads of several lanes in one bulk write: each ``(lane, expected head, event id, key, last sent
+        key)`` as :meth:`take_head`. Return the lanes this call took (each write leaves a token, read back)."""
+        if not takes:
+            return set()
+        if len(takes) == 1:  # one lane: the write's own count says (no read back)
+            lane, expected, event_id, key, last = takes[0]
+            return {lane} if await self.take_head(lane, webhook_of(lane), expected, event_id, key, last) else set()
+        token = new_id("w")
+        ops = []
+        for lane, expected, event_id, key, last in takes:
+            top = key if last is None or (key.seq, key.tie) > (last.seq, last.tie) else last
+            fields: dict[str, Any] = {"head": event_id, "last_seq": top.seq, "last_tie": top.tie,
+                                      "updated_ms": now_ms(), "webhook_id": webhook_of(lane), "writer": token}
+            if top is key:
+                fields["last_event"] = event_id
+            ops.append(UpdateOne({"_id": lane, "head": expected}, {"$set": fields}, upsert=expected == NO_HEAD))
+        try:
+            await self.lanes.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:  # a lane created meanwhile by another process: not taken here
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+        lanes = [t[0] for t in takes]
+        return {d["_id"] async for d in self.lanes.find({"_id": {"$in": lanes}}, {"writer": 1})
+                if d.get("writer") == token}
+
     async def drop_lanes(self, webhook_id: str) -> None:
         """Forget the lanes of ``webhook_id`` (its ordering was turned off, or it was deleted)."""
         await self.lanes.delete_many({"webhook_id": webhook_id})
@@ -136,6 +167,10 @@ class LaneRepo:
         query = {"lane": lane} if lane is not None else {"webhook_id": webhook_id}
         return await self.queue.find(query).limit(limit).to_list()
 
+    async def waiting_in(self, lanes: list[str], limit: int = 10_000) -> list[dict[str, Any]]:
+        """Return the waiting entries of ``lanes`` (one read; up to ``limit``)."""
+        return await self.queue.find({"lane": {"$in": lanes}}).limit(limit).to_list()
+
     async def waiting_ids(self, event_ids: list[str]) -> set[str]:
         """Return which of ``event_ids`` wait in a lane."""
         if not event_ids:
@@ -156,14 +191,54 @@ class LaneRepo:
         doc = await self.events.find_one({"_id": event_id})
         return None if doc is None else from_doc(WebhookEvent, doc)
 
+    async def events_by_id(self, event_ids: list[str]) -> dict[str, WebhookEvent]:
+        """Return the events of ``event_ids`` that exist (one read)."""
+        if not event_ids:
+            return {}
+        return {d["_id"]: from_doc(WebhookEvent, d) async for d in self.events.find({"_id": {"$in": event_ids}})}
+
+    async def heads_for(self, asks: list[tuple[str, int]]) -> list[bool]:
+        """:meth:`is_head_for` of several ``(event id, attempt)`` in one read."""
+        ids = list({e for e, _ in asks})
+        docs = {d["_id"]: d async for d in self.events.find({"_id": {"$in": ids}},
+                                                            {"status": 1, "attempt_count": 1, "waiting": 1})}
+        return [_waits(docs.get(e), attempt) for e, attempt in asks]
+
+    async def start_many(self, event_ids: list[str], due_ms: int) -> list[WebhookEvent]:
+        """:meth:`start` several waiting events in one bulk write; return those this call started (read back by
+        the token each write leaves)."""
+        if not event_ids:
+            return []
+        if len(event_ids) == 1:
+            one = await self.start(event_ids[0], due_ms)
+            return [one] if one is not None else []
+        token = new_id("w")
+        await self.events.bulk_write([
+            UpdateOne({"_id": e, "status": EventStatus.NEW.value, "waiting": True},
+                      {"$set": {"waiting": False, "updated_at": utcnow(), "updated_ms": now_ms(), "writer": token,
+                                **due_fields(due_ms)}}) for e in event_ids], ordered=False)
+        return [from_doc(WebhookEvent, d) async for d in self.events.find({"_id": {"$in": event_ids}})
+                if d.get("writer") == token]
+
+    async def supersede_many(self, pairs: list[tuple[str, str]]) -> int:
+        """:meth:`supersede` several ``(event id, by)`` in one bulk write; return how many were ended."""
+        if not pairs:
+            return 0
+        now = utcnow()
+        res = await self.events.bulk_write([
+            UpdateOne({"_id": e, "status": EventStatus.NEW.value, "waiting": True},
+                      {"$set": {"status": EventStatus.FINISHED.value, "waiting": False, "superseded_by": by,
+                                "last_error": None, "finished_at": now, "updated_at": now, "updated_ms": now_ms(),
+                                **due_fields(None)}}) for e, by in pairs], ordered=False)
+        return res.modified_count
+
     async def is_head_for(self, event_id: str, attempt: int) -> bool:
         """Tell whether ``event_id`` is a started (not waiting) in-flight event waiting for ``attempt``.
 
         Read by ``_id`` alone and checked here: a ``find`` with the status guard's ``$or`` beside it scans the whole
         collection on the local stand-in (200 ms at 10,000 events, against 1–2 ms by ``_id``)."""
         doc = await self.events.find_one({"_id": event_id}, {"status": 1, "attempt_count": 1, "waiting": 1})
-        return (doc is not None and doc.get("status") in IN_FLIGHT_VALUES and not doc.get("waiting")
-                and doc.get("attempt_count") == attempt - 1)
+        return _waits(doc, attempt)
 
     async def start(self, event_id: str, due_ms: int) -> WebhookEvent | None:
         """Start a waiting event (it becomes its lane's head, due at ``due_ms``); return it, or None if it is no
@@ -270,3 +345,10 @@ class LaneRepo:
     async def folded_change(self, change_id: str) -> list[str]:
         """Return the events the change ``change_id`` folded into (one per webhook)."""
         return [d["event_id"] async for d in self.folds.find({"change_id": change_id}, {"event_id": 1}).limit(100)]
+
+
+def _waits(doc: dict[str, Any] | None, attempt: int) -> bool:
+    """Whether a stored event (status, count and waiting flag read) is a started in-flight event waiting for
+    ``attempt``."""
+    return (doc is not None and doc.get("status") in IN_FLIGHT_VALUES and not doc.get("waiting")
+            and doc.get("attempt_count") == attempt - 1)
