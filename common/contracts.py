@@ -13,10 +13,8 @@ Violation(path='$.data.total', rule='type', message="'12' is not of type 'number
 True
 """
 
-import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +23,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from hookpost.common.errors import InvalidInputError
+from hookpost.common.refresh import TtlRefresh
 
 log = logging.getLogger("hookpost.contracts")
 
@@ -118,31 +117,13 @@ class ContractCache:
         self._declared: dict[str, Declaration] = {}
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
         self._by_name: dict[str, Draft202012Validator] = {}
-        self._loaded_at = -1e18
-        self._lock = asyncio.Lock()
-        self._ahead: asyncio.Task[None] | None = None
+        self._refresh = TtlRefresh(ttl, self._reload, what="event-type cache")
         self.reloads = 0
 
     async def declared(self) -> dict[str, Declaration]:
         """Return the declared types by name."""
-        age = time.monotonic() - self._loaded_at
-        if age > self.ttl:
-            async with self._lock:
-                if time.monotonic() - self._loaded_at > self.ttl:
-                    await self._reload()
-        elif age > self.ttl / 2 and self._ahead is None:
-            self._ahead = asyncio.get_running_loop().create_task(self._reload_ahead())
+        await self._refresh.ensure()
         return self._declared
-
-    async def _reload_ahead(self) -> None:
-        try:
-            async with self._lock:
-                if time.monotonic() - self._loaded_at > self.ttl / 2:
-                    await self._reload()
-        except Exception as exc:  # the store is slow or down: a read past the TTL reloads (and waits) itself
-            log.warning("event-type cache reload failed; will try again", extra={"error": str(exc)[:300]})
-        finally:
-            self._ahead = None
 
     async def _reload(self) -> None:
         declared = {d.name: d for d in await self.load()}
@@ -163,7 +144,7 @@ class ContractCache:
         self._declared = declared
         self._validators = validators
         self._by_name = {name: v for (name, _), v in validators.items()}
-        self._loaded_at = time.monotonic()
+        self._refresh.loaded()
         self.reloads += 1
 
     async def check(self, event_type: str, data: Any) -> Violation | None:
@@ -175,4 +156,4 @@ class ContractCache:
 
     def invalidate(self) -> None:
         """Make the next read reload."""
-        self._loaded_at = -1e18
+        self._refresh.invalidate()

@@ -16,13 +16,13 @@ A stored document that does not validate is left out — it cannot be served, an
 reported: a warning naming it and what is wrong (once per reason), and the gauge ``hookpost_webhooks_invalid``.
 """
 
-import asyncio
 import gc
 import logging
 import time
 
 from hookpost.common.matching import type_matches
 from hookpost.common.models import Webhook, now_ms
+from hookpost.common.refresh import TtlRefresh
 from hookpost.dispatcher.metrics import Metrics
 from hookpost.store.webhooks import BrokenWebhook, WebhookRepo
 
@@ -101,11 +101,9 @@ class WebhookCache:
         self._reported: dict[str, str] = {}
         self._by_id: dict[str, Webhook] = {}
         self._index = SubscriptionIndex()
-        self._loaded_at = -1e18
+        self._refresh = TtlRefresh(ttl, self._reload, what="webhook cache")
         self._full_at = -1e18
         self._since_ms: int | None = None
-        self._lock = asyncio.Lock()
-        self._ahead: asyncio.Task[None] | None = None
         self.reloads = {"full": 0, "incremental": 0}
 
     async def _fresh(self) -> dict[str, Webhook]:
@@ -113,24 +111,8 @@ class WebhookCache:
         answers from what is loaded, so on a busy dispatcher no read waits for a reload (every change and delivery
         would, while the store is slow to answer it); a cache never loaded, invalidated or idle past the TTL is
         reloaded before the read is answered."""
-        age = time.monotonic() - self._loaded_at
-        if age > self.ttl:
-            async with self._lock:
-                if time.monotonic() - self._loaded_at > self.ttl:
-                    await self._reload()
-        elif age > self.ttl / 2 and self._ahead is None:
-            self._ahead = asyncio.get_running_loop().create_task(self._reload_ahead())
+        await self._refresh.ensure()
         return self._by_id
-
-    async def _reload_ahead(self) -> None:
-        try:
-            async with self._lock:
-                if time.monotonic() - self._loaded_at > self.ttl / 2:
-                    await self._reload()
-        except Exception as exc:  # the store is down or slow: a read past the TTL reloads (and waits) itself
-            log.warning("webhook cache reload failed; will try again", extra={"error": str(exc)[:300]})
-        finally:
-            self._ahead = None
 
     async def _reload(self) -> None:
         started_ms = now_ms()
@@ -166,7 +148,7 @@ class WebhookCache:
             # are freed by reference counting when replaced, so take them (and what else lives now) out of its way
             gc.freeze()
         self._since_ms = started_ms
-        self._loaded_at = time.monotonic()
+        self._refresh.loaded()
 
     def _put(self, hook: Webhook) -> None:
         old = self._by_id.get(hook.id)
@@ -215,4 +197,4 @@ class WebhookCache:
 
     def invalidate(self) -> None:
         """Make the next read reload (incrementally: only what changed since the last reload)."""
-        self._loaded_at = -1e18
+        self._refresh.invalidate()

@@ -2,9 +2,9 @@
 
 :meth:`LaneMover.advance_many` is the one step that changes which event of a lane is in flight, for every lane
 moving on at the same time in a fixed number of store round trips (reads of the lanes, their heads and their
-waiting entries; bulk writes). It is idempotent and safe to run from any process at any time (fan-out after storing, a delivery after its outcome, the reconciler's
-sweep, an operator's restart): every write is guarded, and a crash between two of them leaves a state the next
-call finishes.
+waiting entries; bulk writes). It is idempotent and safe to run from any process at any time (fan-out after
+storing, a delivery after its outcome, the reconciler's sweep, an operator's restart): every write is guarded, and
+a crash between two of them leaves a state the next call finishes.
 
 1. Read the lane's head. A head still in flight means nothing to do. A head that was taken but not started (a
    crash between the two writes) is started now.
