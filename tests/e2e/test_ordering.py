@@ -3,11 +3,15 @@
 from aiohttp import web
 
 from hookpost.admin.core import Admin
-from hookpost.common.models import ChangeEvent, Entity, EventStatus, Ordering
+from hookpost.common.lanes import LaneKey, lane_of
+from hookpost.common.models import ChangeEvent, Entity, EventStatus, Ordering, now_ms
 from hookpost.common.records import WebhookUpdate
+from hookpost.dispatcher.fanout import new_events
 from hookpost.producer import Publisher
 from hookpost.store.cleanup import RetentionRule, cleanup
 from hookpost.store.events import EventFilter
+from hookpost.store.lane_moves import LaneMover
+from hookpost.store.lanes import queue_doc
 from tests.helpers import running_worker, wait_until
 
 
@@ -173,3 +177,34 @@ async def test_the_lane_sweep_pages_through_every_stale_lane(stores):
         if after == -1:
             break
     assert seen == ["L0", "L1", "L2", "L3", "L4"] and after == -1
+
+
+async def test_a_change_stored_a_moment_after_a_newer_one_is_not_overtaken(stores):
+    """The newer change (sequence 3) has settled, the older one (1) was stored 7 ms after it and has not: nothing
+    starts until the older one settles, and then the older one does (a timer firing as the newer one settles used
+    to start it, and the older one ended superseded)."""
+    _, st = await stores()
+    hook = await st.webhooks.create("http://127.0.0.1:9/x", ["article.*"], ordering=Ordering.ENTITY)
+    lane = lane_of(hook.id, Entity(kind="article", id="A-1"))
+    now = now_ms()
+    events = []
+    for seq, stored in ((3, now - 1000), (1, now - 993)):
+        e = new_events(change(f"c{seq}", "A-1", seq), [hook.id])[0].model_copy(update={"lane": lane, "waiting": True})
+        events.append((e, stored, seq))
+    await st.events.insert_new([e for e, _, _ in events])
+    await st.lanes.enqueue([queue_doc(e, LaneKey(0, seq, e.change_id), stored) for e, stored, seq in events])
+    published: list[str] = []
+
+    class Sink:
+        async def deliveries(self, msgs):  # type: ignore[no-untyped-def]
+            published.extend(m.event_id for m in msgs)
+
+    async def lookup(webhook_id: str):  # type: ignore[no-untyped-def]
+        return hook
+
+    mover = LaneMover(st.lanes, Sink(), lookup, settle=1.0)
+    due = await mover.advance(lane)
+    assert published == [] and due == now - 993 + 1000
+    await wait_until(lambda: now_ms() > due, message="the older change settled")
+    assert await mover.advance(lane) is None
+    assert published == [events[1][0].id]
