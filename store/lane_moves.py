@@ -8,8 +8,9 @@ a crash between two of them leaves a state the next call finishes.
 
 1. Read the lane's head. A head still in flight means nothing to do. A head that was taken but not started (a
    crash between the two writes) is started now.
-2. Otherwise (no head, or it ended or was deleted) find the lowest-key waiting event stored longer than the settle
-   window ago. None: done (the caller schedules another call when the next one settles).
+2. Otherwise (no head, or it ended or was deleted) take the lowest-key waiting event. If it has been stored for less
+   than the settle window, nothing starts yet (the caller calls again when it settles): a change stored a moment
+   after a newer one of its entity is never overtaken by it.
 3. Its webhook disabled or deleted: every waiting event of the lane ends ``Failed`` with the reason.
 4. Late (at or below the key last sent, :func:`~hookpost.common.lanes.is_late`): it ends ``Finished`` unsent,
    superseded by the event sent last; back to 2.
@@ -79,26 +80,25 @@ class LaneMover:
         takes, superseded, failing = [], [], []
         for lane in free:
             waiting = sorted(entries[lane], key=entry_key)
-            due[lane] = min((e["stored_ms"] for e in waiting), default=None)
-            if due[lane] is not None:
-                due[lane] = int(due[lane]) + self.settle_ms  # type: ignore[operator]
+            due[lane] = None
+            if not waiting:
+                continue
+            hook = await self.webhook(waiting[0]["webhook_id"])  # one webhook per lane
+            if hook is None or not hook.active:
+                failing.append((lane, "webhook deleted" if hook is None else
+                                f"webhook disabled: {hook.disabled_reason or 'by operator'}"))
+                continue
             doc = docs.get(lane, {})
             last = LaneKey(0, int(doc["last_seq"]), str(doc["last_tie"])) if "last_seq" in doc else None
             for entry in waiting:
-                if entry["stored_ms"] > settled_ms:
-                    continue
-                hook = await self.webhook(entry["webhook_id"])
-                if hook is None or not hook.active:
-                    failing.append((lane, "webhook deleted" if hook is None else
-                                    f"webhook disabled: {hook.disabled_reason or 'by operator'}"))
-                    due[lane] = None
-                    break
                 key = entry_key(entry)
                 if is_late(key, last):
                     superseded.append((entry, str(doc.get("last_event") or "")))
                     continue
+                if entry["stored_ms"] > settled_ms:  # the lowest key waits out its window: nothing overtakes it
+                    due[lane] = int(entry["stored_ms"]) + self.settle_ms
+                    break
                 takes.append((lane, heads.get(lane, NO_HEAD), entry["_id"], key, last))
-                due[lane] = None
                 break
         for lane, reason in failing:
             await self.fail_lane(lane, reason)
