@@ -395,7 +395,10 @@ async def test_keyboard_only_sign_in_and_filter(console, store, new_page):
     await store.events.insert_new(events)
     page, _ = await new_page()
     await page.goto(console.url + "/events")                     # sent to sign in, then back here
-    await page.keyboard.type(console.tokens["viewer"])          # the token field has the focus
+    # the token field takes the focus by itself (autofocus, which the browser applies after the page has loaded:
+    # typing at once, under load, sometimes went to the page and the sign-in failed)
+    await expect(page.locator("#token")).to_be_focused()
+    await page.keyboard.type(console.tokens["viewer"])
     await page.keyboard.press("Enter")
     await page.wait_for_url(console.url + "/events")
 
