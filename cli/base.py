@@ -132,6 +132,19 @@ async def open_admin(s: Settings | None = None, *, publish_timeout: float = 10.0
         yield admin
 
 
+def run_watching(coro: Coroutine[Any, Any, T], job: list[str], kind: str) -> T:
+    """Run ``coro``, which watches a server job and puts its id in ``job`` once it has started: Ctrl-C then stops
+    watching (exit 130) and says the job keeps running."""
+    try:
+        return run(coro)
+    except KeyboardInterrupt:
+        if not job:
+            raise
+        click.echo(f"hookpost: stopped watching; {kind} job {job[0]} keeps running on the server "
+                   f"(see it with 'hookpost events job {job[0]}')", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
 def actor() -> str:
     """Return who runs this command, as the audit log names them (``cli:<OS user>``)."""
     from hookpost.admin import os_actor

@@ -11,7 +11,7 @@ import click
 
 from hookpost.admin.events import parse_filter
 from hookpost.admin.restart_rules import restart_refusal
-from hookpost.cli.base import echo_json, open_admin, parse_when, run, shorten, table
+from hookpost.cli.base import echo_json, open_admin, parse_when, run, run_watching, shorten, table
 from hookpost.cli.ops import open_ops
 from hookpost.cli.target import require_direct
 from hookpost.common.durations import format_age
@@ -239,15 +239,7 @@ def _restart_bulk(flt: EventFilter, force: bool, dry_run: bool, yes: bool) -> No
     if not yes:
         click.confirm(f"restart {counted.restarted} events?", abort=True, err=True)
     job: list[str] = []
-    try:
-        done = run(_watch_restart(flt, force, counted.matched, job))
-    except KeyboardInterrupt:
-        if not job:
-            raise
-        click.echo(f"hookpost: stopped watching; restart job {job[0]} keeps running on the server "
-                   f"(see it with 'hookpost events job {job[0]}')", err=True)
-        raise click.exceptions.Exit(130) from None
-    _print_counts(done)
+    _print_counts(run_watching(_watch_restart(flt, force, counted.matched, job), job, "restart"))
 
 
 async def _watch_restart(flt: EventFilter, force: bool, total: int, job: list[str]) -> RestartCount:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from hookpost.cli.base import DURATION, echo_json, run, shorten, table
+from hookpost.cli.base import DURATION, echo_json, run, run_watching, shorten, table
 from hookpost.cli.ops import open_ops
 from hookpost.common.errors import InvalidInputError
 from hookpost.common.models import Coalesce, Ordering, Webhook
@@ -334,14 +334,7 @@ def replay(webhook_id: str, since: str, until: str | None, types: tuple[str, ...
         if not yes:
             click.confirm(f"replay {count.replayed} change(s) to {webhook_id}?", abort=True, err=True)
         job: list[str] = []
-        try:
-            count = run(_replay(webhook_id, request, count.replayed, job))
-        except KeyboardInterrupt:
-            if not job:
-                raise
-            click.echo(f"hookpost: stopped watching; replay job {job[0]} keeps running on the server "
-                       f"(see it with 'hookpost events job {job[0]}')", err=True)
-            raise click.exceptions.Exit(130) from None
+        count = run_watching(_replay(webhook_id, request, count.replayed, job), job, "replay")
     if as_json:
         echo_json(count.model_dump(mode="json"))
     elif not count.dry_run:

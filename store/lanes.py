@@ -35,6 +35,17 @@ def queue_doc(event: WebhookEvent, key: LaneKey, stored_ms: int) -> dict[str, An
             "rank": key.rank, "seq": key.seq, "tie": key.tie, "stored_ms": stored_ms}
 
 
+def head_fields(webhook_id: str, event_id: str, key: LaneKey, last: LaneKey | None) -> dict[str, Any]:
+    """The fields a lane document gets when ``event_id`` (keyed ``key``) becomes its head: the last sent key becomes
+    the larger of ``last`` and ``key``."""
+    top = key if last is None or (key.seq, key.tie) > (last.seq, last.tie) else last
+    fields: dict[str, Any] = {"head": event_id, "last_seq": top.seq, "last_tie": top.tie, "updated_ms": now_ms(),
+                              "webhook_id": webhook_id}
+    if top is key:
+        fields["last_event"] = event_id
+    return fields
+
+
 def entry_key(doc: dict[str, Any]) -> LaneKey:
     """Return the lane key of a ``lane_queue`` entry."""
     return LaneKey(int(doc["rank"]), int(doc["seq"]), str(doc["tie"]))
@@ -61,19 +72,11 @@ class LaneRepo:
 
     # -- the lane document -------------------------------------------------------------------------------------
 
-    async def get(self, lane: str) -> dict[str, Any] | None:
-        """Return the lane document, or None if the lane never had a head."""
-        return await self.lanes.find_one({"_id": lane})
-
     async def take_head(self, lane: str, webhook_id: str, expected: str, event_id: str, key: LaneKey,
                         last: LaneKey | None) -> bool:
         """Make ``event_id`` the head of ``lane`` if its head is still ``expected`` (``""``: none); the last sent key
         becomes the larger of ``last`` and ``key``. Return whether this write took it."""
-        top = key if last is None or (key.seq, key.tie) > (last.seq, last.tie) else last
-        fields = {"head": event_id, "last_seq": top.seq, "last_tie": top.tie, "updated_ms": now_ms(),
-                  "webhook_id": webhook_id}
-        if top is key:
-            fields["last_event"] = event_id
+        fields = head_fields(webhook_id, event_id, key, last)
         try:
             res = await self.lanes.update_one({"_id": lane, "head": expected}, {"$set": fields},
                                               upsert=expected == NO_HEAD)
@@ -96,11 +99,7 @@ class LaneRepo:
         token = new_id("w")
         ops = []
         for lane, expected, event_id, key, last in takes:
-            top = key if last is None or (key.seq, key.tie) > (last.seq, last.tie) else last
-            fields: dict[str, Any] = {"head": event_id, "last_seq": top.seq, "last_tie": top.tie,
-                                      "updated_ms": now_ms(), "webhook_id": webhook_of(lane), "writer": token}
-            if top is key:
-                fields["last_event"] = event_id
+            fields = {**head_fields(webhook_of(lane), event_id, key, last), "writer": token}
             ops.append(UpdateOne({"_id": lane, "head": expected}, {"$set": fields}, upsert=expected == NO_HEAD))
         try:
             await self.lanes.bulk_write(ops, ordered=False)
@@ -132,20 +131,10 @@ class LaneRepo:
         if event_ids:
             await self.queue.delete_many({"_id": {"$in": event_ids}})
 
-    async def next_waiting(self, lane: str, settled_ms: int) -> dict[str, Any] | None:
-        """Return the lowest-key waiting entry of ``lane`` stored at or before ``settled_ms``, or None."""
-        return await self.queue.find_one({"lane": lane, "stored_ms": {"$lte": settled_ms}},
-                                         sort=[("rank", ASCENDING), ("seq", ASCENDING), ("tie", ASCENDING)])
-
     async def newest_waiting(self, lane: str) -> dict[str, Any] | None:
         """Return the highest-key waiting entry of ``lane`` (the tail), or None."""
         return await self.queue.find_one({"lane": lane},
                                          sort=[("rank", DESCENDING), ("seq", DESCENDING), ("tie", DESCENDING)])
-
-    async def first_stored(self, lane: str) -> int | None:
-        """Return when the earliest-stored waiting entry of ``lane`` was stored (epoch ms), or None if none waits."""
-        doc = await self.queue.find_one({"lane": lane}, {"stored_ms": 1}, sort=[("stored_ms", ASCENDING)])
-        return None if doc is None else int(doc["stored_ms"])
 
     async def stale_lanes(self, stored_before_ms: int, limit: int, *, after_ms: int = -1) -> tuple[list[str], int]:
         """Return up to ``limit`` lanes with an entry waiting since before ``stored_before_ms`` and after
@@ -232,14 +221,6 @@ class LaneRepo:
                                 **due_fields(None)}}) for e, by in pairs], ordered=False)
         return res.modified_count
 
-    async def is_head_for(self, event_id: str, attempt: int) -> bool:
-        """Tell whether ``event_id`` is a started (not waiting) in-flight event waiting for ``attempt``.
-
-        Read by ``_id`` alone and checked here: a ``find`` with the status guard's ``$or`` beside it scans the whole
-        collection on the local stand-in (200 ms at 10,000 events, against 1–2 ms by ``_id``)."""
-        doc = await self.events.find_one({"_id": event_id}, {"status": 1, "attempt_count": 1, "waiting": 1})
-        return _waits(doc, attempt)
-
     async def start(self, event_id: str, due_ms: int) -> WebhookEvent | None:
         """Start a waiting event (it becomes its lane's head, due at ``due_ms``); return it, or None if it is no
         longer a waiting ``New`` event."""
@@ -249,16 +230,6 @@ class LaneRepo:
         if res.matched_count != 1:
             return None
         return await self.event(event_id)
-
-    async def supersede(self, event_id: str, by: str) -> bool:
-        """End a waiting event that arrived late: ``Finished`` with no attempt, superseded by the event ``by``."""
-        now = utcnow()
-        res = await self.events.update_one(
-            {"_id": event_id, "status": EventStatus.NEW.value, "waiting": True},
-            {"$set": {"status": EventStatus.FINISHED.value, "waiting": False, "superseded_by": by,
-                      "last_error": None, "finished_at": now, "updated_at": now, "updated_ms": now_ms(),
-                      **due_fields(None)}})
-        return res.matched_count == 1
 
     async def fail_waiting(self, event_ids: list[str], reason: str) -> int:
         """End waiting events ``Failed`` with ``reason`` (their webhook is disabled or deleted); return how many."""
