@@ -113,7 +113,7 @@ async def test_blocked_publish_fails_within_timeout_and_resumes(rabbit_node: Rab
 async def test_dispatcher_reports_the_alarm_and_delivers_everything_once_it_clears(rabbit_node: RabbitCluster,
                                                                                    settings_factory, new_receiver):
     url = rabbit_node.nodes[0].url
-    s = settings_factory(rabbitmq_url=url, queue_type="classic")
+    s = settings_factory(rabbitmq_url=url, queue_type="classic", first_attempt="queue")
     receiver = await new_receiver([200])
     store = Store.connect(s.mongodb_url, s.mongodb_db)
     await store.ensure_indexes()
@@ -135,6 +135,38 @@ async def test_dispatcher_reports_the_alarm_and_delivers_everything_once_it_clea
                     return await store.events.count({"status": "Finished"}) == 30
 
                 await wait_until(all_finished, 60, message="all 30 events delivered after the alarm")
+        finally:
+            await set_alarm(rabbit_node, False)
+        assert len({r.headers["webhook-id"] for r in receiver.requests}) == 30
+    finally:
+        conn = await AmqpConnection.connect([url])
+        try:
+            await (await conn.channel()).delete(topology_from(s))
+        finally:
+            await conn.close()
+        await store.close()
+
+
+async def test_with_inline_first_attempts_a_dispatcher_delivers_through_the_alarm(rabbit_node: RabbitCluster,
+                                                                                settings_factory, new_receiver):
+    """A first attempt made by fan-out publishes nothing when it succeeds: deliveries go on during the alarm."""
+    url = rabbit_node.nodes[0].url
+    s = settings_factory(rabbitmq_url=url, queue_type="classic", first_attempt="inline")
+    receiver = await new_receiver([200])
+    store = Store.connect(s.mongodb_url, s.mongodb_db)
+    await store.ensure_indexes()
+    await store.webhooks.create(receiver.url, ["article.*"])
+    try:
+        async with Publisher.from_settings(s, declare=True) as p:
+            await p.publish_many([change(i) for i in range(200, 230)])
+        await set_alarm(rabbit_node, True)
+        try:
+            async with running_worker(s):
+                async def all_finished():
+                    return await store.events.count({"status": "Finished"}) == 30
+
+                await wait_until(all_finished, 60, message="all 30 events delivered during the alarm")
+                assert "memory" in (await asyncio.to_thread(alarms, rabbit_node)).lower()  # still raised
         finally:
             await set_alarm(rabbit_node, False)
         assert len({r.headers["webhook-id"] for r in receiver.requests}) == 30

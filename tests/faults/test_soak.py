@@ -23,6 +23,9 @@ by a second of normal running (so a long list of faults can outlast the producer
     HOOKPOST_SOAK_EVENTS=100000 HOOKPOST_SOAK_SECONDS=600 HOOKPOST_SOAK_KILLS=100 HOOKPOST_SOAK_BROKER_CUTS=10 \
     HOOKPOST_SOAK_STORE_CUTS=10 HOOKPOST_SOAK_BROKER_RESTARTS=10 pytest tests/faults/test_soak.py -m soak -s
 
+It runs once per way of making the first attempt (``HOOKPOST_SOAK_FIRST_ATTEMPT``, default ``queue,inline``:
+both, so their duplicate requests can be compared).
+
 ``HOOKPOST_SOAK_BROKER_RESTARTS=0`` runs on the test broker (``HOOKPOST_TEST_RABBITMQ_URL``) instead of a private
 node, for a machine without a local RabbitMQ installation. A JSON summary is printed and written to
 ``<pytest tmp dir>/soak-summary.json``; the figures of the runs so far are in docs/reliability.md.
@@ -60,6 +63,8 @@ def _env_int(name: str, default: int) -> int:
 
 SOAK_EVENTS = _env_int("HOOKPOST_SOAK_EVENTS", 200)
 SOAK_SECONDS = float(os.environ.get("HOOKPOST_SOAK_SECONDS", "40"))
+FIRST_ATTEMPT = [m.strip() for m in os.environ.get("HOOKPOST_SOAK_FIRST_ATTEMPT", "queue,inline").split(",")
+                 if m.strip()]
 FAULTS = {"kill9": _env_int("HOOKPOST_SOAK_KILLS", 6),
           "broker_cut": _env_int("HOOKPOST_SOAK_BROKER_CUTS", 6),
           "store_cut": _env_int("HOOKPOST_SOAK_STORE_CUTS", 6),
@@ -139,7 +144,8 @@ def soak_broker(request: pytest.FixtureRequest) -> RabbitNode | None:
     return request.getfixturevalue("private_broker")
 
 
-async def test_soak(fault_settings, soak_broker: RabbitNode | None, store_proxy: TcpProxy,
+@pytest.mark.parametrize("first_attempt", FIRST_ATTEMPT)
+async def test_soak(first_attempt: str, fault_settings, soak_broker: RabbitNode | None, store_proxy: TcpProxy,
                     dispatchers: Callable[..., DispatcherProcess], new_receiver, tmp_path: Path) -> None:
     """Publish N changes under repeated faults; in the end every event is accounted for and nothing is lost."""
     began = time.monotonic()
@@ -151,7 +157,7 @@ async def test_soak(fault_settings, soak_broker: RabbitNode | None, store_proxy:
     s = fault_settings(rabbitmq_url=broker_url, max_attempts=10,
                        retry_delays="100ms,200ms,400ms,800ms,1s,1s,1s,1s,1s", reconcile_interval="2s",
                        reconcile_grace="10s", prefetch=50, webhook_cache_ttl="1s", shutdown_grace="5s",
-                       http_timeout="2s")
+                       http_timeout="2s", first_attempt=first_attempt)
     store = Store.connect(s.mongodb_url, s.mongodb_db)
     await store.ensure_indexes()
     tallies = [Tally(fail_rate=0.2, seed=10 + i) for i in range(len(HOOKS))]
@@ -260,6 +266,7 @@ async def test_soak(fault_settings, soak_broker: RabbitNode | None, store_proxy:
             "load_1_5_15_start": [round(v, 2) for v in load_start],
             "load_1_5_15_end": [round(v, 2) for v in os.getloadavg()],
             "broker": "private one-node RabbitMQ" if soak_broker is not None else "test broker (no restarts)",
+            "first_attempt": first_attempt,
             "change_events": n,
             "producer_seconds": SOAK_SECONDS,
             "webhooks": len(HOOKS),
