@@ -261,10 +261,11 @@ class Bench:
                 sent += due
             await asyncio.sleep(max(0.0, started + (sent / rate) - time.monotonic(), tick / 4))
 
-    async def run_latency(self, deliveries_per_s: float, seconds: float, k: int = 2) -> dict[str, Any]:
+    async def run_latency(self, deliveries_per_s: float, seconds: float, k: int = 2, **extra: str) -> dict[str, Any]:
         """Publish at a steady ``deliveries_per_s`` (``/k`` changes/s) for ``seconds``; return publish→receipt
-        latency percentiles in milliseconds."""
-        async with self.trial(ok=k) as trial:
+        latency percentiles in milliseconds. ``extra`` are dispatcher settings of this run (as for
+        :meth:`run_throughput`)."""
+        async with self.trial(ok=k, **extra) as trial:
             disp = self.dispatcher(trial).start()
             try:
                 await disp.wait_ready()
