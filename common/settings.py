@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     max_change_bytes: int = Field(65536, ge=256, description="largest change event body accepted")
 
     prefetch: int = Field(200, ge=1, description="unacked messages per consumer channel")
+    first_attempt: Literal["inline", "queue"] = Field(
+        "queue", description="inline: fan-out makes each new event's first attempt itself (no trip through "
+                             "PREFIX.deliver); queue: every attempt goes through PREFIX.deliver")
+    inline_per_change: int = Field(10, ge=1, description="inline: most first attempts fan-out makes itself per "
+                                                         "change (the rest go through PREFIX.deliver)")
+    inline_max: int = Field(100, ge=1, description="inline: most first attempts under way in fan-out at once per "
+                                                   "process (beyond it, fan-out waits: the change stays unacked)")
     concurrency: int = Field(200, ge=1, description="deliveries in flight per process")
     endpoint_concurrency: int = Field(10, ge=1, description="most deliveries in flight per receiver endpoint (the "
                                                             "adaptive limit moves below it)")

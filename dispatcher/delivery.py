@@ -15,6 +15,9 @@
 7. publish what follows (:class:`FollowUps`) — the next attempt into its retry queue, or the failure notice;
 8. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer settles the message.
 
+With ``HOOKPOST_FIRST_ATTEMPT=inline``, fan-out makes new events' first attempts itself through
+:meth:`~DeliveryHandler.first`, which runs steps 3 to 7 the same way (``dispatcher/inline.py``).
+
 Each collaborator is named by the small interface below that says what this module needs of it; the dispatcher
 wires the real ones (``dispatcher/gate.py``, ``sender.py``, ``recorder.py``, ``followups.py``, ``cache.py``) in
 ``dispatcher/worker.py``. A crash anywhere replays safely: the message is redelivered, a recorded attempt is not
@@ -71,10 +74,11 @@ class Webhooks(Protocol):
 
 
 class LaneCheck(Protocol):
-    """The check before an ordered webhook's request."""
+    """The check before an ordered webhook's request (and before a first attempt that a redelivered change
+    makes inline)."""
 
     async def check(self, dm: DeliveryMessage) -> bool:
-        """Tell whether ``dm``'s event is still its lane's head and waits for this attempt."""
+        """Tell whether ``dm``'s event waits for this attempt (and, in a lane, is its head)."""
 
 
 class Gate(Protocol):
@@ -168,7 +172,22 @@ class DeliveryHandler:
         if hook is None or not hook.active:
             return await self.give_up(dm, hook)
         if dm.lane is not None and self.lanes is not None and not await self.lanes.check(dm):
-            return await self.duplicate(msg, dm)  # an old copy: its event is past this attempt, or not the head
+            return await self.duplicate(msg.redelivered, dm)  # an old copy: past this attempt, or not the head
+        return await self.attempt(dm, hook, redelivered=msg.redelivered)
+
+    async def first(self, dm: DeliveryMessage, hook: Webhook, *, check: bool) -> None:
+        """Make the first attempt of a new event for fan-out (``HOOKPOST_FIRST_ATTEMPT=inline``), as
+        :meth:`handle` makes one from a message. With ``check`` (an event that a redelivered change found stored)
+        the store must first show the event still waiting for it (the check before an ordered webhook's request),
+        or nothing is sent."""
+        if check and self.lanes is not None and not await self.lanes.check(dm):
+            log.info("first attempt already made elsewhere; not sent again", extra={"event_id": dm.event_id})
+            return
+        await self.attempt(dm, hook, redelivered=check)
+
+    async def attempt(self, dm: DeliveryMessage, hook: Webhook, *, redelivered: bool) -> Verdict:
+        """Steps 3 to 8: the gate, the request, the decision, the record and what follows (``redelivered``: the
+        delivery may have been handled before, see :meth:`duplicate`)."""
         slot = await self.gate.enter(dm, hook)
         if slot is None:
             return Verdict.ACK  # held behind the breaker or parked in the defer ladder, no attempt counted
@@ -179,7 +198,7 @@ class DeliveryHandler:
         decision = decide(result, dm.attempt, dm.budget_start, self.delays, self.max_attempts)
         outcome = attempt_outcome(dm, started, result, decision)
         if not await self.recorder.record(outcome):
-            return await self.duplicate(msg, dm)
+            return await self.duplicate(redelivered, dm)
         await self.followups.after(dm, decision, result, outcome.changes["next_attempt_ms"])
         return Verdict.ACK
 
@@ -229,10 +248,10 @@ class DeliveryHandler:
         self.metrics.attempt_made(result.status_code, result.duration_ms)
         return started, result
 
-    async def duplicate(self, msg: IncomingMessage, dm: DeliveryMessage) -> Verdict:
-        """The event was already past this attempt. A redelivered message may have lost the broker between
+    async def duplicate(self, redelivered: bool, dm: DeliveryMessage) -> Verdict:
+        """The event was already past this attempt. A ``redelivered`` message may have lost the broker between
         recording its outcome and publishing what follows: that is published again. Another copy is ignored."""
-        if msg.redelivered:
+        if redelivered:
             await self.followups.again(dm)
         else:
             log.info("duplicate delivery ignored (event already past this attempt)",

@@ -16,14 +16,20 @@
    concurrent changes; the unique (change, webhook) index makes a replay insert nothing); a change whose events
    the store refuses for good (over its document size limit) is set aside with the reason at once, not retried;
 6. the waiting events join their lanes' queues (they start when their lane moves on, with no delivery now);
-7. :meth:`~FanOut.publish_deliveries` — publish the first delivery of each other event not held, confirmed
-   (:class:`Deliveries`; one for an endpoint known to hang goes straight to the defer ladder);
-8. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change.
+7. :meth:`~FanOut.first_attempts` — start the first attempt of each other event not held: with
+   ``HOOKPOST_FIRST_ATTEMPT=queue``, publish its delivery, confirmed (:meth:`~FanOut.publish_deliveries`,
+   :class:`Deliveries`; one for an endpoint known to hang goes straight to the defer ladder); with ``inline``,
+   make it here, through the delivery consumer's own gate, sender, recorder and follow-ups, up to the bounds per
+   change and per process, and publish the rest (:class:`FirstAttempts`, ``dispatcher/inline.py``);
+8. return the :class:`~hookpost.dispatcher.consumer.Verdict`; the consumer acks the change — with ``inline``,
+   only once each event has an outcome recorded or has been handed to a queue.
 
 Each collaborator is named by the small interface below that says what this module needs of it;
 ``dispatcher/worker.py`` wires the real ones. A crash anywhere replays safely: a redelivered change whose events
 exist already publishes the deliveries of those still waiting for their first attempt (the first try may have
-stored them without publishing), except the held ones: the breaker's probe and release publish those.
+stored them without publishing), except the held ones: the breaker's probe and release publish those. With
+``inline`` it attempts them again, each checked against the store first, and publishes again what followed a
+first attempt it finds recorded.
 """
 
 import logging
@@ -126,6 +132,20 @@ class Lanes(Protocol):
         """Hold the lanes ``change`` may fold into (its coalescing webhooks') from placing to queueing."""
 
 
+class FirstAttempts(Protocol):
+    """Makes new events' first attempts in fan-out (``HOOKPOST_FIRST_ATTEMPT=inline``; ``dispatcher/inline.py``)."""
+
+    def split(self, events: Sequence[WebhookEvent]) -> tuple[list[WebhookEvent], list[WebhookEvent]]:
+        """Return the events whose first attempt is made here (within the bound per change) and the rest."""
+
+    async def make(self, events: Sequence[WebhookEvent], hooks: dict[str, Webhook], *, check: bool) -> None:
+        """Make the first attempt of each of ``events`` (``check``: against the store first); return when each
+        has an outcome recorded or has been handed to a queue."""
+
+    async def resume(self, events: Sequence[WebhookEvent]) -> None:
+        """Publish again what followed the recorded first attempt of ``events``, where it is still the latest."""
+
+
 class InvalidQueue(Protocol):
     """Where changes that cannot be fanned out are set aside."""
 
@@ -160,8 +180,9 @@ class FanOut:
 
     def __init__(self, webhooks: Subscribers, endpoints: Endpoints, events: NewEvents, deliveries: Deliveries,
                  outbox: InvalidQueue, metrics: Metrics, *, max_change_bytes: int, lanes: Lanes | None = None,
-                 catalog: EventTypes | None = None) -> None:
+                 catalog: EventTypes | None = None, inline: FirstAttempts | None = None) -> None:
         self.webhooks = webhooks
+        self.inline = inline
         self.lanes = lanes
         self.endpoints = endpoints
         self.events = events
@@ -202,7 +223,8 @@ class FanOut:
             if self.lanes is not None and any(e.waiting for e in stored):
                 rank = replay_rank(headers) if replay_for else 0
                 await self.lanes.stored(change, [e for e in stored if e.waiting], rank=rank)
-        await self.publish_deliveries([e for e in stored if e.held is None and not e.waiting], by_id)
+        await self.first_attempts([e for e in stored if e.held is None and not e.waiting], by_id,
+                                  redelivered=msg.redelivered)
         self.metrics.changes_consumed.labels("ok").inc()
         log.debug("change fanned out", extra={"change_id": change.id, "type": change.type, "matched": len(hooks)})
         return Verdict.ACK
@@ -260,7 +282,30 @@ class FanOut:
         if len(created) == len(events) or not replay:
             return created
         existing = await self.events.of_change(change.id)
+        if self.inline is not None:  # first attempts made here may have lost what followed them (first_attempts)
+            return [e for e in existing if e.held is None and not e.waiting and (
+                e.attempt_count == 1 or (e.status == EventStatus.NEW and e.attempt_count == 0))]
         return [e for e in existing if e.status == EventStatus.NEW and e.attempt_count == 0 and e.held is None]
+
+    async def first_attempts(self, events: list[WebhookEvent], hooks: dict[str, Webhook], *,
+                             redelivered: bool) -> None:
+        """Start the first attempt of each of ``events``: with ``inline``, make it here (within its bounds) and
+        publish the rest; with ``queue``, publish them all. A redelivered change's events found past their first
+        attempt have what followed it published again (``inline`` only: with ``queue`` their delivery messages
+        see to that)."""
+        fresh = [e for e in events if e.attempt_count == 0]
+        if self.inline is None:
+            await self.publish_deliveries(fresh, hooks)
+            self.metrics.first_attempts.labels("queue").inc(len(fresh))
+            return
+        now, rest = self.inline.split([e for e in fresh if e.webhook_id in hooks])
+        rest += [e for e in fresh if e.webhook_id not in hooks]
+        await self.publish_deliveries(rest, hooks)
+        self.metrics.first_attempts.labels("queue").inc(len(rest))
+        if now:
+            await self.inline.make(now, hooks, check=redelivered)
+        if past := [e for e in events if e.attempt_count == 1]:
+            await self.inline.resume(past)
 
     async def publish_deliveries(self, events: list[WebhookEvent], hooks: dict[str, Webhook]) -> None:
         """Publish the first delivery of each event: to the deliver queue, or, for an endpoint this process

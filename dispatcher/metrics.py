@@ -18,6 +18,9 @@ class Metrics:
         self.changes_consumed = Counter("hookpost_changes_consumed", "Change events consumed", ["result"],
                                         registry=r)
         self.events_created = Counter("hookpost_events_created", "Webhook events created by fan-out", registry=r)
+        self.first_attempts = Counter("hookpost_first_attempts", "New events' first attempts, by the way they went "
+                                      "(inline: made by fan-out; queue: through PREFIX.deliver)", ["path"],
+                                      registry=r)
         self.attempts = Counter("hookpost_delivery_attempts", "HTTP delivery attempts by outcome",
                                 ["status_class"], registry=r)
         self.events_finished = Counter("hookpost_events_finished", "Events delivered (Finished)", registry=r)

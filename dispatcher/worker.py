@@ -35,6 +35,7 @@ from hookpost.dispatcher.delivery import DeliveryHandler
 from hookpost.dispatcher.fanout import FanOut
 from hookpost.dispatcher.followups import FollowUps
 from hookpost.dispatcher.gate import Gate
+from hookpost.dispatcher.inline import InlineAttempts
 from hookpost.dispatcher.lanes import Lanes
 from hookpost.dispatcher.limits import EndpointLimiter
 from hookpost.dispatcher.metrics import Metrics, StoreOpCounter
@@ -54,15 +55,19 @@ log = logging.getLogger("hookpost.worker")
 def consumers(store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: Sender, limiter: EndpointLimiter,
               deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *,
               delays: tuple[float, ...], max_attempts: int, max_change_bytes: int, batch: int,
-              lanes: Lanes | None = None, catalog: Catalog | None = None) -> tuple[FanOut, DeliveryHandler]:
+              lanes: Lanes | None = None, catalog: Catalog | None = None,
+              inline: tuple[int, int] | None = None) -> tuple[FanOut, DeliveryHandler]:
     """Wire the consumers of ``PREFIX.changes`` and ``PREFIX.deliver`` to their collaborators (one gate for
-    both, one set of lanes for both)."""
+    both, one set of lanes for both). ``inline`` (per change, at once): fan-out makes first attempts itself,
+    through the delivery consumer's own steps."""
     gate = Gate(breaker, limiter, deferrer, metrics)
-    fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
-                    max_change_bytes=max_change_bytes, lanes=lanes, catalog=catalog)
-    delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch),
-                               FollowUps(store, cache, outbox, notices, metrics, delays=delays, lanes=lanes),
+    followups = FollowUps(store, cache, outbox, notices, metrics, delays=delays, lanes=lanes)
+    delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch), followups,
                                metrics, delays=delays, max_attempts=max_attempts, lanes=lanes)
+    firsts = None if inline is None else InlineAttempts(delivery.first, followups.again, metrics,
+                                                        per_change=inline[0], at_once=inline[1])
+    fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
+                    max_change_bytes=max_change_bytes, lanes=lanes, catalog=catalog, inline=firsts)
     return fanout, delivery
 
 
@@ -108,7 +113,8 @@ class Worker:
         self.fanout, self.delivery = consumers(
             guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
             self.notices, lanes=self.lanes, delays=settings.retry_delays, max_attempts=settings.max_attempts,
-            max_change_bytes=settings.max_change_bytes, batch=settings.store_batch, catalog=self.catalog)
+            max_change_bytes=settings.max_change_bytes, batch=settings.store_batch, catalog=self.catalog,
+            inline=(settings.inline_per_change, settings.inline_max) if settings.first_attempt == "inline" else None)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace,
                                      lanes=self.lanes)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port,

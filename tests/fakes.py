@@ -47,6 +47,7 @@ from hookpost.common.models import (
     now_ms,
     utcnow,
 )
+from hookpost.common.settings import load_settings
 from hookpost.common.topology import Topology
 from hookpost.common.wire import encode_change
 from hookpost.dispatcher.breaker import Breaker
@@ -840,10 +841,12 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
                            per_endpoint: int = 10, hang_after: float = 3.0, defer_delay: float = 0.01,
                            cache_ttl: float = 60.0, batch: int = 500, breaker_on: bool = True,
                            breaker_threshold: int = 20, breaker_disable_after: float = 0.0,
-                           breaker_recovery: float = 3600.0) -> FakeDispatcher:
+                           breaker_recovery: float = 3600.0, first_attempt: str | None = None,
+                           inline_per_change: int = 10, inline_max: int = 100) -> FakeDispatcher:
     """Wire fan-out, delivery, deferrer and reconciler like ``worker.py`` over a :class:`FakeStore`, a
     :class:`FakeConnection` and ``sender``, with a millisecond retry schedule (``max_attempts`` defaults to one
-    more than the delays, as the settings require)."""
+    more than the delays, as the settings require). ``first_attempt`` defaults to the settings' default (and
+    ``HOOKPOST_FIRST_ATTEMPT``), so the suite runs in either mode."""
     store = store or FakeStore()
     sender = sender or FakeSender(default=200)
     max_attempts = max_attempts if max_attempts is not None else len(delays) + 1
@@ -864,7 +867,9 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
                       probe=0.05, probe_max=0.4, disable_after=breaker_disable_after, recovery=breaker_recovery,
                       page=100, hold_batch=batch)
     fanout, delivery = consumers(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
-                                 delays=delays, max_attempts=max_attempts, max_change_bytes=65536, batch=batch)
+                                 delays=delays, max_attempts=max_attempts, max_change_bytes=65536, batch=batch,
+                                 inline=(inline_per_change, inline_max) if (
+                                     first_attempt or load_settings().first_attempt) == "inline" else None)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)
     return FakeDispatcher(store=store, sender=sender, connection=connection, channel=channel,
                           topology=topology, metrics=metrics, stopping=stopping, guard=guard, guarded=guarded,

@@ -289,7 +289,7 @@ async def test_failures_still_on_their_way_when_an_answer_ends_the_run_do_not_co
 
 
 async def test_fan_out_stores_a_new_event_of_an_open_endpoint_held_and_publishes_nothing_for_it():
-    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4)
+    d = await build_dispatcher(FakeSender(default=503), breaker_threshold=4, first_attempt="queue")
     dead = d.store.add_webhook()
     healthy = d.store.add_webhook("http://other.example/hook")
     key = endpoint_key(dead.url)

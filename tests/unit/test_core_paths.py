@@ -49,7 +49,7 @@ def consumer_sleep(monkeypatch):
 
 
 async def test_a_valid_change_stores_a_new_event_per_subscribed_webhook_and_publishes_their_deliveries():
-    d = await build_dispatcher()
+    d = await build_dispatcher(first_attempt="queue")
     a = d.store.add_webhook("http://a.example/hook", ["article.*"])
     b = d.store.add_webhook("http://b.example/hook", ["*"])
     d.store.add_webhook("http://c.example/hook", ["order.*"])  # not subscribed
@@ -97,7 +97,7 @@ async def test_an_invalid_change_is_copied_to_the_invalid_queue_with_its_reason_
 
 
 async def test_a_redelivered_change_whose_events_were_stored_but_never_published_publishes_them():
-    d = await build_dispatcher()
+    d = await build_dispatcher(first_attempt="queue")
     d.store.add_webhook("http://a.example/hook")
     d.store.add_webhook("http://b.example/hook")
     msg = FakeMessage.of_change(make_change())
@@ -133,7 +133,7 @@ async def test_a_replayed_change_publishes_nothing_once_its_events_moved_on():
 
 
 async def test_a_change_published_twice_and_not_redelivered_publishes_its_deliveries_once():
-    d = await build_dispatcher()
+    d = await build_dispatcher(first_attempt="queue")
     d.store.add_webhook()
     change = make_change()
     await d.fanout.handle(FakeMessage.of_change(change))
@@ -143,7 +143,7 @@ async def test_a_change_published_twice_and_not_redelivered_publishes_its_delive
 
 @pytest.mark.parametrize("after_write", [False, True], ids=["outage", "lost-reply"])
 async def test_fan_out_waits_out_a_store_outage_and_still_publishes_each_delivery_once(guard_sleep, after_write):
-    d = await build_dispatcher()
+    d = await build_dispatcher(first_attempt="queue")
     d.store.add_webhook()
     d.store.fail_next("events.insert_flags", after_write=after_write)
 

@@ -1,0 +1,80 @@
+"""The first attempt without the queue hop (``HOOKPOST_FIRST_ATTEMPT=inline``).
+
+With ``inline``, fan-out makes the first attempt of each new event itself, through the same gate, sender,
+recorder and follow-ups as the consumer of ``PREFIX.deliver`` (:meth:`DeliveryHandler.first`), and acks the change
+only once each of its events has an outcome recorded or has been handed to a queue (parked in the defer ladder,
+held by the breaker, or published to ``PREFIX.deliver``). That saves each first attempt a publish with a confirm,
+a quorum-queue write, a consume and an ack.
+
+Two bounds keep a change from holding the process hostage:
+
+- **per change**, at most ``HOOKPOST_INLINE_PER_CHANGE`` first attempts are made inline; a change fanned out to
+  more webhooks publishes the rest to ``PREFIX.deliver``, as ``queue`` does;
+- **per process**, at most ``HOOKPOST_INLINE_MAX`` are under way at once (waiting for their endpoint's slot, or
+  sending). Beyond it an attempt waits for one to end: its change stays unacked, the changes behind it stay in
+  ``PREFIX.changes`` for this or another dispatcher, and the rest of ``HOOKPOST_CONCURRENCY`` stays free for
+  retries. (Handing these to ``PREFIX.deliver`` instead would send nearly all of a backlog through the queue:
+  a change handed over is acked at once and the next one takes its place.)
+
+Inside the bound, the gate's own rules apply: a delivery to an endpoint that hangs, or that holds its share of
+the window, is parked in the defer ladder, and one behind an open breaker is held.
+
+A crash before the ack redelivers the change. Fan-out then finds its events stored: those still waiting for their
+first attempt are attempted (or published) again, each checked against the store just before its request; for
+those whose first attempt is recorded, what followed it is published again (:meth:`FollowUps.again`).
+
+Example::
+
+    inline = InlineAttempts(delivery.first, followups.again, metrics, per_change=10, at_once=100)
+    now, rest = inline.split(events)            # rest: publish to PREFIX.deliver
+    await inline.make(now, hooks, check=False)  # returns when each has an outcome or was handed over
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from hookpost.common.deliveries import first_delivery
+from hookpost.common.models import DeliveryMessage, Webhook, WebhookEvent
+from hookpost.dispatcher.metrics import Metrics
+
+MakeFirst = Callable[..., Awaitable[None]]  # DeliveryHandler.first(dm, hook, *, check)
+Again = Callable[[DeliveryMessage], Awaitable[None]]  # FollowUps.again(dm)
+
+
+class InlineAttempts:
+    """Makes new events' first attempts in fan-out, at most ``per_change`` per change and ``at_once`` per
+    process (see the module docstring)."""
+
+    def __init__(self, make_first: MakeFirst, again: Again, metrics: Metrics, *, per_change: int,
+                 at_once: int) -> None:
+        self.make_first = make_first
+        self.again = again
+        self.metrics = metrics
+        self.per_change = per_change
+        self.at_once = at_once
+        self._slots = asyncio.Semaphore(at_once)
+
+    def split(self, events: Sequence[WebhookEvent]) -> tuple[list[WebhookEvent], list[WebhookEvent]]:
+        """Return the events whose first attempt is made inline (the first ``per_change``) and the rest."""
+        return list(events[:self.per_change]), list(events[self.per_change:])
+
+    async def make(self, events: Sequence[WebhookEvent], hooks: dict[str, Webhook], *, check: bool) -> None:
+        """Make the first attempt of each of ``events`` (their webhooks in ``hooks``), concurrently; return when
+        each has an outcome recorded or has been handed to a queue. ``check``: the change was redelivered, so
+        each event is checked against the store first. If one raises, the others still finish, then the first
+        error is raised (the change is not acked)."""
+        results = await asyncio.gather(*(self._one(first_delivery(e), hooks[e.webhook_id], check) for e in events),
+                                       return_exceptions=True)
+        self.metrics.first_attempts.labels("inline").inc(len(events))
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def resume(self, events: Sequence[WebhookEvent]) -> None:
+        """For events a redelivered change found past their first attempt: publish again what followed it, if the
+        store shows that outcome as the latest (the first try may have stopped between recording and publishing)."""
+        await asyncio.gather(*(self.again(first_delivery(e).model_copy(update={"attempt": 1})) for e in events))
+
+    async def _one(self, dm: DeliveryMessage, hook: Webhook, check: bool) -> None:
+        async with self._slots:
+            await self.make_first(dm, hook, check=check)
