@@ -18,7 +18,9 @@ For each figure: per mode the median and the spread (min–max) over the pairs, 
 (median and spread) and the median of the per-pair ratios inline / queue as the relative change; then a verdict
 line per target of the issue (all-process CPU per delivery at least 15% less with inline; p50 lower and p99 not
 higher at 100/s and 400/s; inline drains a backlog at ≥ 90% of its CPU bound). A run whose dispatcher lost the broker
-connection (another suite restarting the shared RabbitMQ), or that failed, is run once more.
+connection (another suite restarting the shared RabbitMQ), or that failed, is run once more. Each run also records
+how its first attempts went (the dispatcher's ``hookpost_first_attempts_total`` by ``path``), so a run whose
+dispatcher did not make them its mode's way shows in the page.
 
 Results go to ``bench/results/first_attempt/<timestamp>.json`` and the section ``first-attempt-inline`` of
 ``docs/benchmarks.md`` (``--no-save``: neither; the table is printed either way). ``--report FILE`` re-renders a
@@ -115,12 +117,29 @@ def cpu_figures(run: dict[str, Any], cores: int) -> dict[str, float]:
     return out
 
 
+def first_attempt_paths(run: dict[str, Any]) -> dict[str, float]:
+    """How the run's first attempts went (the dispatcher's ``hookpost_first_attempts_total`` by ``path``)."""
+    counts = run.get("first_attempts") or {}
+    return {mode: float(counts.get(f"path={mode}", 0.0)) for mode in MODES}
+
+
+def path_note(run: dict[str, Any]) -> str:
+    """Empty if every first attempt of the run went its mode's way; else what happened (the dispatcher ignored
+    or overrode the setting, or a bound sent some through the queue)."""
+    paths = run["paths"]
+    other = next(m for m in MODES if m != run["mode"])
+    if paths[other] or paths[run["mode"]] < run["deliveries"]:
+        return f"first attempts: {paths['inline']:.0f} inline, {paths['queue']:.0f} queue"
+    return ""
+
+
 async def backlog_run(bench: Bench, n: int, mode: str, cores: int) -> dict[str, Any]:
     """Drain ``n`` changes to one webhook with ``first_attempt=mode``."""
     r = await bench.run_throughput(n, k=1, first_attempt=mode)
     out = {"deliveries": r["deliveries"], "seconds": r["seconds"], "deliveries_per_s": r["deliveries_per_s"],
            "store_ops_per_delivery": r["store_ops_per_delivery"], "deferred": r["deferred"],
-           "broker_disturbed": r["broker_disturbed"], "cpu": r["cpu"], **cpu_figures(r, cores)}
+           "broker_disturbed": r["broker_disturbed"], "cpu": r["cpu"], "first_attempts": r["first_attempts"],
+           "paths": first_attempt_paths(r), **cpu_figures(r, cores)}
     out["bound_fraction"] = out["deliveries_per_s"] / out["cpu_bound_per_s"]
     return out
 
@@ -129,8 +148,8 @@ async def steady_run(bench: Bench, rate: float, seconds: float, mode: str, cores
     """Hold ``rate`` deliveries/s to one webhook for ``seconds`` with ``first_attempt=mode``."""
     r = await bench.run_latency(rate, seconds, k=1, first_attempt=mode)
     keep = ("deliveries", "seconds", "achieved_deliveries_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms",
-            "broker_disturbed", "cpu")
-    return {**{k: r[k] for k in keep}, **cpu_figures(r, cores)}
+            "broker_disturbed", "cpu", "first_attempts")
+    return {**{k: r[k] for k in keep}, "paths": first_attempt_paths(r), **cpu_figures(r, cores)}
 
 
 async def once_more_if_disturbed(what: str, measure: Callable[[], Awaitable[dict[str, Any]]],
@@ -290,15 +309,20 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"- {v['text']}: {'**met**' if v['met'] else '**not met**'}.")
     lines += ["", "Every run:", "",
               "| pair | scenario | mode | deliveries/s | p50 ms | p99 ms | CPU ms/delivery, all | dispatcher | store "
-              "| broker | others' share | load (1 min) at its start | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| broker | first attempts inline / queue | others' share | load (1 min) at its start | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         rate = r.get("deliveries_per_s", r.get("achieved_deliveries_per_s", 0.0))
         p50 = f"{r['p50_ms']:.1f}" if "p50_ms" in r else ""
         p99 = f"{r['p99_ms']:.1f}" if "p99_ms" in r else ""
         lines.append(f"| {r['pair'] + 1} | {label(r['scenario'])} | {r['mode']} | {rate:,.0f} | {p50} | {p99} | "
                      f"{r['total_ms']:.3f} | {r['dispatcher_ms']:.3f} | {r['store_ms']:.3f} | {r['broker_ms']:.3f} | "
+                     f"{r['paths']['inline']:,.0f} / {r['paths']['queue']:,.0f} | "
                      f"{r['others_share']:.0%} | {r['load_1m_at_start']:.2f} | {r.get('rerun', '')} |")
+    astray = [r for r in res["runs"] if path_note(r)]
+    if astray:
+        lines += ["", f"**{len(astray)} run(s) made first attempts the other mode's way** (the column *first attempts* "
+                  "above, from the dispatcher's `hookpost_first_attempts_total`): their mode's figures are mixed."]
     others = max((r["others_share"] for r in res["runs"]), default=0.0)
     if others > 0.1:
         lines += ["", f"Other work shared the machine (up to {others:.0%} of its CPU outside the benchmark's "
@@ -344,7 +368,10 @@ async def main_async(args: argparse.Namespace, command: str, default_mode: str) 
                     rate = r.get("deliveries_per_s", r.get("achieved_deliveries_per_s", 0.0))
                     log(f"  {rate:.0f} deliveries/s{lat}, CPU {r['total_ms']:.3f} ms/delivery all processes "
                         f"(dispatcher {r['dispatcher_ms']:.3f}, store {r['store_ms']:.3f}, "
-                        f"broker {r['broker_ms']:.3f})")
+                        f"broker {r['broker_ms']:.3f}); first attempts {r['paths']['inline']:.0f} inline, "
+                        f"{r['paths']['queue']:.0f} queue")
+                    if path_note(r):
+                        log(f"  NOTE: not every first attempt went the {mode} way")
     finally:
         receivers.stop()
         mongo.stop()
