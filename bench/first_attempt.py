@@ -264,9 +264,13 @@ def _num(value: float, decimals: int) -> str:
     return f"{value:,.{decimals}f}"
 
 
+def _signed(value: float, decimals: int) -> str:
+    return f"{round(value, decimals) + 0.0:+,.{decimals}f}"  # + 0.0: no "-0.000" for a rounding speck
+
+
 def _spread(s: dict[str, float], decimals: int, signed: bool = False) -> str:
     if signed:
-        return f"{s['median']:+,.{decimals}f} ({s['min']:+,.{decimals}f} to {s['max']:+,.{decimals}f})"
+        return f"{_signed(s['median'], decimals)} ({_signed(s['min'], decimals)} to {_signed(s['max'], decimals)})"
     return f"{_num(s['median'], decimals)} ({_num(s['min'], decimals)}–{_num(s['max'], decimals)})"
 
 
@@ -300,7 +304,8 @@ def render(res: dict[str, Any]) -> str:
             f = s.get(scenario, {}).get(key)
             if not f:
                 continue
-            ratio = f"{f['ratio']['median']:.3f} ({f['ratio']['median'] - 1:+.1%})" if f["ratio"] else ""
+            ratio = (f"{f['ratio']['median']:.3f} ({_signed(100 * (f['ratio']['median'] - 1), 1)}%)"
+                     if f["ratio"] else "")
             lines.append(f"| {label(scenario)} | {name} | {_spread(f['queue'], decimals)} | "
                          f"{_spread(f['inline'], decimals)} | {_spread(f['diff'], decimals + 1, signed=True)} | "
                          f"{ratio} |")
