@@ -26,7 +26,7 @@ import aiohttp
 
 from bench.procs import REPO, Receivers, Subprocess, base_env, broker_pid
 from bench.report import replace_section
-from bench.scenarios import Bench, Trial, changes, percentile
+from bench.scenarios import Bench, Trial, changes, label_delta, percentile
 from hookpost.store.localserver import LocalMongo, free_port
 from tests.metrics_text import Samples, metric_sum
 
@@ -35,6 +35,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 SMALL_BACKLOG = {"aiohttp:0.2": 500}  # 2,000 at 50/s would take 40 s for the same verdict
 KINDS = ("aiohttp", "aiohttp:0.02", "aiohttp:0.2", "stdlib:5", "stdlib:128", "stdlib:5:0.02", "stdlib:128:0.02")
 DEFERRED = "hookpost_deliveries_deferred_total"
+FIRST_ATTEMPTS = "hookpost_first_attempts_total"  # by path: inline (made by fan-out) or queue
 
 
 class KindReceiver(Subprocess):
@@ -96,6 +97,7 @@ class Run:
     before: Samples
     latencies: list[float] = field(default_factory=list)
     deferred: float = 0.0
+    first_attempts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,7 +125,9 @@ class Pace:
                 run = Run(trial, receiver, await disp.metrics())
                 yield run
                 run.latencies = await receiver.call("/latencies")
-                run.deferred = metric_sum(await disp.metrics(), DEFERRED) - metric_sum(run.before, DEFERRED)
+                after = await disp.metrics()
+                run.deferred = metric_sum(after, DEFERRED) - metric_sum(run.before, DEFERRED)
+                run.first_attempts = label_delta(after, run.before, FIRST_ATTEMPTS)
             finally:
                 disp.stop()
                 receiver.stop()
@@ -137,7 +141,8 @@ class Pace:
             stats = await run.receiver.wait_unique(n, timeout=600)
         seconds = stats["last"] - t0
         return {"kind": kind, "changes": n, "deliveries_per_s": n / seconds, "seconds": seconds,
-                "requests": stats["requests"], "deferred": run.deferred, **latency_report(run.latencies)}
+                "requests": stats["requests"], "deferred": run.deferred, "first_attempts": run.first_attempts,
+                **latency_report(run.latencies)}
 
     async def steady(self, kind: str, rate: float, seconds: float, **extra: str) -> dict[str, Any]:
         """Publish ``rate`` changes/s for ``seconds`` to one webhook on a ``kind`` receiver."""
@@ -146,7 +151,7 @@ class Pace:
                 n = await self.bench.steady_publish(pub, run.trial.tag, rate, seconds)
             stats = await run.receiver.wait_unique(n, timeout=300)
         return {"kind": kind, "rate": rate, "seconds": seconds, "deliveries": n, "requests": stats["requests"],
-                "deferred": run.deferred, **latency_report(run.latencies)}
+                "deferred": run.deferred, "first_attempts": run.first_attempts, **latency_report(run.latencies)}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
