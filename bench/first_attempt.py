@@ -41,6 +41,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+import psutil
 
 from bench.procs import REPO, Receivers, broker_pid
 from bench.report import replace_section
@@ -102,6 +105,22 @@ def git_commit() -> str:
                            cwd=REPO).stdout.splitlines()
     changed = [line[3:] for line in dirty if line[3:].split("/")[0] not in ("bench", "docs")]
     return head + ("+changes" if changed else "")
+
+
+def broker_for(url: str) -> int | None:
+    """The pid of the RabbitMQ node (``beam.smp``) listening on ``url``'s port: the test suites start private
+    cluster nodes beside the machine's broker, and the first ``beam.smp`` found may be one of theirs. Falls back to
+    :func:`bench.procs.broker_pid`."""
+    port = urlparse(url).port or 5672
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "beam.smp":
+            continue
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections("tcp")):
+                return int(proc.pid)
+        except psutil.Error:
+            continue
+    return broker_pid()
 
 
 # ---- one run ---------------------------------------------------------------------------------------------------
@@ -353,7 +372,7 @@ async def main_async(args: argparse.Namespace, command: str, default_mode: str) 
     runs: list[dict[str, Any]] = []
     try:
         await receivers.wait_ready()
-        bench = Bench(work, mongo, receivers, args.rabbitmq_url, broker_pid())
+        bench = Bench(work, mongo, receivers, args.rabbitmq_url, broker_for(args.rabbitmq_url))
         for pair in range(args.pairs):
             for scenario in scenario_names():
                 for mode in pair_order(pair):
@@ -361,10 +380,11 @@ async def main_async(args: argparse.Namespace, command: str, default_mode: str) 
                     log(what)
                     load = os.getloadavg()[0]
 
-                    def measure(scenario: str = scenario, mode: str = mode) -> Awaitable[dict[str, Any]]:
+                    async def measure(scenario: str = scenario, mode: str = mode) -> dict[str, Any]:
+                        bench.broker = broker_for(args.rabbitmq_url)  # a restarted broker is a new process
                         if scenario == "backlog":
-                            return backlog_run(bench, args.changes, mode, cores)
-                        return steady_run(bench, float(scenario.split("-")[1]), args.seconds, mode, cores)
+                            return await backlog_run(bench, args.changes, mode, cores)
+                        return await steady_run(bench, float(scenario.split("-")[1]), args.seconds, mode, cores)
 
                     r = await once_more_if_disturbed(what, measure, bench)
                     r.update(pair=pair, scenario=scenario, mode=mode, load_1m_at_start=load)
