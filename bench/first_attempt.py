@@ -143,11 +143,12 @@ def first_attempt_paths(run: dict[str, Any]) -> dict[str, float]:
 
 
 def path_note(run: dict[str, Any]) -> str:
-    """Empty if every first attempt of the run went its mode's way; else what happened (the dispatcher ignored
-    or overrode the setting, or a bound sent some through the queue)."""
+    """Empty if no first attempt of the run went the other mode's way; else what happened (the dispatcher ignored
+    or overrode the setting, or a bound sent some through the queue). The inline count is taken once an attempt's
+    outcome is recorded, so at the end of a steady run it may trail the receipts by a few: not a sign."""
     paths = run["paths"]
     other = next(m for m in MODES if m != run["mode"])
-    if paths[other] or paths[run["mode"]] < run["deliveries"]:
+    if paths[other] or not paths[run["mode"]]:
         return f"first attempts: {paths['inline']:.0f} inline, {paths['queue']:.0f} queue"
     return ""
 
