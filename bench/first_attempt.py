@@ -343,7 +343,8 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"| {r['pair'] + 1} | {label(r['scenario'])} | {r['mode']} | {rate:,.0f} | {p50} | {p99} | "
                      f"{r['total_ms']:.3f} | {r['dispatcher_ms']:.3f} | {r['store_ms']:.3f} | {r['broker_ms']:.3f} | "
                      f"{r['paths']['inline']:,.0f} / {r['paths']['queue']:,.0f} | "
-                     f"{r['others_share']:.0%} | {r['load_1m_at_start']:.2f} | {r.get('rerun', '')} |")
+                     f"{r['others_share']:.0%} | {r['load_1m_at_start']:.2f} | "
+                     f"{'; '.join(n for n in (r.get('rerun', ''), path_note(r)) if n)} |")
     astray = [r for r in res["runs"] if path_note(r)]
     if astray:
         lines += ["", f"**{len(astray)} run(s) made first attempts the other mode's way** (the column *first attempts* "
