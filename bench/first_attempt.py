@@ -1,5 +1,6 @@
-"""The first attempt made by fan-out itself (``HOOKPOST_FIRST_ATTEMPT=inline``) against the first attempt through
-``PREFIX.deliver`` (``queue``), alternated in one run:
+"""First attempts made by fan-out (HOOKPOST_FIRST_ATTEMPT=inline) against through the deliver queue, alternated.
+
+``inline``: fan-out makes each new event's first attempt itself; ``queue``: it publishes it to ``PREFIX.deliver``.
 ``python -m bench.first_attempt [--pairs 5] [--changes 10000] [--seconds 20] [--quick] [--no-save]``.
 
 Each pair measures both modes on each scenario, one right after the other; the order within a pair alternates
