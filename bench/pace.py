@@ -1,10 +1,11 @@
 """Delivery at the receiver's pace: one webhook on a receiver of each kind (:mod:`bench.kinds`), a backlog drained
 and a steady rate held, and isolation from a hanging endpoint.
-``python -m bench.pace [--quick] [--only backlog steady isolation] [--kinds K …]``.
+``python -m bench.pace [--quick] [--only backlog steady isolation] [--kinds K …] [--first-attempt inline|queue]``.
 
 Each scenario reports deliveries/s, publish→receipt latency (p50/p99/max, ms) and the deliveries the dispatcher
 deferred. Results go to ``bench/results/pace/<timestamp>.json`` and into the section "Delivery at the receiver's
-pace" of ``docs/benchmarks.md`` (``--no-save`` for neither).
+pace" of ``docs/benchmarks.md`` (``--no-save`` for neither). ``--first-attempt`` sets the dispatcher's
+``first_attempt`` in every scenario (without it, the dispatcher's default); the section says which mode ran.
 """
 
 import argparse
@@ -25,7 +26,7 @@ import aiohttp
 
 from bench.procs import REPO, Receivers, Subprocess, base_env, broker_pid
 from bench.report import replace_section
-from bench.scenarios import Bench, Trial, changes, percentile
+from bench.scenarios import Bench, Trial, changes, label_delta, percentile
 from hookpost.store.localserver import LocalMongo, free_port
 from tests.metrics_text import Samples, metric_sum
 
@@ -34,6 +35,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 SMALL_BACKLOG = {"aiohttp:0.2": 500}  # 2,000 at 50/s would take 40 s for the same verdict
 KINDS = ("aiohttp", "aiohttp:0.02", "aiohttp:0.2", "stdlib:5", "stdlib:128", "stdlib:5:0.02", "stdlib:128:0.02")
 DEFERRED = "hookpost_deliveries_deferred_total"
+FIRST_ATTEMPTS = "hookpost_first_attempts_total"  # by path: inline (made by fan-out) or queue
 
 
 class KindReceiver(Subprocess):
@@ -95,6 +97,7 @@ class Run:
     before: Samples
     latencies: list[float] = field(default_factory=list)
     deferred: float = 0.0
+    first_attempts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,7 +125,9 @@ class Pace:
                 run = Run(trial, receiver, await disp.metrics())
                 yield run
                 run.latencies = await receiver.call("/latencies")
-                run.deferred = metric_sum(await disp.metrics(), DEFERRED) - metric_sum(run.before, DEFERRED)
+                after = await disp.metrics()
+                run.deferred = metric_sum(after, DEFERRED) - metric_sum(run.before, DEFERRED)
+                run.first_attempts = label_delta(after, run.before, FIRST_ATTEMPTS)
             finally:
                 disp.stop()
                 receiver.stop()
@@ -136,7 +141,8 @@ class Pace:
             stats = await run.receiver.wait_unique(n, timeout=600)
         seconds = stats["last"] - t0
         return {"kind": kind, "changes": n, "deliveries_per_s": n / seconds, "seconds": seconds,
-                "requests": stats["requests"], "deferred": run.deferred, **latency_report(run.latencies)}
+                "requests": stats["requests"], "deferred": run.deferred, "first_attempts": run.first_attempts,
+                **latency_report(run.latencies)}
 
     async def steady(self, kind: str, rate: float, seconds: float, **extra: str) -> dict[str, Any]:
         """Publish ``rate`` changes/s for ``seconds`` to one webhook on a ``kind`` receiver."""
@@ -145,7 +151,7 @@ class Pace:
                 n = await self.bench.steady_publish(pub, run.trial.tag, rate, seconds)
             stats = await run.receiver.wait_unique(n, timeout=300)
         return {"kind": kind, "rate": rate, "seconds": seconds, "deliveries": n, "requests": stats["requests"],
-                "deferred": run.deferred, **latency_report(run.latencies)}
+                "deferred": run.deferred, "first_attempts": run.first_attempts, **latency_report(run.latencies)}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,22 +164,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await receivers.wait_ready()
         bench = Bench(workdir, mongo, receivers, args.rabbitmq_url, broker_pid())
         pace = Pace(bench, workdir)
+        extra = {"first_attempt": args.first_attempt} if args.first_attempt else {}
         out: dict[str, Any] = {"started": datetime.now(UTC).isoformat(), "backlog": [], "steady": [],
-                               "isolation": [], "load": [os.getloadavg()[0]]}
+                               "isolation": [], "load": [os.getloadavg()[0]],
+                               "first_attempt": args.first_attempt or default_first_attempt(),
+                               "first_attempt_set": bool(args.first_attempt)}
         n = 500 if args.quick else args.changes
         for kind in args.kinds:
             if "backlog" in args.only:
-                res = await pace.backlog(kind, min(n, SMALL_BACKLOG.get(kind, n)))
+                res = await pace.backlog(kind, min(n, SMALL_BACKLOG.get(kind, n)), **extra)
                 print(json.dumps(res), flush=True)
                 out["backlog"].append(res)
         for kind in [k for k in args.kinds if k.startswith("stdlib") and ":0." not in k]:
             if "steady" in args.only:
-                res = await pace.steady(kind, args.rate, 5.0 if args.quick else args.seconds)
+                res = await pace.steady(kind, args.rate, 5.0 if args.quick else args.seconds, **extra)
                 print(json.dumps(res), flush=True)
                 out["steady"].append(res)
         for _ in range(1 if args.quick else args.repeats):
             if "isolation" in args.only:
-                res = await isolation(bench, 1000 if args.quick else 5000)
+                res = await isolation(bench, 1000 if args.quick else 5000, **extra)
                 print(json.dumps(res), flush=True)
                 out["isolation"].append(res)
         out["load"].append(os.getloadavg()[0])
@@ -183,11 +192,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         mongo.stop()
 
 
-async def isolation(bench: Bench, n: int) -> dict[str, Any]:
+async def isolation(bench: Bench, n: int, **extra: str) -> dict[str, Any]:
     """Two healthy endpoints and one that hangs past the 2 s HTTP timeout, against the control: the same three
-    webhooks all healthy. Return both runs' healthy deliveries/s and their ratio."""
-    hang = await bench.run_throughput(n, k=2, hang=1, http_timeout="2s")
-    control = await bench.run_throughput(n, k=2, extra_ok=1, http_timeout="2s")
+    webhooks all healthy. Return both runs' healthy deliveries/s and their ratio. ``extra``: dispatcher settings."""
+    hang = await bench.run_throughput(n, k=2, hang=1, http_timeout="2s", **extra)
+    control = await bench.run_throughput(n, k=2, extra_ok=1, http_timeout="2s", **extra)
     return {"changes": n, "hang_per_s": hang["deliveries_per_s"], "control_per_s": control["deliveries_per_s"],
             "ratio": hang["deliveries_per_s"] / control["deliveries_per_s"], "deferred": hang["deferred"],
             "hang_requests": hang["hang_requests"]}
@@ -215,8 +224,8 @@ def render(out: dict[str, Any]) -> str:
              f"`python -m bench.pace` on {out['started'][:16].replace('T', ' ')} UTC: one webhook on a receiver of "
              "each kind (`bench/kinds.py`: aiohttp with a handler delay; Python's `ThreadingHTTPServer` — HTTP/1.0, "
              "a connection per request — with its default listen backlog of 5 or with 128, and a handler delay), "
-             "default settings (`ENDPOINT_CONCURRENCY` 10, `PREFETCH` 200). Latency is publish → receipt. "
-             + _load_note(out), "",
+             "default settings (`ENDPOINT_CONCURRENCY` 10, `PREFETCH` 200)" + _first_attempt_note(out)
+             + ". Latency is publish → receipt. " + _load_note(out), "",
              "| receiver | changes | deliveries/s | p50 ms | p99 ms | max ms | deferred | target | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in out["backlog"]:
@@ -246,6 +255,22 @@ def render(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_first_attempt() -> str | None:
+    """The dispatcher's default ``first_attempt`` (None in a checkout without the setting)."""
+    from hookpost.common.settings import Settings
+
+    field = Settings.model_fields.get("first_attempt")
+    return None if field is None else str(field.default)
+
+
+def _first_attempt_note(out: dict[str, Any]) -> str:
+    mode = out.get("first_attempt")
+    if mode is None:  # a result file from before the option, or a checkout without the setting
+        return ""
+    how = f"set with `--first-attempt {mode}`" if out.get("first_attempt_set") else "the dispatcher's default"
+    return f"; the first attempt of each event: `{mode}` ({how})"
+
+
 def _load_note(out: dict[str, Any]) -> str:
     load = out.get("load") or []
     if len(load) < 2:
@@ -269,8 +294,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--first-attempt", choices=("inline", "queue"),
+                        help="the dispatcher's first_attempt in every scenario (default: the dispatcher's default)")
     parser.add_argument("--report", type=Path, help="measure nothing: put this result file into the docs page")
     args = parser.parse_args()
+    if args.first_attempt and default_first_attempt() is None:
+        parser.error("this checkout's dispatcher has no setting first_attempt (HOOKPOST_FIRST_ATTEMPT)")
     if args.report:
         replace_section(DOCS, "pace", render(json.loads(args.report.read_text())))
         return

@@ -67,6 +67,12 @@ def cpu_report(usage: CpuUsage, deliveries: int) -> dict[str, Any]:
             "others_s": usage.others}
 
 
+def label_delta(after: Samples, before: Samples, name: str) -> dict[str, float]:
+    """The increase of each labelled sample of the counter ``name`` from ``before`` to ``after``."""
+    start = metric_by_label(before, name)
+    return {label: v - start.get(label, 0.0) for label, v in metric_by_label(after, name).items()}
+
+
 def changes(tag: str, n: int, start: int = 0, data: dict[str, Any] | None = None) -> list[ChangeEvent]:
     """Return ``n`` change events of type ``article.updated`` with ids unique to ``tag``."""
     return [ChangeEvent(id=f"{tag}-{i}", type=EVENT_TYPE, entity=Entity(kind="article", id=f"A-{i}"),
@@ -238,6 +244,7 @@ class Bench:
             "deferred": metric_sum(metrics, "hookpost_deliveries_deferred_total")
             - metric_sum(m0, "hookpost_deliveries_deferred_total"),
             "attempts": metric_by_label(metrics, "hookpost_delivery_attempts_total"),
+            "first_attempts": label_delta(metrics, m0, "hookpost_first_attempts_total"),
             "hang_requests": hang_requests, "broker_disturbed": disp.broker_losses(),
             "settings": {k_: v for k_, v in trial.settings.items() if k_ not in ("rabbitmq_url", "mongodb_url")},
         }
@@ -261,19 +268,22 @@ class Bench:
                 sent += due
             await asyncio.sleep(max(0.0, started + (sent / rate) - time.monotonic(), tick / 4))
 
-    async def run_latency(self, deliveries_per_s: float, seconds: float, k: int = 2) -> dict[str, Any]:
+    async def run_latency(self, deliveries_per_s: float, seconds: float, k: int = 2, **extra: str) -> dict[str, Any]:
         """Publish at a steady ``deliveries_per_s`` (``/k`` changes/s) for ``seconds``; return publish→receipt
-        latency percentiles in milliseconds."""
-        async with self.trial(ok=k) as trial:
+        latency percentiles in milliseconds. ``extra`` are dispatcher settings of this run (as for
+        :meth:`run_throughput`)."""
+        async with self.trial(ok=k, **extra) as trial:
             disp = self.dispatcher(trial).start()
             try:
                 await disp.wait_ready()
                 meter = self.meter(disp)
+                m0 = await disp.metrics()
                 c0 = meter.snapshot()
                 async with self.publisher(trial) as pub:
                     n = await self.steady_publish(pub, trial.tag, deliveries_per_s / k, seconds)
                 await self.wait_received(self.receivers.ok_ports[:k], n * k, timeout=300)
                 c1 = meter.snapshot()
+                m1 = await disp.metrics()
                 lat = sorted(v for _, v in await self.receivers.latencies())
             finally:
                 disp.stop()
@@ -283,6 +293,7 @@ class Bench:
                 "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99),
                 "max_ms": ms[-1] if ms else None, "histogram_ms": ms[:: max(1, len(ms) // 2000)],
                 "broker_disturbed": disp.broker_losses(),
+                "first_attempts": label_delta(m1, m0, "hookpost_first_attempts_total"),
                 "cpu": cpu_report(c1 - c0, len(ms))}
 
     # ---- 3: memory with a large backlog -----------------------------------------------------------------------
