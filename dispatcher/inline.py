@@ -13,8 +13,10 @@ Two bounds keep a change from holding the process hostage:
 - **per process**, at most ``HOOKPOST_INLINE_MAX`` are under way at once (waiting for their endpoint's slot, or
   sending). Beyond it an attempt waits for one to end: its change stays unacked, the changes behind it stay in
   ``PREFIX.changes`` for this or another dispatcher, and the rest of ``HOOKPOST_CONCURRENCY`` stays free for
-  retries. (Handing these to ``PREFIX.deliver`` instead would send nearly all of a backlog through the queue:
-  a change handed over is acked at once and the next one takes its place.)
+  retries. (Handing these to ``PREFIX.deliver`` at once instead would send nearly all of a backlog through the
+  queue: a change handed over is acked at once and the next one takes its place.) One that has waited
+  ``max_wait`` (the longest a delivery waits in memory for its endpoint's slot) is published after all, so the
+  reconciler never takes a stored event waiting here for lost.
 
 Inside the bound, the gate's own rules apply: a delivery to an endpoint that hangs, or that holds its share of
 the window, is parked in the defer ladder, and one behind an open breaker is held.
@@ -25,7 +27,8 @@ those whose first attempt is recorded, what followed it is published again (:met
 
 Example::
 
-    inline = InlineAttempts(delivery.first, followups.again, metrics, per_change=10, at_once=100)
+    inline = InlineAttempts(delivery.first, followups.again, deferrer.publish, metrics, per_change=10,
+                            at_once=100, max_wait=135.0)
     now, rest = inline.split(events)            # rest: publish to PREFIX.deliver
     await inline.make(now, hooks, check=False)  # returns when each has an outcome or was handed over
 """
@@ -39,16 +42,19 @@ from hookpost.dispatcher.metrics import Metrics
 
 MakeFirst = Callable[..., Awaitable[None]]  # DeliveryHandler.first(dm, hook, *, check)
 Again = Callable[[DeliveryMessage], Awaitable[None]]  # FollowUps.again(dm)
+HandOver = Callable[[Sequence[DeliveryMessage], Sequence[tuple[DeliveryMessage, str]]], Awaitable[None]]
 
 
 class InlineAttempts:
     """Makes new events' first attempts in fan-out, at most ``per_change`` per change and ``at_once`` per
     process (see the module docstring)."""
 
-    def __init__(self, make_first: MakeFirst, again: Again, metrics: Metrics, *, per_change: int,
-                 at_once: int) -> None:
+    def __init__(self, make_first: MakeFirst, again: Again, hand_over: HandOver, metrics: Metrics, *,
+                 per_change: int, at_once: int, max_wait: float) -> None:
         self.make_first = make_first
         self.again = again
+        self.hand_over = hand_over
+        self.max_wait = max_wait
         self.metrics = metrics
         self.per_change = per_change
         self.at_once = at_once
@@ -65,7 +71,6 @@ class InlineAttempts:
         error is raised (the change is not acked)."""
         results = await asyncio.gather(*(self._one(first_delivery(e), hooks[e.webhook_id], check) for e in events),
                                        return_exceptions=True)
-        self.metrics.first_attempts.labels("inline").inc(len(events))
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -76,5 +81,15 @@ class InlineAttempts:
         await asyncio.gather(*(self.again(first_delivery(e).model_copy(update={"attempt": 1})) for e in events))
 
     async def _one(self, dm: DeliveryMessage, hook: Webhook, check: bool) -> None:
-        async with self._slots:
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await self._slots.acquire()
+        except TimeoutError:  # never longer in memory than a delivery waits for its slot (the reconciler's rule)
+            await self.hand_over([dm], [])
+            self.metrics.first_attempts.labels("queue").inc()
+            return
+        try:
             await self.make_first(dm, hook, check=check)
+        finally:
+            self._slots.release()
+        self.metrics.first_attempts.labels("inline").inc()

@@ -56,16 +56,16 @@ def consumers(store: GuardedStore, cache: WebhookCache, outbox: Outbox, sender: 
               deferrer: Deferrer, metrics: Metrics, breaker: Breaker, notices: Notices, *,
               delays: tuple[float, ...], max_attempts: int, max_change_bytes: int, batch: int,
               lanes: Lanes | None = None, catalog: Catalog | None = None,
-              inline: tuple[int, int] | None = None) -> tuple[FanOut, DeliveryHandler]:
+              inline: tuple[int, int] | None = None, max_hold: float = 135.0) -> tuple[FanOut, DeliveryHandler]:
     """Wire the consumers of ``PREFIX.changes`` and ``PREFIX.deliver`` to their collaborators (one gate for
     both, one set of lanes for both). ``inline`` (per change, at once): fan-out makes first attempts itself,
-    through the delivery consumer's own steps."""
+    through the delivery consumer's own steps, none waiting for its turn longer than ``max_hold``."""
     gate = Gate(breaker, limiter, deferrer, metrics)
     followups = FollowUps(store, cache, outbox, notices, metrics, delays=delays, lanes=lanes)
     delivery = DeliveryHandler(cache, gate, sender, OutcomeRecorder(store, batch=batch), followups,
                                metrics, delays=delays, max_attempts=max_attempts, lanes=lanes)
-    firsts = None if inline is None else InlineAttempts(delivery.first, followups.again, metrics,
-                                                        per_change=inline[0], at_once=inline[1])
+    firsts = None if inline is None else InlineAttempts(delivery.first, followups.again, deferrer.publish, metrics,
+                                                        per_change=inline[0], at_once=inline[1], max_wait=max_hold)
     fanout = FanOut(cache, gate, EventInserter(store, batch=batch), deferrer, outbox, metrics,
                     max_change_bytes=max_change_bytes, lanes=lanes, catalog=catalog, inline=firsts)
     return fanout, delivery
@@ -114,7 +114,8 @@ class Worker:
             guarded, self.cache, self.outbox, self.sender, self.limiter, self.deferrer, self.metrics, self.breaker,
             self.notices, lanes=self.lanes, delays=settings.retry_delays, max_attempts=settings.max_attempts,
             max_change_bytes=settings.max_change_bytes, batch=settings.store_batch, catalog=self.catalog,
-            inline=(settings.inline_per_change, settings.inline_max) if settings.first_attempt == "inline" else None)
+            inline=(settings.inline_per_change, settings.inline_max) if settings.first_attempt == "inline" else None,
+            max_hold=self.limiter.max_hold)
         self.reconciler = Reconciler(guarded, self.outbox, self.metrics, grace=settings.reconcile_grace,
                                      lanes=self.lanes)
         self.ops = OpsServer(self.metrics, self.readiness, settings.ops_host, settings.ops_port,

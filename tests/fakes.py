@@ -869,7 +869,8 @@ async def build_dispatcher(sender: FakeSender | None = None, *, store: FakeStore
     fanout, delivery = consumers(guarded, cache, outbox, sender, limiter, deferrer, metrics, breaker, notices,
                                  delays=delays, max_attempts=max_attempts, max_change_bytes=65536, batch=batch,
                                  inline=(inline_per_change, inline_max) if (
-                                     first_attempt or load_settings().first_attempt) == "inline" else None)
+                                     first_attempt or load_settings().first_attempt) == "inline" else None,
+                                 max_hold=limiter.max_hold)
     reconciler = Reconciler(guarded, outbox, metrics, grace=grace)
     return FakeDispatcher(store=store, sender=sender, connection=connection, channel=channel,
                           topology=topology, metrics=metrics, stopping=stopping, guard=guard, guarded=guarded,

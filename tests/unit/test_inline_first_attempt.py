@@ -133,3 +133,26 @@ async def test_a_first_attempt_to_a_hanging_endpoint_is_parked_and_its_change_ac
     assert len(d.sender.requests) == 1 and not first.done()
     release.set()
     assert await first is Verdict.ACK
+
+
+async def test_a_first_attempt_that_waits_too_long_for_its_place_is_handed_to_the_deliver_queue():
+    release = asyncio.Event()
+    d = await build_dispatcher(FakeSender(Hanging(release), default=200), first_attempt="inline", inline_max=1,
+                               grace=0.3, request_time=0.05)  # at most 0.1 s in memory
+    d.store.add_webhook("http://a.example/hook")
+    d.store.add_webhook("http://b.example/hook")
+
+    task = asyncio.create_task(d.fanout.handle(FakeMessage.of_change(make_change())))
+    await wait_for(lambda: d.metrics.first_attempts.labels("queue")._value.get() == 1, 5)
+
+    [handed] = d.published_to(d.topology.deliveries_exchange, "deliver")
+    assert handed.delivery().attempt == 1 and len(d.sender.requests) == 1
+    release.set()
+    assert await task is Verdict.ACK
+
+
+async def wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
