@@ -21,6 +21,10 @@ Two bounds keep a change from holding the process hostage:
 Inside the bound, the gate's own rules apply: a delivery to an endpoint that hangs, or that holds its share of
 the window, is parked in the defer ladder, and one behind an open breaker is held.
 
+An attempt that raises for a reason of its own (not the broker's) is published to ``PREFIX.deliver``, where the
+consumer's poison rule ends it ``Failed`` with the reason after five tries, as it ends any delivery; the change is
+not held back for it.
+
 A crash before the ack redelivers the change. Fan-out then finds its events stored: those still waiting for their
 first attempt are attempted (or published) again, each checked against the store just before its request; for
 those whose first attempt is recorded, what followed it is published again (:meth:`FollowUps.again`).
@@ -34,11 +38,16 @@ Example::
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from hookpost.common.amqp import ConnectionLostError
 from hookpost.common.deliveries import first_delivery
+from hookpost.common.errors import PublishError
 from hookpost.common.models import DeliveryMessage, Webhook, WebhookEvent
 from hookpost.dispatcher.metrics import Metrics
+
+log = logging.getLogger("hookpost.fanout")
 
 MakeFirst = Callable[..., Awaitable[None]]  # DeliveryHandler.first(dm, hook, *, check)
 Again = Callable[[DeliveryMessage], Awaitable[None]]  # FollowUps.again(dm)
@@ -90,6 +99,14 @@ class InlineAttempts:
             return
         try:
             await self.make_first(dm, hook, check=check)
+        except (ConnectionLostError, PublishError):
+            raise  # the broker's trouble: the change is given back, and redelivered
+        except Exception:  # a fault of this event's: the deliver queue's poison rule ends it, with the reason
+            log.exception("first attempt failed unexpectedly; handed to the deliver queue",
+                          extra={"event_id": dm.event_id})
+            await self.hand_over([dm], [])
+            self.metrics.first_attempts.labels("queue").inc()
+            return
         finally:
             self._slots.release()
         self.metrics.first_attempts.labels("inline").inc()

@@ -156,3 +156,24 @@ async def wait_for(cond, timeout: float) -> None:  # type: ignore[no-untyped-def
     while not cond():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_a_first_attempt_that_raises_is_handed_to_the_deliver_queue_and_the_change_acked():
+    d = await build_dispatcher(FakeSender(default=200), first_attempt="inline")
+    bad = d.store.add_webhook("http://bad.example/hook")
+    d.store.add_webhook("http://good.example/hook")
+    real_send = d.delivery.send
+
+    async def send(hook, dm, slot):  # type: ignore[no-untyped-def]  # a bug that hits one webhook's events
+        if hook.id == bad.id:
+            d.limiter.release(slot.endpoint, slot.token)
+            raise RuntimeError("cannot serialise this payload")
+        return await real_send(hook, dm, slot)
+    d.delivery.send = send  # type: ignore[method-assign]
+
+    assert await d.fanout.handle(FakeMessage.of_change(make_change())) is Verdict.ACK
+
+    [handed] = d.published_to(d.topology.deliveries_exchange, "deliver")
+    assert handed.delivery().webhook_id == bad.id and handed.delivery().attempt == 1
+    statuses = {e.webhook_id: e.status for e in d.store.all_events()}
+    assert statuses[bad.id] is EventStatus.NEW and EventStatus.FINISHED in statuses.values()
