@@ -68,6 +68,8 @@ class InlineAttempts:
         self.per_change = per_change
         self.at_once = at_once
         self._slots = asyncio.Semaphore(at_once)
+        self._made = metrics.first_attempts.labels("inline")
+        self._handed = metrics.first_attempts.labels("queue")
 
     def split(self, events: Sequence[WebhookEvent]) -> tuple[list[WebhookEvent], list[WebhookEvent]]:
         """Return the events whose first attempt is made inline (the first ``per_change``) and the rest."""
@@ -78,6 +80,9 @@ class InlineAttempts:
         each has an outcome recorded or has been handed to a queue. ``check``: the change was redelivered, so
         each event is checked against the store first. If one raises, the others still finish, then the first
         error is raised (the change is not acked)."""
+        if len(events) == 1:  # most changes: no task to spawn
+            await self._one(first_delivery(events[0]), hooks[events[0].webhook_id], check)
+            return
         results = await asyncio.gather(*(self._one(first_delivery(e), hooks[e.webhook_id], check) for e in events),
                                        return_exceptions=True)
         for r in results:
@@ -90,12 +95,9 @@ class InlineAttempts:
         await asyncio.gather(*(self.again(first_delivery(e).model_copy(update={"attempt": 1})) for e in events))
 
     async def _one(self, dm: DeliveryMessage, hook: Webhook, check: bool) -> None:
-        try:
-            async with asyncio.timeout(self.max_wait):
-                await self._slots.acquire()
-        except TimeoutError:  # never longer in memory than a delivery waits for its slot (the reconciler's rule)
+        if not await self._take_place():  # never longer in memory than a delivery waits for its slot
             await self.hand_over([dm], [])
-            self.metrics.first_attempts.labels("queue").inc()
+            self._handed.inc()
             return
         try:
             await self.make_first(dm, hook, check=check)
@@ -105,8 +107,20 @@ class InlineAttempts:
             log.exception("first attempt failed unexpectedly; handed to the deliver queue",
                           extra={"event_id": dm.event_id})
             await self.hand_over([dm], [])
-            self.metrics.first_attempts.labels("queue").inc()
+            self._handed.inc()
             return
         finally:
             self._slots.release()
-        self.metrics.first_attempts.labels("inline").inc()
+        self._made.inc()
+
+    async def _take_place(self) -> bool:
+        """Take one of the ``at_once`` places, waiting at most ``max_wait``; False if none came in time."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken at once, no timer armed
+            return True
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        return True
