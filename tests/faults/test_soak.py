@@ -170,6 +170,7 @@ async def test_soak(first_attempt: str, fault_settings, soak_broker: RabbitNode 
     parts = urlsplit(broker_url)
     broker_proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672, name="broker").start()
     procs: list[DispatcherProcess] = []
+    ledger: Store | None = None
     try:
         env = dispatcher_env(via_proxies(s, broker=broker_proxy, store=store_proxy))
         procs = [dispatchers(env, "d1"), dispatchers(env, "d2")]
@@ -240,7 +241,10 @@ async def test_soak(first_attempt: str, fault_settings, soak_broker: RabbitNode 
         duration = time.monotonic() - began
 
         # ---- accounting ----
-        rows = await event_rows(store)
+        # one read of every event: at the full size (166,667 events) the local store takes longer than the default
+        # 5 s to answer it, and pymongo took the store for gone (2026-12-07), so the ledger reads with a long timeout
+        ledger = Store.connect(s.mongodb_url, s.mongodb_db, timeout_ms=120_000)
+        rows = await event_rows(ledger)
         per_change = Counter(r["change_id"] for r in rows)
         pairs = Counter((r["change_id"], r["webhook_id"]) for r in rows)
         missing_events = sum(max(0, want - per_change.get(cid, 0)) for cid, want in expected.items())
@@ -272,7 +276,7 @@ async def test_soak(first_attempt: str, fault_settings, soak_broker: RabbitNode 
             "webhooks": len(HOOKS),
             "webhook_events_expected": total,
             "webhook_events_stored": len(rows),
-            "status": await status_counts(store),
+            "status": await status_counts(ledger),
             "faults_planned": FAULTS,
             "faults": dict(faults),
             "fault_timeline": timeline,
@@ -312,3 +316,5 @@ async def test_soak(first_attempt: str, fault_settings, soak_broker: RabbitNode 
             p.stop()
         broker_proxy.stop()
         await store.close()
+        if ledger is not None:
+            await ledger.close()
