@@ -73,7 +73,7 @@ class Settings(BaseSettings):
 
     prefetch: int = Field(200, ge=1, description="unacked messages per consumer channel")
     first_attempt: Literal["inline", "queue"] = Field(
-        "queue", description="inline: fan-out makes each new event's first attempt itself (no trip through "
+        "inline", description="inline: fan-out makes each new event's first attempt itself (no trip through "
                              "PREFIX.deliver); queue: every attempt goes through PREFIX.deliver")
     inline_per_change: int = Field(10, ge=1, description="inline: most first attempts fan-out makes itself per "
                                                          "change (the rest go through PREFIX.deliver)")
