@@ -50,7 +50,7 @@ from pymongo import MongoClient
 from bench.alt import job
 from bench.procs import REPO, CpuMeter, Receivers, Subprocess, base_env, broker_pid, venv_script
 from bench.report import replace_section
-from bench.scenarios import Bench, changes, cpu_report
+from bench.scenarios import Bench, changes, cpu_report, once_more_if_disturbed
 from hookpost.common.models import build_payload
 from hookpost.dispatcher.sender import encode_body
 from hookpost.store.localserver import LocalMongo
@@ -273,28 +273,13 @@ async def run_hookpost(bench: Bench, n: int) -> dict[str, Any]:
 
 
 async def run_once_more_if_disturbed(bench: Bench, system: str, n: int, opts: Options, url: str) -> dict[str, Any]:
-    """One run of ``system``; run it once more if it failed or its dispatcher lost the broker (other suites on this
-    machine restart the shared RabbitMQ now and then). The second run's result stands, with ``rerun`` saying why."""
-    reason = ""
-    for _ in range(2):
-        try:
-            if system == "hookpost":
-                r = await run_hookpost(bench, n)
-            else:
-                r = await run_alternative(bench, system, n, opts, url)
-        except Exception as exc:  # a broker restart shows up as any of several libraries' errors
-            if reason:
-                raise
-            reason = f"failed: {type(exc).__name__}: {exc}"[:300]
-            log(f"  {reason}; running it once more")
-            await bench.wait_broker()
-            continue
-        if not reason and r.get("broker_disturbed"):
-            reason = "the dispatcher lost the broker connection"
-            log(f"  {reason}; running it once more")
-            continue
-        return {**r, "rerun": reason} if reason else r
-    raise AssertionError("unreachable")
+    """One run of ``system``, once more if it failed or its dispatcher lost the broker
+    (:func:`~bench.scenarios.once_more_if_disturbed`)."""
+    async def measure() -> dict[str, Any]:
+        if system == "hookpost":
+            return await run_hookpost(bench, n)
+        return await run_alternative(bench, system, n, opts, url)
+    return await once_more_if_disturbed(bench, measure, lambda m: log(f"  {m}"))
 
 
 def payload_sizes() -> dict[str, int]:

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ import psutil
 
 from bench.procs import REPO, Receivers, broker_pid
 from bench.report import replace_section
-from bench.scenarios import Bench, summarize
+from bench.scenarios import Bench, once_more_if_disturbed, summarize
 from hookpost.common.errors import ConfigError
 from hookpost.common.settings import Settings, load_settings
 from hookpost.store.localserver import LocalMongo
@@ -171,29 +171,6 @@ async def steady_run(bench: Bench, rate: float, seconds: float, mode: str, cores
     keep = ("deliveries", "seconds", "achieved_deliveries_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms",
             "broker_disturbed", "cpu", "first_attempts")
     return {**{k: r[k] for k in keep}, "paths": first_attempt_paths(r), **cpu_figures(r, cores)}
-
-
-async def once_more_if_disturbed(what: str, measure: Callable[[], Awaitable[dict[str, Any]]],
-                                 bench: Bench) -> dict[str, Any]:
-    """Run ``measure``; run it once more if it failed or its dispatcher lost the broker. The second result stands,
-    with ``rerun`` saying why."""
-    reason = ""
-    for _ in range(2):
-        try:
-            r = await measure()
-        except Exception as exc:  # a broker restart shows up as any of several libraries' errors
-            if reason:
-                raise
-            reason = f"failed: {type(exc).__name__}: {exc}"[:300]
-            log(f"  {what}: {reason}; running it once more")
-            await bench.wait_broker()
-            continue
-        if not reason and r.get("broker_disturbed"):
-            reason = "the dispatcher lost the broker connection"
-            log(f"  {what}: {reason}; running it once more")
-            continue
-        return {**r, "rerun": reason} if reason else r
-    raise AssertionError("unreachable")
 
 
 # ---- summary ----------------------------------------------------------------------------------------------------
@@ -389,7 +366,7 @@ async def main_async(args: argparse.Namespace, command: str, default_mode: str) 
                             return await backlog_run(bench, args.changes, mode, cores)
                         return await steady_run(bench, float(scenario.split("-")[1]), args.seconds, mode, cores)
 
-                    r = await once_more_if_disturbed(what, measure, bench)
+                    r = await once_more_if_disturbed(bench, measure, lambda m, what=what: log(f"  {what}: {m}"))
                     r.update(pair=pair, scenario=scenario, mode=mode, load_1m_at_start=load)
                     runs.append(r)
                     lat = f", p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms" if "p50_ms" in r else ""

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -644,3 +644,27 @@ async def insert_webhooks(store: Store, urls: list[str], n: int, start: int = 0)
 
 def _arg(args: list[str], name: str) -> str | None:
     return args[args.index(name) + 1] if name in args else None
+
+
+async def once_more_if_disturbed(bench: Bench, measure: Callable[[], Awaitable[dict[str, Any]]],
+                                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Run ``measure``; run it once more if it failed or its dispatcher lost the broker (other suites on this
+    machine restart the shared RabbitMQ now and then). The second result stands, with ``rerun`` saying why;
+    ``say`` reports the reason."""
+    reason = ""
+    for _ in range(2):
+        try:
+            r = await measure()
+        except Exception as exc:  # a broker restart shows up as any of several libraries' errors
+            if reason:
+                raise
+            reason = f"failed: {type(exc).__name__}: {exc}"[:300]
+            say(f"{reason}; running it once more")
+            await bench.wait_broker()
+            continue
+        if not reason and r.get("broker_disturbed"):
+            reason = "the dispatcher lost the broker connection"
+            say(f"{reason}; running it once more")
+            continue
+        return {**r, "rerun": reason} if reason else r
+    raise AssertionError("unreachable")

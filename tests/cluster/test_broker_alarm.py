@@ -12,7 +12,8 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,12 @@ import pytest
 from hookpost.common.amqp import AmqpConnection
 from hookpost.common.errors import BrokerBlockedError
 from hookpost.common.models import ChangeEvent, Entity
+from hookpost.common.settings import Settings
 from hookpost.common.topology import Topology, topology_from
 from hookpost.producer import Publisher
 from hookpost.store import Store
 from tests.cluster.rabbit_cluster import ClusterError, RabbitCluster, missing_binaries
-from tests.helpers import running_worker, wait_until
+from tests.helpers import Receiver, running_worker, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -110,17 +112,31 @@ async def test_blocked_publish_fails_within_timeout_and_resumes(rabbit_node: Rab
         await publisher.close()
 
 
-async def test_dispatcher_reports_the_alarm_and_delivers_everything_once_it_clears(rabbit_node: RabbitCluster,
-                                                                                   settings_factory, new_receiver):
-    url = rabbit_node.nodes[0].url
-    s = settings_factory(rabbitmq_url=url, queue_type="classic", first_attempt="queue")
-    receiver = await new_receiver([200])
+@asynccontextmanager
+async def thirty_changes_waiting(s: Settings, receiver: Receiver, *, first: int) -> AsyncIterator[Store]:
+    """A webhook of ``receiver`` and 30 changes for it waiting in the changes queue (ids from ``first``); yield the
+    store; afterwards delete the topology and close the store."""
     store = Store.connect(s.mongodb_url, s.mongodb_db)
     await store.ensure_indexes()
     await store.webhooks.create(receiver.url, ["article.*"])
     try:
         async with Publisher.from_settings(s, declare=True) as p:
-            await p.publish_many([change(i) for i in range(100, 130)])
+            await p.publish_many([change(i) for i in range(first, first + 30)])
+        yield store
+    finally:
+        conn = await AmqpConnection.connect(s.rabbitmq_urls)
+        try:
+            await (await conn.channel()).delete(topology_from(s))
+        finally:
+            await conn.close()
+        await store.close()
+
+
+async def test_dispatcher_reports_the_alarm_and_delivers_everything_once_it_clears(rabbit_node: RabbitCluster,
+                                                                                   settings_factory, new_receiver):
+    s = settings_factory(rabbitmq_url=rabbit_node.nodes[0].url, queue_type="classic", first_attempt="queue")
+    receiver = await new_receiver([200])
+    async with thirty_changes_waiting(s, receiver, first=100) as store:
         await set_alarm(rabbit_node, True)  # the dispatcher starts into the alarm: it can consume, not publish
         try:
             async with running_worker(s) as worker:
@@ -138,27 +154,14 @@ async def test_dispatcher_reports_the_alarm_and_delivers_everything_once_it_clea
         finally:
             await set_alarm(rabbit_node, False)
         assert len({r.headers["webhook-id"] for r in receiver.requests}) == 30
-    finally:
-        conn = await AmqpConnection.connect([url])
-        try:
-            await (await conn.channel()).delete(topology_from(s))
-        finally:
-            await conn.close()
-        await store.close()
 
 
 async def test_with_inline_first_attempts_a_dispatcher_delivers_through_the_alarm(rabbit_node: RabbitCluster,
                                                                                 settings_factory, new_receiver):
     """A first attempt made by fan-out publishes nothing when it succeeds: deliveries go on during the alarm."""
-    url = rabbit_node.nodes[0].url
-    s = settings_factory(rabbitmq_url=url, queue_type="classic", first_attempt="inline")
+    s = settings_factory(rabbitmq_url=rabbit_node.nodes[0].url, queue_type="classic", first_attempt="inline")
     receiver = await new_receiver([200])
-    store = Store.connect(s.mongodb_url, s.mongodb_db)
-    await store.ensure_indexes()
-    await store.webhooks.create(receiver.url, ["article.*"])
-    try:
-        async with Publisher.from_settings(s, declare=True) as p:
-            await p.publish_many([change(i) for i in range(200, 230)])
+    async with thirty_changes_waiting(s, receiver, first=200) as store:
         await set_alarm(rabbit_node, True)
         try:
             async with running_worker(s):
@@ -170,10 +173,3 @@ async def test_with_inline_first_attempts_a_dispatcher_delivers_through_the_alar
         finally:
             await set_alarm(rabbit_node, False)
         assert len({r.headers["webhook-id"] for r in receiver.requests}) == 30
-    finally:
-        conn = await AmqpConnection.connect([url])
-        try:
-            await (await conn.channel()).delete(topology_from(s))
-        finally:
-            await conn.close()
-        await store.close()
